@@ -1,0 +1,1 @@
+"""Data stage: sources, validation, sequences, synthetic data, adapters for public data sets."""

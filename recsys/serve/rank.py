@@ -1,0 +1,70 @@
+"""Rank stage: add a rank_score to each retrieved candidate.
+
+Reads candidate dicts {item_id, retrieval_score, source}; writes the same dicts plus
+rank_score (order unchanged: the Reranker sorts). The scoring itself is
+models.ranker.score_candidates; this module only feeds it popularity counts and the
+weights that arrive through `user_config`.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+from pydantic import ValidationError
+from ray import serve
+
+from recsys.models.ranker import RankerConfig, score_candidates
+from recsys.serve.catalog import load_popularity
+
+logger = logging.getLogger("ray.serve")
+
+
+def describe_validation_error(what: str, exc: ValidationError) -> str:
+    """A pydantic error as one line per problem: 'what: field=value: message'."""
+    lines = []
+    for err in exc.errors():
+        field = ".".join(str(p) for p in err.get("loc", ())) or "<root>"
+        lines.append(f"{what}: {field}={err.get('input')!r}: {err.get('msg')}")
+    return "; ".join(lines)
+
+
+def parse_ranker_config(user_config: dict[str, Any] | None) -> RankerConfig:
+    """user_config dict -> RankerConfig; a ValueError naming each bad field and value."""
+    if user_config is not None and not isinstance(user_config, dict):
+        raise ValueError(f"Ranker user_config must be a mapping, got {type(user_config).__name__}")
+    try:
+        return RankerConfig.model_validate(user_config or {})
+    except ValidationError as exc:
+        raise ValueError(describe_validation_error("Ranker user_config", exc)) from None
+
+
+def rank_candidates(candidates: list[dict[str, Any]], counts: dict[str, int], cfg: RankerConfig,
+                    max_popularity: float) -> list[dict[str, Any]]:
+    """Copies of `candidates` with rank_score set; unknown items count as 0 interactions."""
+    if not candidates:
+        return []
+    retrieval = np.array([float(c["retrieval_score"]) for c in candidates], dtype=np.float64)  # [C]
+    pop = np.array([counts.get(c["item_id"], 0) for c in candidates], dtype=np.float64)      # [C]
+    scores = score_candidates(retrieval, pop, cfg, max_popularity)
+    return [{**c, "rank_score": float(s)} for c, s in zip(candidates, scores)]
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0.25})
+class Ranker:
+    """Serve shell: popularity counts loaded once, weights tunable live via user_config."""
+
+    def __init__(self, popularity_path: str):
+        _, self.counts = load_popularity(popularity_path)
+        self.max_popularity = float(max(self.counts.values(), default=0))
+        self.cfg = RankerConfig()
+
+    def reconfigure(self, user_config: dict[str, Any]) -> None:
+        # Raising here fails the deploy / config update, so a typo never goes live silently.
+        self.cfg = parse_ranker_config(user_config)
+        logger.info("Ranker config: %s", self.cfg.model_dump())
+
+    def rank(self, candidates: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """[{item_id, retrieval_score, source}] -> same order, each with rank_score."""
+        return rank_candidates(candidates, self.counts, self.cfg, self.max_popularity)

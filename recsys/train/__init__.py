@@ -1,0 +1,1 @@
+"""Training stage: DeepSpeed config from TrainConfig, the per-worker loop, TorchTrainer assembly."""

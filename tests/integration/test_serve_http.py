@@ -1,0 +1,224 @@
+"""End to end over real HTTP: real MiniLM, real Faiss, real Ray Serve on 127.0.0.1.
+
+One Serve start per module is too costly to repeat per check, so the HTTP checks run as
+named steps inside one test; each assertion message says which behaviour broke.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections import Counter
+from pathlib import Path
+
+import httpx
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from recsys.artifacts import mark_latest, new_version_dir
+from recsys.data.text import format_item_text
+from recsys.index.faiss_index import build_faiss_index, save_item_index
+from recsys.models.encoder import TextEmbedder, resolve_model_path
+from recsys.schema import CATALOG_SCHEMA
+from recsys.serve.app import build_app
+from recsys.serve.rank import parse_ranker_config
+from recsys.serve.rerank import parse_rules_config
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
+
+CATEGORIES = {
+    "cookware": ["Stainless Steel Skillet 12 inch", "Cast Iron Frying Pan", "Nonstick Saucepan with Lid",
+                 "Copper Stock Pot 8 quart", "Carbon Steel Wok", "Enameled Dutch Oven",
+                 "Stainless Steel Saute Pan", "Ceramic Baking Dish", "Aluminium Sheet Pan",
+                 "Stainless Steel Frying Pan 10 inch"],
+    "footwear": ["Trail Running Shoes", "Leather Hiking Boots", "Canvas Sneakers", "Wool Slippers",
+                 "Waterproof Rain Boots", "Road Running Shoes", "Suede Chelsea Boots",
+                 "Basketball High Tops", "Flip Flops", "Leather Oxford Shoes"],
+    "electronics": ["Wireless Noise Cancelling Headphones", "Bluetooth Speaker", "USB-C Charger 65W",
+                    "Mechanical Keyboard", "Wireless Mouse", "4K Computer Monitor", "Smartphone Tripod",
+                    "Portable Power Bank", "Wireless Earbuds", "HDMI Cable 2m"],
+    "books": ["Mystery Novel Paperback", "Cookbook of Italian Recipes", "Science Fiction Anthology",
+              "History of Rome Hardcover", "Poetry Collection", "Children's Picture Book",
+              "Fantasy Epic Trilogy", "Biography of a Scientist", "Travel Guide to Japan",
+              "Self Help Productivity Book"],
+}
+PREFIX = {"cookware": "c", "footwear": "f", "electronics": "e", "books": "b"}
+OUT_OF_STOCK = {"c09", "e00"}   # a skillet-like pan, and the most popular item overall
+HISTORIES = {"u1": ["c01", "c02", "c00"], "u2": ["f00", "f05", "f01"], "u3": ["e01", "e08", "e00"]}
+
+
+def catalog_rows() -> list[dict]:
+    rows = []
+    for cat, titles in CATEGORIES.items():
+        for n, title in enumerate(titles):
+            item_id = f"{PREFIX[cat]}{n:02d}"
+            rows.append({"item_id": item_id, "title": title, "brand": "Acme", "category": cat,
+                         "description": f"{title} from the {cat} department",
+                         "price": 10.0 + n, "in_stock": item_id not in OUT_OF_STOCK})
+    return rows
+
+
+def popularity(rows: list[dict]) -> dict[str, int]:
+    counts = {r["item_id"]: 1 + (7 * i) % 13 for i, r in enumerate(rows)}
+    counts.update({"e00": 500, "b03": 400, "f02": 300, "c04": 200, "e02": 150})
+    return counts
+
+
+def write_artifacts() -> dict[str, str]:
+    """A data version and an index version (real MiniLM vectors), both marked latest."""
+    rows = catalog_rows()
+    data_version, data_dir = new_version_dir("data")
+    pq.write_table(pa.Table.from_pylist(rows, schema=CATALOG_SCHEMA), data_dir / "catalog.parquet")
+    (data_dir / "sequences").mkdir()
+    pq.write_table(pa.table({"user_id": list(HISTORIES),
+                             "items": pa.array(list(HISTORIES.values()), pa.list_(pa.string()))}),
+                   data_dir / "sequences" / "part-00000.parquet")
+    counts = popularity(rows)
+    pq.write_table(pa.table({"item_id": list(counts), "count": pa.array(list(counts.values()), pa.int64())}),
+                   data_dir / "popularity.parquet")
+    mark_latest("data", data_version)
+
+    embedder = TextEmbedder("default", max_length=64)
+    vectors = embedder.embed([format_item_text(r["title"], r["brand"], r["category"], r["description"])
+                              for r in rows])
+    index_version, index_dir = new_version_dir("indexes")
+    save_item_index(index_dir, build_faiss_index(vectors), [r["item_id"] for r in rows],
+                    {"version": index_version, "model_path": resolve_model_path("default"),
+                     "model_version": "minilm-test", "data_version": data_version,
+                     "item_max_length": 64})
+    mark_latest("indexes", index_version)
+    return {"data_version": data_version, "index_version": index_version}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def category_of(item_id: str) -> str:
+    return {v: k for k, v in PREFIX.items()}[item_id[0]]
+
+
+def check_items(body: dict, seen: set[str]) -> list[str]:
+    """Every item carries a score and a full explanation; returns the item ids."""
+    for item in body["items"]:
+        assert {"item_id", "title", "category", "score", "explanation"} <= set(item), item
+        exp = item["explanation"]
+        assert {"source", "retrieval_score", "rank_score", "rules_applied"} <= set(exp), item
+        assert item["score"] == pytest.approx(exp["rank_score"])
+        assert item["category"] == category_of(item["item_id"])
+    ids = [i["item_id"] for i in body["items"]]
+    seen.update(ids)
+    return ids
+
+
+def test_serve_http_end_to_end(ray_cluster, recsys_home: Path) -> None:
+    from ray import serve
+
+    versions = write_artifacts()
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    try:
+        serve.run(build_app({"index": "latest", "data": "latest", "retrieval_k": 40}),
+                  name="recsys", route_prefix="/")
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as http:
+            run_http_checks(http, versions)
+    finally:
+        serve.shutdown()  # later tests run Ray Train and need the CPUs back
+
+
+def run_http_checks(http: httpx.Client, versions: dict[str, str]) -> None:
+    seen: set[str] = set()
+
+    health = http.get("/healthz")
+    assert health.status_code == 200, health.text
+    assert health.json() == {"status": "ok", "model_version": "minilm-test",
+                             "index_version": versions["index_version"], "items": 40}
+
+    # search: the skillet query finds cookware first, with explanations
+    r = http.post("/v1/search", json={"query": "stainless steel skillet", "k": 5})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    ids = check_items(body, seen)
+    assert ids and body["items"][0]["category"] == "cookware", body
+    assert ids[0] == "c00", f"the skillet itself should rank first: {ids}"
+    assert body["items"][0]["explanation"]["source"] == "ann"
+    assert body["items"][0]["explanation"]["retrieval_score"] > 0.3
+    assert body["cold_start"] is False and body["index_version"] == versions["index_version"]
+
+    # search for a known user leaves its history out
+    r = http.post("/v1/search", json={"query": "stainless steel skillet", "k": 5, "user_id": "u1"})
+    assert r.status_code == 200, r.text
+    ids = check_items(r.json(), seen)
+    assert ids and not set(ids) & set(HISTORIES["u1"]), f"search for u1 returned its history: {ids}"
+
+    # recommend for a known user: history excluded, at most 3 per category
+    r = http.post("/v1/recommend", json={"user_id": "u1", "k": 10})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    ids = check_items(body, seen)
+    assert len(ids) == 10 and body["cold_start"] is False, body
+    assert not set(ids) & set(HISTORIES["u1"]), f"recommendations repeat u1's history: {ids}"
+    per_cat = Counter(category_of(i) for i in ids)
+    assert max(per_cat.values()) <= 3, f"category cap broken: {per_cat}"
+    assert "category_cap<=3" in body["items"][0]["explanation"]["rules_applied"]
+    assert body["items"][0]["category"] == "cookware", "a cookware history should lead with cookware"
+
+    # explicit history: unknown ids ignored, known ones used and excluded
+    r = http.post("/v1/recommend", json={"history": ["no-such-item", "f03"], "k": 5})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    ids = check_items(body, seen)
+    assert body["cold_start"] is False and ids and "f03" not in ids, body
+
+    # cold start: unknown user, no history -> popular in-stock items
+    for payload in ({"user_id": "stranger", "k": 4}, {"history": ["no-such-item"], "k": 4}):
+        r = http.post("/v1/recommend", json=payload)
+        assert r.status_code == 200, r.text
+        body = r.json()
+        ids = check_items(body, seen)
+        assert body["cold_start"] is True, body
+        assert ids == ["b03", "f02", "c04", "e02"], f"expected popular in-stock items, got {ids}"
+        assert {i["explanation"]["source"] for i in body["items"]} == {"popular"}
+
+    assert not seen & OUT_OF_STOCK, f"out-of-stock items were served: {seen & OUT_OF_STOCK}"
+
+    # bad requests: 4xx bodies that name the problem
+    r = http.post("/v1/search", content=b'{"query": "pan", ', headers={"content-type": "application/json"})
+    assert r.status_code in (400, 422), r.text
+    assert "not valid JSON" in r.json()["detail"][0]["message"], r.text
+
+    r = http.post("/v1/search", json={"query": "pan", "colour": "red"})
+    assert r.status_code == 422, r.text
+    assert r.json()["detail"][0]["field"] == "colour" and "colour" in r.json()["detail"][0]["message"]
+
+    for k in (0, 1000):
+        r = http.post("/v1/recommend", json={"user_id": "u1", "k": k})
+        assert r.status_code == 422, r.text
+        err = r.json()["detail"][0]
+        assert err["field"] == "k" and err["value"] == k and err["message"], r.text
+
+    r = http.post("/v1/recommend", json={"k": 3})
+    assert r.status_code == 422, r.text
+    err = r.json()["detail"][0]
+    assert err["field"] == "user_id" and "neither user_id nor history" in err["message"], r.text
+
+
+def test_build_app_rejects_bad_args_by_name(recsys_home: Path) -> None:
+    with pytest.raises(ValueError, match=r"retrieval_k=0"):
+        build_app({"retrieval_k": 0})
+    with pytest.raises(ValueError, match=r"unknown serve arg 'indx'"):
+        build_app({"indx": "latest"})
+    with pytest.raises(FileNotFoundError, match="no indexes artifact yet"):
+        build_app({})
+
+
+def test_user_config_errors_name_field_and_value() -> None:
+    assert parse_ranker_config(None).popularity_weight == 0.1
+    with pytest.raises(ValueError, match=r"popularity_weight='lots'"):
+        parse_ranker_config({"popularity_weight": "lots"})
+    with pytest.raises(ValueError, match=r"Reranker user_config: max_per_category=0"):
+        parse_rules_config({"max_per_category": 0})
+    with pytest.raises(ValueError, match=r"bogus"):
+        parse_rules_config({"bogus": True})
