@@ -9,10 +9,11 @@ RECSYS_HOME nor the artifacts' naming scheme.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, cast
 
 from pydantic import BaseModel, Field, ValidationError
 from ray import serve
+from ray.serve import Deployment
 
 from recsys.artifacts import read_manifest, resolve_artifact
 from recsys.serve.catalog import CATALOG_FILE, POPULARITY_FILE, SEQUENCES_DIR
@@ -97,10 +98,16 @@ def build_app(args: dict[str, Any]) -> serve.Application:
     paths = resolve_serving_artifacts(cfg)
     logger.info("building recsys app: %s", {**cfg.model_dump(), **paths})
     catalog_path = f"{paths['data_dir']}/{CATALOG_FILE}"
-    retriever = Retriever.options(name="Retriever").bind(
+    retriever = _named(Retriever, "Retriever").bind(
         paths["index_dir"], catalog_path, cfg.query_max_length, cfg.max_history_items)
-    ranker = Ranker.options(name="Ranker").bind(f"{paths['data_dir']}/{POPULARITY_FILE}")
-    reranker = Reranker.options(name="Reranker").bind(catalog_path)
-    return Ingress.options(name="Ingress").bind(
+    ranker = _named(Ranker, "Ranker").bind(f"{paths['data_dir']}/{POPULARITY_FILE}")
+    reranker = _named(Reranker, "Reranker").bind(catalog_path)
+    return _named(Ingress, "Ingress").bind(
         retriever, ranker, reranker, paths["data_dir"], paths["index_version"],
         paths["model_version"], cfg.retrieval_k)
+
+
+def _named(deployment: object, name: str) -> Deployment:
+    # serve.deployment turned the classes into Deployments (mypy still sees classes); the
+    # names are pinned because serve_configs/*.yaml address deployments by them.
+    return cast(Deployment, deployment).options(name=name)

@@ -1,0 +1,59 @@
+"""build_index stage: catalog -> item-tower vectors (Ray Data) -> Faiss index artifact."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+from recsys.artifacts import mark_latest, new_version_dir, read_manifest, resolve_artifact
+from recsys.data.text import format_item_text
+from recsys.index.config import IndexConfig
+from recsys.index.embed import embed_texts
+from recsys.index.faiss_index import build_faiss_index, save_item_index
+from recsys.models.encoder import resolve_model_path
+from recsys.runtime import log
+
+JOB = "build_index"
+
+
+def resolve_model(ref: str) -> tuple[str, str, dict]:
+    """(model path, model version, manifest) for a model artifact ref or 'default' (base encoder)."""
+    if ref == "default":
+        return resolve_model_path("default"), "base-minilm", {}
+    path = resolve_artifact("models", ref)
+    manifest = read_manifest(path)
+    return str(path), manifest["version"], manifest
+
+
+def load_item_texts(data_dir: Path) -> tuple[list[str], list[str]]:
+    catalog = pq.read_table(data_dir / "catalog.parquet").to_pandas()
+    texts = [format_item_text(r.title, r.brand, r.category) for r in catalog.itertuples()]
+    return catalog["item_id"].astype(str).tolist(), texts
+
+
+def run_build_index(cfg: IndexConfig) -> dict:
+    started = time.perf_counter()
+    model_path, model_version, model_manifest = resolve_model(cfg.model)
+    data_dir = resolve_artifact("data", cfg.data)
+    data_version = read_manifest(data_dir)["version"]
+    item_max_length = int(model_manifest.get("item_max_length", 48))
+    item_ids, texts = load_item_texts(data_dir)
+    log(JOB, f"embedding {len(item_ids)} items with model {model_version} "
+             f"({cfg.embed_concurrency} actor(s), batch {cfg.embed_batch_size})")
+    vectors = embed_texts(item_ids, texts, model_path, item_max_length, cfg.embed_batch_size,
+                          cfg.embed_concurrency, num_gpus=1 if cfg.use_gpu else 0)
+    log(JOB, f"embedded in {time.perf_counter() - started:.1f}s; building Faiss '{cfg.factory}'")
+    index = build_faiss_index(vectors, cfg.factory)
+    version, out = new_version_dir("indexes")
+    save_item_index(out, index, item_ids, {
+        "kind": "index", "version": version, "model_path": model_path, "model_version": model_version,
+        "data_version": data_version, "factory": cfg.factory, "item_max_length": item_max_length,
+        "query_max_length": int(model_manifest.get("query_max_length", 96)),
+    })
+    mark_latest("indexes", version)
+    seconds = round(time.perf_counter() - started, 1)
+    log(JOB, f"index {version} -> {out}: {index.ntotal} items, dim {index.d}, {seconds}s")
+    return {"version": version, "path": str(out), "items": int(index.ntotal), "dim": int(index.d),
+            "model_version": model_version, "data_version": data_version, "seconds": seconds}
