@@ -1,3 +1,4 @@
+#!/usr/bin/env python3
 """End-to-end demo on a local Ray cluster: preprocess -> train -> build_index -> evaluate -> serve.
 
 Starts `ray start --head`, submits every job with `ray job submit` (exactly what you
@@ -127,7 +128,7 @@ def main() -> int:
              post("/v1/recommend", {"user_id": user, "k": 5}))
         show("POST /v1/recommend {'user_id': 'new-visitor', 'k': 5}",
              post("/v1/recommend", {"user_id": "new-visitor", "k": 5}))
-        report = sorted((home / "artifacts" / "eval").glob("*/report.md"))[-1]
+        report = max((home / "artifacts" / "eval").glob("*/report.md"))
         say(f"offline evaluation ({report}):\n{report.read_text()}")
         say(f"demo finished in {time.perf_counter() - started:.0f}s")
         return 0

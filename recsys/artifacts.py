@@ -52,7 +52,9 @@ def mark_latest(kind: str, version: str, root: Path | None = None) -> None:
 
 def resolve_artifact(kind: str, ref: str | Path = "latest", root: Path | None = None) -> Path:
     """'latest', a version name under `kind`, or a directory path -> an existing directory."""
-    ref_str = str(ref)
+    ref_str = str(ref).strip()
+    if not ref_str:
+        raise ArtifactNotFound(f"empty {kind} reference: give 'latest', a version name or a directory")
     if ref_str == "latest":
         pointer = _kind_dir(kind, root) / "LATEST"
         if not pointer.is_file():
@@ -60,6 +62,8 @@ def resolve_artifact(kind: str, ref: str | Path = "latest", root: Path | None = 
                 f"no {kind} artifact yet under {pointer.parent} (run the job that writes it first, "
                 f"or set RECSYS_HOME)")
         ref_str = pointer.read_text().strip()
+        if not ref_str:
+            raise ArtifactNotFound(f"{pointer} is empty: re-run the job that writes {kind} artifacts")
     candidate = Path(ref_str).expanduser()
     for path in (candidate, _kind_dir(kind, root) / ref_str):
         if path.is_dir():

@@ -86,7 +86,7 @@ class SearchRequest(_Strict):
     user_id: str | None = Field(default=None, min_length=1, max_length=200)
 
     @model_validator(mode="after")
-    def _query_not_blank(self) -> "SearchRequest":
+    def _query_not_blank(self) -> SearchRequest:
         if not self.query.strip():
             raise ValueError("query must contain non-space characters")
         return self

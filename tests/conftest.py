@@ -50,12 +50,9 @@ def ray_cluster():
                                            ("HF_HUB_OFFLINE", "RAY_AUTH_MODE", "OMP_NUM_THREADS",
                                             "TOKENIZERS_PARALLELISM")}})
     yield ray
-    try:
-        from ray import serve
+    from ray import serve
 
-        serve.shutdown()
-    except Exception:  # noqa: BLE001 - Serve may never have started
-        pass
+    serve.shutdown()  # a no-op when Serve never started
     ray.shutdown()
 
 
@@ -73,3 +70,29 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     BertModel(config, add_pooling_layer=False).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture()
+def serve_app(ray_cluster):
+    """Run a Serve application on a free loopback port; yields a function app -> base URL.
+
+    Serve is shut down afterwards: later tests run Ray Train and need the CPUs back.
+    """
+    from ray import serve
+
+    def start(app) -> str:
+        port = _free_port()
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        serve.run(app, name="recsys", route_prefix="/")
+        return f"http://127.0.0.1:{port}"
+
+    yield start
+    serve.shutdown()

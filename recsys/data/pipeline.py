@@ -20,8 +20,13 @@ import ray
 
 from recsys.artifacts import mark_latest, new_version_dir, write_json, write_manifest
 from recsys.data.config import PreprocessConfig, SourceConfig
-from recsys.data.sequences import (assign_sessions, build_user_sequences, drop_duplicate_events,
-                                   item_popularity, make_training_pairs)
+from recsys.data.sequences import (
+    assign_sessions,
+    build_user_sequences,
+    drop_duplicate_events,
+    item_popularity,
+    make_training_pairs,
+)
 from recsys.data.sources import list_input_files, parse_raw_records, read_raw_table
 from recsys.data.text import format_item_text
 from recsys.data.validate import validate_catalog, validate_events
@@ -133,8 +138,11 @@ def run_preprocess(cfg: PreprocessConfig) -> dict:
     files = list_input_files(events_path)
     mixed = (ray.data.read_binary_files(files, include_paths=True)
              .map_batches(ParseAndValidate, fn_constructor_kwargs={"catalog_path": str(catalog_path)},
-                          batch_size=1, batch_format="pandas",
-                          concurrency=min(cfg.parse_concurrency, len(files)))
+                          batch_size=1, batch_format="pandas", num_cpus=0.5,
+                          # Half a CPU per actor leaves room for the read tasks feeding them;
+                          # whole-CPU actors on a 2-CPU node starve the reader and deadlock.
+                          compute=ray.data.ActorPoolStrategy(
+                              min_size=1, max_size=min(cfg.parse_concurrency, len(files))))
              .materialize())
     valid = mixed.map_batches(_valid_rows, batch_format="pandas", batch_size=None)
     reasons = _write_quarantine(
@@ -168,7 +176,8 @@ def run_preprocess(cfg: PreprocessConfig) -> dict:
         PairBuilder, fn_constructor_kwargs={"catalog_path": str(catalog_path),
                                             "max_history_items": cfg.max_history_items,
                                             "max_pairs_per_user": cfg.max_pairs_per_user},
-        batch_format="pandas", batch_size=512, concurrency=1).materialize()
+        batch_format="pandas", batch_size=512, num_cpus=0.5,
+        compute=ray.data.ActorPoolStrategy(size=1)).materialize()
     pairs.write_parquet(str(out / "train_pairs"))
     pair_kinds = Counter(pairs.to_pandas()["kind"]) if pairs.count() else Counter()
     # Per-block counts are at most (#items x #blocks) rows: summing them on the driver beats

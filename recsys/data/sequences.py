@@ -87,6 +87,11 @@ def build_user_sequences(events: pd.DataFrame, max_length: int = 200) -> pd.Data
     return pd.DataFrame(rows, columns=columns)
 
 
+def has_holdout(test_item) -> bool:
+    """A sequence row holds out its last items when test_item is set (null reads back as None or NaN)."""
+    return isinstance(test_item, str)
+
+
 def training_items(items: list[str] | np.ndarray, has_holdout: bool) -> list[str]:
     """The part of a sequence training may see: everything but the held-out last two items."""
     items = list(items)
@@ -103,14 +108,14 @@ def make_training_pairs(sequences: pd.DataFrame, item_texts: Mapping[str, str], 
     """
     rows: list[tuple[str, str, str, str]] = []
     for seq in sequences.itertuples(index=False):
-        visible = training_items(seq.items, seq.test_item is not None)
+        visible = training_items(seq.items, has_holdout(seq.test_item))
         titles = [item_titles.get(i, "") for i in visible]
         start = max(1, len(visible) - max_pairs_per_user)
         for t in range(start, len(visible)):
             anchor = format_history_text(titles[:t], max_history_items)
             if anchor and visible[t] in item_texts:
                 rows.append(("next_item", anchor, visible[t], item_texts[visible[t]]))
-        held_out = {seq.valid_item, seq.test_item} - {None}
+        held_out = {i for i in (seq.valid_item, seq.test_item) if isinstance(i, str)}
         for query, item in zip(seq.search_queries, seq.search_items):
             if item in item_texts and item not in held_out:
                 rows.append(("search", query, item, item_texts[item]))
@@ -121,6 +126,6 @@ def item_popularity(sequences: pd.DataFrame) -> pd.DataFrame:
     """Interaction counts per item over the training part of every sequence (no test leakage)."""
     counts: dict[str, int] = {}
     for seq in sequences.itertuples(index=False):
-        for item in training_items(seq.items, seq.test_item is not None):
+        for item in training_items(seq.items, has_holdout(seq.test_item)):
             counts[item] = counts.get(item, 0) + 1
     return pd.DataFrame({"item_id": list(counts), "count": np.array(list(counts.values()), dtype="int64")})

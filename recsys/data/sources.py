@@ -77,6 +77,13 @@ def parse_raw_records(data: bytes, source: str, columns: tuple[str, ...]) -> pd.
     rows: list[dict] = []
     if fmt == "parquet":
         return _parquet_records(pq.read_table(io.BytesIO(data)), source, columns)
+    if data.startswith(b"\xef\xbb\xbf"):  # a UTF-8 BOM (Excel exports) is not part of the header
+        data = data[3:]
+    if fmt == "csv":
+        try:
+            return _csv_records(data.decode("utf-8"), source, columns)
+        except UnicodeDecodeError:
+            pass  # some bytes are not UTF-8: fall back to line by line so only those rows fail
     lines = data.splitlines()
     header: list[str] | None = None
     for n, raw_line in enumerate(lines, start=1):
@@ -94,6 +101,21 @@ def parse_raw_records(data: bytes, source: str, columns: tuple[str, ...]) -> pd.
     return _frame(rows, columns)
 
 
+def _csv_records(text: str, source: str, columns: tuple[str, ...]) -> pd.DataFrame:
+    """A fully decodable CSV through the csv module, so quoted fields may contain newlines."""
+    reader = csv.reader(io.StringIO(text, newline=""))
+    header = [h.strip() for h in next(reader, [])]
+    rows: list[dict] = []
+    start = reader.line_num + 1
+    for values in reader:
+        if values:
+            fields, error = _split_values(values, header)
+            rows.append(_record(source, start, {c: _to_text(fields.get(c)) for c in columns}, error,
+                                ",".join(values)))
+        start = reader.line_num + 1
+    return _frame(rows, columns)
+
+
 def _parquet_records(table: pa.Table, source: str, columns: tuple[str, ...]) -> pd.DataFrame:
     """Typed Parquet columns -> the same string records, vectorised (no per-row Python).
 
@@ -106,7 +128,8 @@ def _parquet_records(table: pa.Table, source: str, columns: tuple[str, ...]) -> 
             out[col] = pa.nulls(n, pa.string())
         elif pa.types.is_timestamp(table.schema.field(col).type):
             # Epoch microseconds keep full precision and need no format guessing downstream.
-            as_us = table.column(col).cast(pa.timestamp("us", tz=table.schema.field(col).type.tz))
+            # safe=False truncates nanoseconds instead of failing the whole file.
+            as_us = table.column(col).cast(pa.timestamp("us", tz=table.schema.field(col).type.tz), safe=False)
             out[col] = pc.cast(pc.cast(as_us, pa.int64()), pa.string())
         else:
             out[col] = pc.cast(table.column(col), pa.string())
@@ -116,7 +139,10 @@ def _parquet_records(table: pa.Table, source: str, columns: tuple[str, ...]) -> 
 
 
 def _split_csv(text: str, header: list[str]) -> tuple[dict, str | None]:
-    values = next(csv.reader([text]), [])
+    return _split_values(next(csv.reader([text]), []), header)
+
+
+def _split_values(values: list[str], header: list[str]) -> tuple[dict, str | None]:
     if len(values) != len(header):
         return {}, f"wrong_field_count: expected {len(header)} fields, got {len(values)}"
     return {h: (v if v != "" else None) for h, v in zip(header, values)}, None

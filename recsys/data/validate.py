@@ -12,8 +12,7 @@ import json
 import numpy as np
 import pandas as pd
 
-from recsys.schema import (CATALOG_COLUMNS, EVENT_COLUMNS, EVENT_TYPES, ITEM_EVENT_TYPES,
-                           QUARANTINE_COLUMNS)
+from recsys.schema import CATALOG_COLUMNS, EVENT_COLUMNS, EVENT_TYPES, ITEM_EVENT_TYPES, QUARANTINE_COLUMNS
 
 _TRUE = {"true", "1", "yes", "y", "t"}
 _FALSE = {"false", "0", "no", "n", "f"}

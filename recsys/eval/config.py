@@ -8,7 +8,8 @@ from pydantic import Field
 
 from recsys.config import JobConfig
 
-METHODS = ("fine_tuned", "zero_shot", "popularity", "cooccurrence")
+Method = Literal["fine_tuned", "zero_shot", "popularity", "cooccurrence"]
+METHODS: tuple[Method, ...] = ("fine_tuned", "zero_shot", "popularity", "cooccurrence")
 
 
 class EvalConfig(JobConfig):
@@ -16,10 +17,10 @@ class EvalConfig(JobConfig):
     data: str = Field("latest", description="data version whose held-out items are ranked")
     split: Literal["test", "valid"] = Field("test", description="test = last item, valid = second-to-last")
     ks: list[int] = Field(default_factory=lambda: [10, 20, 50], description="cut-offs for Recall/NDCG@K")
-    methods: list[Literal["fine_tuned", "zero_shot", "popularity", "cooccurrence"]] = Field(
+    methods: list[Method] = Field(
         default_factory=lambda: list(METHODS), description="what to rank with, all in the same run")
     exclude_history: bool = Field(True, description="never rank items the user already has (as serving does)")
     max_users: int | None = Field(None, ge=1, description="evaluate a seeded sample of users (null = all)")
     seed: int = Field(0, description="sampling seed for max_users")
     embed_batch_size: int = Field(64, ge=1, description="texts per forward pass")
-    embed_concurrency: int = Field(1, ge=1, description="embedding actors")
+    embed_concurrency: int = Field(2, ge=1, description="embedding actors")

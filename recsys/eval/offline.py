@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow.dataset as pads
 
 from recsys.artifacts import mark_latest, new_version_dir, read_manifest, resolve_artifact, write_json
-from recsys.data.sequences import training_items
+from recsys.data.sequences import has_holdout, training_items
 from recsys.data.text import history_text_for_items
 from recsys.eval.baselines import CooccurrenceRecommender, popularity_scores
 from recsys.eval.config import EvalConfig
@@ -33,9 +33,9 @@ def load_eval_users(data_dir: Path, split: str, position: dict[str, int], max_us
     """-> (user ids, histories as item positions, target positions, training sequences of ALL users)."""
     seqs = pads.dataset(data_dir / "sequences", format="parquet").to_table(
         columns=["user_id", "items", "test_item"]).to_pylist()
-    train_sequences = [[position[i] for i in training_items(s["items"], s["test_item"] is not None)
+    train_sequences = [[position[i] for i in training_items(s["items"], has_holdout(s["test_item"]))
                         if i in position] for s in seqs]
-    held = [s for s in seqs if s["test_item"] is not None]
+    held = [s for s in seqs if has_holdout(s["test_item"])]
     if max_users is not None and len(held) > max_users:
         rng = np.random.default_rng(seed)
         held = [held[i] for i in sorted(rng.choice(len(held), max_users, replace=False))]
@@ -62,6 +62,17 @@ def encoder_ranks(model_path: str, query_len: int, item_len: int, item_ids: list
     keys = [str(i) for i in range(len(history_texts))]
     queries = embed_texts(keys, history_texts, model_path, query_len, cfg.embed_batch_size, cfg.embed_concurrency)
     return rank_by_scores(lambda a, b: queries[a:b] @ items.T, targets, histories, cfg.exclude_history)
+
+
+def baseline_ranks(method: str, train_seqs: list[list[int]], n_items: int, targets: np.ndarray,
+                   histories: list[list[int]], exclude: bool) -> np.ndarray:
+    """Popularity or item co-occurrence, fit on the training part of every sequence."""
+    if method == "popularity":
+        pop = popularity_scores(train_seqs, n_items)
+        return rank_by_scores(lambda a, b: np.broadcast_to(pop, (len(targets[a:b]), n_items)),
+                              targets, histories, exclude)
+    model = CooccurrenceRecommender().fit(train_seqs, n_items)
+    return rank_by_scores(lambda a, b: model.score(histories[a:b]), targets, histories, exclude)
 
 
 def run_evaluation(cfg: EvalConfig) -> dict:
@@ -92,15 +103,8 @@ def run_evaluation(cfg: EvalConfig) -> dict:
             ranks = encoder_ranks(model_path, q_len, i_len, item_ids, item_texts, history_texts, targets,
                                   histories, cfg)
             model_info[method] = model_version
-        elif method == "popularity":
-            pop = popularity_scores(train_seqs, len(item_ids))
-            ranks = rank_by_scores(lambda a, b: np.broadcast_to(pop, (b - a if b <= len(targets) else
-                                                                      len(targets) - a, len(pop))),
-                                   targets, histories, cfg.exclude_history)
         else:
-            model = CooccurrenceRecommender().fit(train_seqs, len(item_ids))
-            ranks = rank_by_scores(lambda a, b: model.score(histories[a:b]), targets, histories,
-                                   cfg.exclude_history)
+            ranks = baseline_ranks(method, train_seqs, len(item_ids), targets, histories, cfg.exclude_history)
         results[method] = summarize_ranks(ranks, tuple(cfg.ks))
         log(JOB, f"{method}: " + ", ".join(f"{k}={v:.4f}" for k, v in results[method].items() if k != "users")
                  + f" ({time.perf_counter() - t0:.1f}s)")

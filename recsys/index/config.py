@@ -13,5 +13,5 @@ class IndexConfig(JobConfig):
     factory: str = Field("Flat", description="Faiss index_factory string: Flat (exact), HNSW32, "
                                              "IVF1024,PQ32, ... (inner product on unit vectors)")
     embed_batch_size: int = Field(64, ge=1, description="texts per forward pass")
-    embed_concurrency: int = Field(1, ge=1, description="embedding actors (one per GPU on GPU clusters)")
+    embed_concurrency: int = Field(2, ge=1, description="embedding actors (one per GPU on GPU clusters)")
     use_gpu: bool = Field(False, description="give each embedding actor a GPU")

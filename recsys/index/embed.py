@@ -30,8 +30,8 @@ def embed_texts(keys: list[str], texts: list[str], model_path: str, max_length: 
                              override_num_blocks=max(1, min(len(keys) // batch_size, 4 * concurrency)))
     out = ds.map_batches(EmbedTexts, fn_constructor_kwargs={"model_path": model_path, "max_length": max_length,
                                                             "batch_size": batch_size},
-                         batch_size=batch_size * 4, batch_format="numpy", concurrency=concurrency,
-                         num_gpus=num_gpus)
+                         batch_size=batch_size * 4, batch_format="numpy", num_gpus=num_gpus,
+                         compute=ray.data.ActorPoolStrategy(size=concurrency))
     position = {k: i for i, k in enumerate(keys)}
     matrix: np.ndarray | None = None
     for batch in out.iter_batches(batch_format="numpy", batch_size=4096):

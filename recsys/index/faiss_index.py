@@ -40,7 +40,11 @@ def build_faiss_index(vectors: np.ndarray, factory: str = "Flat") -> faiss.Index
         if nlist and len(vectors) < nlist:
             raise IndexBuildError(
                 f"index.factory={factory!r} needs at least {nlist} items to train, catalog has {len(vectors)}")
-        index.train(vectors)
+        try:
+            index.train(vectors)
+        except RuntimeError as exc:  # e.g. PQ codebooks need more training points than items
+            raise IndexBuildError(f"index.factory={factory!r} cannot be trained on {len(vectors)} items: "
+                                  f"{str(exc).splitlines()[-1] if str(exc) else exc}") from None
     index.add(vectors)
     return index
 

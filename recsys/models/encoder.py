@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -33,7 +34,7 @@ def resolve_model_path(name_or_path: str) -> str:
     return str(path.resolve())
 
 
-def load_hf_encoder(name_or_path: str, dtype: torch.dtype | None = None) -> tuple[nn.Module, object]:
+def load_hf_encoder(name_or_path: str, dtype: torch.dtype | None = None) -> tuple[nn.Module, Any]:
     """Load (AutoModel, AutoTokenizer) from a local directory, offline."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from transformers import AutoModel, AutoTokenizer
@@ -64,7 +65,8 @@ class TextEncoder(nn.Module):
 
     @property
     def dim(self) -> int:
-        return int(self.backbone.config.hidden_size)
+        config: Any = self.backbone.config
+        return int(config.hidden_size)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         out = self.backbone(input_ids=input_ids, attention_mask=attention_mask)

@@ -21,4 +21,5 @@ def apply_lora(backbone: nn.Module, r: int, alpha: int, dropout: float, target_m
 
 def merge_lora(backbone: nn.Module) -> nn.Module:
     """A peft-wrapped backbone -> plain HF model with adapters folded in (no peft needed to load)."""
-    return backbone.merge_and_unload() if hasattr(backbone, "merge_and_unload") else backbone
+    merge = getattr(backbone, "merge_and_unload", None)
+    return merge() if callable(merge) else backbone

@@ -8,6 +8,7 @@ RECSYS_HOME nor the artifacts' naming scheme.
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any, cast
 
@@ -43,13 +44,15 @@ class ServeArgs(BaseModel, extra="forbid"):
         description="Candidates fetched from the index per request, before ranking and rules; "
                     "raise it when rules (history, stock, category cap) leave fewer than k items.",
     )
-    query_max_length: int = Field(
-        default=128, ge=8, le=512,
-        description="Tokenizer truncation length for query and history text.",
+    query_max_length: int | None = Field(
+        default=None, ge=8, le=512,
+        description="Tokenizer truncation length for query and history text; null = what the model "
+                    "was trained with (index manifest).",
     )
-    max_history_items: int = Field(
-        default=8, ge=1, le=200,
-        description="Most recent history items turned into the recommendation query text.",
+    max_history_items: int | None = Field(
+        default=None, ge=1, le=200,
+        description="Most recent history items turned into the recommendation query text; null = "
+                    "what preprocess used for training pairs (data manifest).",
     )
 
 
@@ -84,7 +87,11 @@ def resolve_serving_artifacts(args: ServeArgs) -> dict[str, Any]:
         # Allowed (a catalog refresh need not re-embed), but worth seeing in the logs.
         logger.warning("index %s was built from data %s but serving data %s", index_dir.name,
                        manifest["data_version"], data_dir.name)
+    data_manifest = data_dir / "manifest.json"
+    data_config = json.loads(data_manifest.read_text()).get("config", {}) if data_manifest.is_file() else {}
     return {
+        "query_max_length": args.query_max_length or int(manifest.get("query_max_length", 128)),
+        "max_history_items": args.max_history_items or int(data_config.get("max_history_items", 8)),
         "index_dir": str(index_dir),
         "data_dir": str(data_dir),
         "index_version": str(manifest.get("version", index_dir.name)),
@@ -99,7 +106,7 @@ def build_app(args: dict[str, Any]) -> serve.Application:
     logger.info("building recsys app: %s", {**cfg.model_dump(), **paths})
     catalog_path = f"{paths['data_dir']}/{CATALOG_FILE}"
     retriever = _named(Retriever, "Retriever").bind(
-        paths["index_dir"], catalog_path, cfg.query_max_length, cfg.max_history_items)
+        paths["index_dir"], catalog_path, paths["query_max_length"], paths["max_history_items"])
     ranker = _named(Ranker, "Ranker").bind(f"{paths['data_dir']}/{POPULARITY_FILE}")
     reranker = _named(Reranker, "Reranker").bind(catalog_path)
     return _named(Ingress, "Ingress").bind(

@@ -46,7 +46,7 @@ class TrainConfig(JobConfig):
     seed: int = Field(0, description="torch seed on every worker")
 
     @model_validator(mode="after")
-    def _check_offload(self) -> "TrainConfig":
+    def _check_offload(self) -> TrainConfig:
         if self.offload_param and self.zero_stage != 3:
             raise ValueError(f"offload_param needs zero_stage=3, got zero_stage={self.zero_stage}")
         return self

@@ -10,6 +10,7 @@ import os
 import tempfile
 import time
 import zlib
+from typing import Any
 
 import numpy as np
 import torch
@@ -48,7 +49,7 @@ def export_encoder(engine, cfg: TrainConfig, tokenizer, out_dir: str, rank: int)
         model.load_state_dict({k: v.float() for k, v in state.items()})
     if rank != 0:
         return False
-    backbone = merge_lora(model.encoder.backbone)
+    backbone: Any = merge_lora(model.encoder.backbone)
     backbone.save_pretrained(out_dir, safe_serialization=True)
     tokenizer.save_pretrained(out_dir)
     return True

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import ray
 
-from recsys.artifacts import (mark_latest, new_version_dir, read_manifest, resolve_artifact, write_manifest)
+from recsys.artifacts import mark_latest, new_version_dir, read_manifest, resolve_artifact, write_manifest
 from recsys.config import recsys_home
 from recsys.models.encoder import resolve_model_path
 from recsys.runtime import log

@@ -6,7 +6,6 @@ named steps inside one test; each assertion message says which behaviour broke.
 
 from __future__ import annotations
 
-import socket
 from collections import Counter
 from pathlib import Path
 
@@ -90,12 +89,6 @@ def write_artifacts() -> dict[str, str]:
     return {"data_version": data_version, "index_version": index_version}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def category_of(item_id: str) -> str:
     return {v: k for k, v in PREFIX.items()}[item_id[0]]
 
@@ -113,19 +106,11 @@ def check_items(body: dict, seen: set[str]) -> list[str]:
     return ids
 
 
-def test_serve_http_end_to_end(ray_cluster, recsys_home: Path) -> None:
-    from ray import serve
-
+def test_serve_http_end_to_end(serve_app, recsys_home: Path) -> None:
     versions = write_artifacts()
-    port = free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    try:
-        serve.run(build_app({"index": "latest", "data": "latest", "retrieval_k": 40}),
-                  name="recsys", route_prefix="/")
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as http:
-            run_http_checks(http, versions)
-    finally:
-        serve.shutdown()  # later tests run Ray Train and need the CPUs back
+    base_url = serve_app(build_app({"index": "latest", "data": "latest", "retrieval_k": 40}))
+    with httpx.Client(base_url=base_url, timeout=60) as http:
+        run_http_checks(http, versions)
 
 
 def run_http_checks(http: httpx.Client, versions: dict[str, str]) -> None:

@@ -1,0 +1,99 @@
+"""TrainConfig -> DeepSpeed config: ZeRO stages, offload, batch arithmetic, scheduler and step planning."""
+
+from __future__ import annotations
+
+import pytest
+
+from recsys.train.config import TrainConfig
+from recsys.train.deepspeed_config import build_deepspeed_config, plan_total_steps
+
+
+def ds(world_size: int = 2, total_steps: int = 100, **fields) -> dict:
+    return build_deepspeed_config(TrainConfig(**fields), world_size=world_size, total_steps=total_steps)
+
+
+@pytest.mark.parametrize("stage", [0, 1])
+def test_low_stages_have_only_the_stage(stage: int) -> None:
+    assert ds(zero_stage=stage)["zero_optimization"] == {"stage": stage}
+
+
+def test_stage2_overlaps_comm_only_on_gpu() -> None:
+    assert ds(zero_stage=2)["zero_optimization"] == {"stage": 2, "overlap_comm": False,
+                                                     "contiguous_gradients": True}
+    assert ds(zero_stage=2, use_gpu=True)["zero_optimization"]["overlap_comm"] is True
+
+
+def test_stage3_gathers_weights_for_export() -> None:
+    zero = ds(zero_stage=3)["zero_optimization"]
+    assert zero["stage"] == 3
+    assert zero["stage3_gather_16bit_weights_on_model_save"] is True
+    assert zero["contiguous_gradients"] is True
+    assert "offload_param" not in zero and "offload_optimizer" not in zero
+    assert "stage3_gather_16bit_weights_on_model_save" not in ds(zero_stage=2)["zero_optimization"]
+
+
+def test_offload_blocks() -> None:
+    zero = ds(zero_stage=3, offload_optimizer=True, offload_param=True)["zero_optimization"]
+    assert zero["offload_optimizer"] == {"device": "cpu", "pin_memory": False}
+    assert zero["offload_param"] == {"device": "cpu", "pin_memory": False}
+    gpu = ds(zero_stage=3, offload_optimizer=True, offload_param=True, use_gpu=True)["zero_optimization"]
+    assert gpu["offload_optimizer"]["pin_memory"] is True and gpu["offload_param"]["pin_memory"] is True
+    zero2 = ds(zero_stage=2, offload_optimizer=True)["zero_optimization"]
+    assert zero2["offload_optimizer"]["device"] == "cpu" and "offload_param" not in zero2
+
+
+def test_batch_size_arithmetic() -> None:
+    cfg = ds(world_size=4, micro_batch_size=8, grad_accum_steps=3)
+    assert cfg["train_micro_batch_size_per_gpu"] == 8
+    assert cfg["gradient_accumulation_steps"] == 3
+    assert cfg["train_batch_size"] == 8 * 3 * 4
+
+
+def test_optimizer_scheduler_precision() -> None:
+    cfg = ds(lr=1e-4, weight_decay=0.1, warmup_steps=10, total_steps=50)
+    assert cfg["optimizer"]["type"] == "AdamW"
+    assert cfg["optimizer"]["params"]["lr"] == 1e-4 and cfg["optimizer"]["params"]["weight_decay"] == 0.1
+    sched = cfg["scheduler"]
+    assert sched["type"] == "WarmupDecayLR"
+    assert sched["params"]["warmup_max_lr"] == 1e-4 and sched["params"]["warmup_num_steps"] == 10
+    assert sched["params"]["total_num_steps"] == 50
+    assert cfg["bf16"] == {"enabled": False}
+    assert ds(use_gpu=True)["bf16"] == {"enabled": True}
+    assert ds(bf16=True)["bf16"] == {"enabled": True}
+
+
+@pytest.mark.parametrize(("warmup", "total", "expected"), [
+    (20, 150, 20), (20, 20, 19), (20, 5, 4), (20, 1, 0), (0, 10, 0), (20, 0, 0),
+])
+def test_warmup_clipped_below_total_steps(warmup: int, total: int, expected: int) -> None:
+    params = ds(warmup_steps=warmup, total_steps=total)["scheduler"]["params"]
+    assert params["warmup_num_steps"] == expected
+    assert params["total_num_steps"] == max(total, 1)
+    assert params["warmup_num_steps"] < params["total_num_steps"] or params["total_num_steps"] == 1
+
+
+def test_plan_total_steps_max_steps_wins() -> None:
+    cfg = TrainConfig(max_steps=7, micro_batch_size=4, epochs=10)
+    assert plan_total_steps(cfg, n_pairs=1000, world_size=2) == 7
+
+
+@pytest.mark.parametrize(("n_pairs", "epochs", "world", "accum", "expected"), [
+    (1000, 1.0, 2, 1, 31),    # 1000 // (16*2)
+    (1000, 2.0, 2, 1, 62),
+    (1000, 0.5, 1, 2, 15),    # 500 // 32
+    (32, 1.0, 2, 1, 1),
+    (40, 0.1, 2, 1, 1),       # never zero steps
+])
+def test_plan_total_steps_from_epochs(n_pairs: int, epochs: float, world: int, accum: int,
+                                      expected: int) -> None:
+    cfg = TrainConfig(max_steps=None, epochs=epochs, micro_batch_size=16, grad_accum_steps=accum)
+    assert plan_total_steps(cfg, n_pairs=n_pairs, world_size=world) == expected
+
+
+@pytest.mark.parametrize("max_steps", [None, 100])
+def test_plan_total_steps_too_few_pairs(max_steps: int | None) -> None:
+    cfg = TrainConfig(max_steps=max_steps, micro_batch_size=16, grad_accum_steps=2)
+    with pytest.raises(ValueError, match="only 63 training pairs") as err:
+        plan_total_steps(cfg, n_pairs=63, world_size=2)
+    assert "micro_batch_size=16" in str(err.value) and "workers=2" in str(err.value)
+    assert plan_total_steps(cfg, n_pairs=64, world_size=2) == (100 if max_steps else 1)
