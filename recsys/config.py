@@ -57,6 +57,33 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     return result
 
 
+M = TypeVar("M", bound=BaseModel)
+
+
+def describe_validation_error(what: str, exc: ValidationError, allowed: list[str] | None = None) -> str:
+    """A pydantic error as one clause per problem, naming the field and the value given."""
+    problems = []
+    for err in exc.errors():
+        field = ".".join(str(x) for x in err["loc"]) or "<root>"
+        if err["type"] == "extra_forbidden":
+            hint = f"; allowed: {allowed}" if allowed and len(err["loc"]) == 1 else ""
+            problems.append(f"{what}: unknown field {field!r} (value {err.get('input')!r}){hint}")
+        else:
+            problems.append(f"{what}: {field}={err.get('input')!r}: {err['msg']}")
+    return "; ".join(problems)
+
+
+def validate_mapping(cls: type[M], raw: Any, what: str, error: type[ValueError] = ValueError) -> M:
+    """Validate a plain mapping (YAML block, Serve args, user_config) into `cls`, or raise
+    `error` whose message names every bad field and value."""
+    if raw is not None and not isinstance(raw, dict):
+        raise error(f"{what} must be a mapping, got {type(raw).__name__}: {raw!r}")
+    try:
+        return cls.model_validate(raw or {})
+    except ValidationError as exc:
+        raise error(describe_validation_error(what, exc, sorted(cls.model_fields))) from None
+
+
 def load_config(cls: type[C], path: str | Path | None, overrides: list[str] | None = None) -> C:
     """Read YAML (or defaults when no path), apply overrides, validate into `cls`."""
     raw: dict[str, Any] = {}
@@ -68,15 +95,7 @@ def load_config(cls: type[C], path: str | Path | None, overrides: list[str] | No
         if not isinstance(loaded, dict):
             raise ConfigError(f"config file {str(p)!r} must hold a mapping, got {type(loaded).__name__}")
         raw = loaded
-    raw = apply_overrides(raw, overrides or [])
-    try:
-        return cls.model_validate(raw)
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(x) for x in e['loc']) or '<root>'}: {e['msg']} (got {e.get('input')!r})"
-            for e in exc.errors()
-        )
-        raise ConfigError(f"invalid {cls.__name__}: {problems}") from None
+    return validate_mapping(cls, apply_overrides(raw, overrides or []), f"invalid {cls.__name__}", ConfigError)
 
 
 def parse_job_args(cls: type[C], description: str, argv: list[str] | None = None) -> C:

@@ -12,11 +12,12 @@ import json
 import logging
 from typing import Any, cast
 
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field
 from ray import serve
 from ray.serve import Deployment
 
 from recsys.artifacts import read_manifest, resolve_artifact
+from recsys.config import validate_mapping
 from recsys.serve.catalog import CATALOG_FILE, POPULARITY_FILE, SEQUENCES_DIR
 from recsys.serve.ingress import Ingress
 from recsys.serve.rank import Ranker
@@ -58,20 +59,7 @@ class ServeArgs(BaseModel, extra="forbid"):
 
 def parse_serve_args(args: dict[str, Any] | None) -> ServeArgs:
     """Raw args -> ServeArgs; a ValueError naming each bad field and its value."""
-    if args is not None and not isinstance(args, dict):
-        raise ValueError(f"serve args must be a mapping, got {type(args).__name__}: {args!r}")
-    try:
-        return ServeArgs.model_validate(args or {})
-    except ValidationError as exc:
-        problems = []
-        for err in exc.errors():
-            field = ".".join(str(p) for p in err.get("loc", ())) or "<args>"
-            if err.get("type") == "extra_forbidden":
-                problems.append(f"unknown serve arg {field!r} (value {err.get('input')!r}); "
-                                f"allowed: {sorted(ServeArgs.model_fields)}")
-            else:
-                problems.append(f"serve arg {field}={err.get('input')!r}: {err.get('msg')}")
-        raise ValueError("; ".join(problems)) from None
+    return validate_mapping(ServeArgs, args, "serve args")
 
 
 def resolve_serving_artifacts(args: ServeArgs) -> dict[str, Any]:

@@ -12,32 +12,18 @@ import logging
 from typing import Any
 
 import numpy as np
-from pydantic import ValidationError
 from ray import serve
 
+from recsys.config import validate_mapping
 from recsys.models.ranker import RankerConfig, score_candidates
 from recsys.serve.catalog import load_popularity
 
 logger = logging.getLogger("ray.serve")
 
 
-def describe_validation_error(what: str, exc: ValidationError) -> str:
-    """A pydantic error as one line per problem: 'what: field=value: message'."""
-    lines = []
-    for err in exc.errors():
-        field = ".".join(str(p) for p in err.get("loc", ())) or "<root>"
-        lines.append(f"{what}: {field}={err.get('input')!r}: {err.get('msg')}")
-    return "; ".join(lines)
-
-
 def parse_ranker_config(user_config: dict[str, Any] | None) -> RankerConfig:
     """user_config dict -> RankerConfig; a ValueError naming each bad field and value."""
-    if user_config is not None and not isinstance(user_config, dict):
-        raise ValueError(f"Ranker user_config must be a mapping, got {type(user_config).__name__}")
-    try:
-        return RankerConfig.model_validate(user_config or {})
-    except ValidationError as exc:
-        raise ValueError(describe_validation_error("Ranker user_config", exc)) from None
+    return validate_mapping(RankerConfig, user_config, "Ranker user_config")
 
 
 def rank_candidates(candidates: list[dict[str, Any]], counts: dict[str, int], cfg: RankerConfig,

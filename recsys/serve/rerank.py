@@ -10,11 +10,10 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from pydantic import ValidationError
 from ray import serve
 
+from recsys.config import validate_mapping
 from recsys.serve.catalog import CatalogLookup
-from recsys.serve.rank import describe_validation_error
 from recsys.serve.rules import Candidate, RulesConfig, apply_rules
 
 logger = logging.getLogger("ray.serve")
@@ -26,12 +25,7 @@ NOT_IN_CATALOG = "not_in_catalog"
 
 def parse_rules_config(user_config: dict[str, Any] | None) -> RulesConfig:
     """user_config dict -> RulesConfig; a ValueError naming each bad field and value."""
-    if user_config is not None and not isinstance(user_config, dict):
-        raise ValueError(f"Reranker user_config must be a mapping, got {type(user_config).__name__}")
-    try:
-        return RulesConfig.model_validate(user_config or {})
-    except ValidationError as exc:
-        raise ValueError(describe_validation_error("Reranker user_config", exc)) from None
+    return validate_mapping(RulesConfig, user_config, "Reranker user_config")
 
 
 def to_candidates(ranked: list[dict[str, Any]], catalog: CatalogLookup) -> tuple[list[Candidate], int]:

@@ -193,7 +193,7 @@ def run_http_checks(http: httpx.Client, versions: dict[str, str]) -> None:
 def test_build_app_rejects_bad_args_by_name(recsys_home: Path) -> None:
     with pytest.raises(ValueError, match=r"retrieval_k=0"):
         build_app({"retrieval_k": 0})
-    with pytest.raises(ValueError, match=r"unknown serve arg 'indx'"):
+    with pytest.raises(ValueError, match=r"serve args: unknown field 'indx'"):
         build_app({"indx": "latest"})
     with pytest.raises(FileNotFoundError, match="no indexes artifact yet"):
         build_app({})

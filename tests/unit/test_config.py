@@ -100,15 +100,15 @@ def test_load_config_unknown_field_names_field_and_value(tmp_path: Path) -> None
 
 
 def test_load_config_unknown_nested_field_names_its_path() -> None:
-    with pytest.raises(ConfigError, match=r"inner\.bogus: .*\(got 'zzz'\)"):
+    with pytest.raises(ConfigError, match=r"unknown field 'inner\.bogus' \(value 'zzz'\)"):
         load_config(ToyConfig, None, ["inner.bogus=zzz"])
 
 
 def test_load_config_wrong_type_names_field_and_value(tmp_path: Path) -> None:
     path = write(tmp_path, "count: lots\n")
-    with pytest.raises(ConfigError, match=r"count: .*\(got 'lots'\)"):
+    with pytest.raises(ConfigError, match=r"count='lots': .*valid integer"):
         load_config(ToyConfig, path)
-    with pytest.raises(ConfigError, match=r"inner\.depth: .*greater than or equal to 1.*\(got 0\)"):
+    with pytest.raises(ConfigError, match=r"inner\.depth=0: .*greater than or equal to 1"):
         load_config(ToyConfig, None, ["inner.depth=0"])
 
 
@@ -164,7 +164,7 @@ def test_preprocess_config_nested_overrides() -> None:
     assert cfg.source.synthetic.n_users == 20
     assert cfg.source.path == "/data/events.csv"
     assert cfg.session_gap_minutes == 15.0
-    with pytest.raises(ConfigError, match=r"source\.synthetic\.n_users.*\(got 5\)"):
+    with pytest.raises(ConfigError, match=r"source\.synthetic\.n_users=5: "):
         load_config(PreprocessConfig, None, ["source.synthetic.n_users=5"])
     with pytest.raises(ConfigError, match=r"source\.pth"):
         load_config(PreprocessConfig, None, ["source.pth=x"])
@@ -175,7 +175,7 @@ def test_train_config_offload_param_needs_zero3() -> None:
         load_config(TrainConfig, None, ["offload_param=true"])
     cfg = load_config(TrainConfig, None, ["offload_param=true", "zero_stage=3"])
     assert cfg.offload_param and cfg.zero_stage == 3
-    with pytest.raises(ConfigError, match=r"zero_stage.*\(got 4\)"):
+    with pytest.raises(ConfigError, match=r"zero_stage=4: "):
         load_config(TrainConfig, None, ["zero_stage=4"])
 
 
@@ -202,7 +202,7 @@ def test_train_config_lora_list_override() -> None:
 
 def test_index_and_eval_configs_validate() -> None:
     assert load_config(IndexConfig, None, ["factory=HNSW32"]).factory == "HNSW32"
-    with pytest.raises(ConfigError, match=r"embed_batch_size.*\(got 0\)"):
+    with pytest.raises(ConfigError, match=r"embed_batch_size=0: "):
         load_config(IndexConfig, None, ["embed_batch_size=0"])
     cfg = load_config(EvalConfig, None, ["methods=[popularity]", "split=valid", "ks=[5]"])
     assert (cfg.methods, cfg.split, cfg.ks) == (["popularity"], "valid", [5])
