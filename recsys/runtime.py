@@ -30,8 +30,9 @@ def init_ray(job: str) -> None:
     if ray.is_initialized():
         return
     started = time.perf_counter()
-    if os.environ.get("RAY_JOB_SUBMISSION_ID"):
-        # Under `ray job submit` the job's runtime_env (working_dir, env_vars) already applies.
+    if "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ:
+        # Under `ray job submit` the job's runtime_env (working_dir, env_vars) already applies,
+        # and Ray refuses a second runtime_env from ray.init that repeats its keys.
         ray.init(log_to_driver=True)
     else:
         ray.init(runtime_env={"env_vars": env}, log_to_driver=True)

@@ -98,7 +98,9 @@ def run_evaluation(cfg: EvalConfig) -> dict:
             model_path, model_version, manifest = resolve_model(cfg.model)
             if method == "zero_shot":
                 model_path = manifest.get("base_model", resolve_model_path("default"))
-                model_version = f"base:{Path(model_path).name}"
+                # The packaged MiniLM lives in a folder named 'model'; name its package instead.
+                base = Path(model_path)
+                model_version = f"zero-shot:{base.parent.name if base.name == 'model' else base.name}"
             q_len, i_len = int(manifest.get("query_max_length", 96)), int(manifest.get("item_max_length", 48))
             ranks = encoder_ranks(model_path, q_len, i_len, item_ids, item_texts, history_texts, targets,
                                   histories, cfg)
