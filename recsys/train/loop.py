@@ -6,6 +6,7 @@ budget) so ZeRO's collectives never wait on a rank that has stopped.
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 import time
@@ -21,6 +22,8 @@ from recsys.models.losses import in_batch_softmax_loss
 from recsys.models.towers import TwoTowerModel, tokenize_pairs
 from recsys.train.config import TrainConfig
 from recsys.train.deepspeed_config import build_deepspeed_config
+
+logger = logging.getLogger("recsys.train")
 
 
 def build_model(cfg: TrainConfig) -> tuple[TwoTowerModel, object]:
@@ -98,8 +101,9 @@ def train_loop_per_worker(config: dict) -> None:
             seen_in_epoch += 1
             if rank == 0 and (step % cfg.log_every == 0 or step == micro_steps):
                 elapsed = time.perf_counter() - started
-                print(f"[train] step {step}/{micro_steps} loss {np.mean(losses[-cfg.log_every:]):.4f} "
-                      f"{step / elapsed:.2f} steps/s eta {(micro_steps - step) * elapsed / step:.0f}s", flush=True)
+                # A logger, not print: Ray Train patches print() to log AND echo, doubling lines.
+                logger.info(f"[train] step {step}/{micro_steps} loss {np.mean(losses[-cfg.log_every:]):.4f} "
+                            f"{step / elapsed:.2f} steps/s eta {(micro_steps - step) * elapsed / step:.0f}s")
             if step >= micro_steps:
                 break
         if seen_in_epoch == 0:
