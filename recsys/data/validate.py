@@ -12,7 +12,14 @@ import json
 import numpy as np
 import pandas as pd
 
-from recsys.schema import CATALOG_COLUMNS, EVENT_COLUMNS, EVENT_TYPES, ITEM_EVENT_TYPES, QUARANTINE_COLUMNS
+from recsys.schema import (
+    CATALOG_COLUMNS,
+    EVENT_COLUMNS,
+    EVENT_TYPES,
+    ITEM_EVENT_TYPES,
+    QUARANTINE_COLUMNS,
+    REQUIRED_EVENT_COLUMNS,
+)
 
 _TRUE = {"true", "1", "yes", "y", "t"}
 _FALSE = {"false", "0", "no", "n", "f"}
@@ -69,7 +76,7 @@ def validate_events(raw: pd.DataFrame, known_items: set[str] | None = None) -> t
     details = pd.Series([None] * len(raw), index=raw.index, dtype=object)
     parse_error = raw["_error"].notna()
     _flag(reasons, details, parse_error, "unparsable_row", raw["_error"].astype(str))
-    for field in ("user_id", "event_type", "timestamp"):
+    for field in REQUIRED_EVENT_COLUMNS:
         _flag(reasons, details, _blank(raw[field]), f"missing_{field}", f"{field} is empty")
     event_type = raw["event_type"].astype(str).str.strip().str.lower()
     _flag(reasons, details, ~event_type.isin(EVENT_TYPES), "unknown_event_type",

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from pathlib import Path
 
 import ray
 
@@ -65,9 +64,3 @@ def run_training(cfg: TrainConfig) -> dict:
              f"{metrics.get('loss_last', float('nan')):.4f}")
     return {"version": version, "path": str(model_dir), "data_version": data_version, **metrics}
 
-
-def model_dir_for(ref: str | Path) -> Path:
-    """A model artifact version or any HF dir ('default' = the base MiniLM)."""
-    if str(ref) == "default":
-        return Path(resolve_model_path("default"))
-    return resolve_artifact("models", ref)
