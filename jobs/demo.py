@@ -76,7 +76,9 @@ def demo_requests(home: Path) -> tuple[str, str]:
     import pyarrow.dataset as pads
     import pyarrow.parquet as pq
 
-    data_dir = home / "artifacts" / "data" / (home / "artifacts" / "data" / "LATEST").read_text().strip()
+    from recsys.artifacts import resolve_artifact
+
+    data_dir = resolve_artifact("data", "latest", root=home / "artifacts")
     top = pq.read_table(data_dir / "popularity.parquet").column("item_id")[0].as_py()
     catalog = pq.read_table(data_dir / "catalog.parquet").to_pandas().set_index("item_id")
     query = " ".join(str(catalog.loc[top, "title"]).split()[:3])

@@ -28,7 +28,7 @@ from recsys.data.sequences import (
     make_training_pairs,
 )
 from recsys.data.sources import list_input_files, parse_raw_records, read_raw_table
-from recsys.data.text import format_item_text
+from recsys.data.text import catalog_texts
 from recsys.data.validate import validate_catalog, validate_events
 from recsys.runtime import log
 from recsys.schema import CATALOG_COLUMNS, CATALOG_SCHEMA, EVENT_COLUMNS, EVENTS_SCHEMA
@@ -110,9 +110,8 @@ class PairBuilder:
     """Actor holding catalog text lookups; users -> training pairs."""
 
     def __init__(self, catalog_path: str, max_history_items: int, max_pairs_per_user: int):
-        catalog = pq.read_table(catalog_path).to_pandas()
-        self.titles = dict(zip(catalog["item_id"], catalog["title"]))
-        self.texts = {r.item_id: format_item_text(r.title, r.brand, r.category) for r in catalog.itertuples()}
+        ids, titles, texts = catalog_texts(pq.read_table(catalog_path).to_pandas())
+        self.titles, self.texts = dict(zip(ids, titles)), dict(zip(ids, texts))
         self.max_history_items, self.max_pairs_per_user = max_history_items, max_pairs_per_user
 
     def __call__(self, sequences: pd.DataFrame) -> pd.DataFrame:
@@ -179,13 +178,16 @@ def run_preprocess(cfg: PreprocessConfig) -> dict:
         batch_format="pandas", batch_size=512, num_cpus=0.5,
         compute=ray.data.ActorPoolStrategy(size=1)).materialize()
     pairs.write_parquet(str(out / "train_pairs"))
-    pair_kinds = Counter(pairs.to_pandas()["kind"]) if pairs.count() else Counter()
+    kind_counts = pairs.map_batches(lambda df: df["kind"].value_counts().rename("n").reset_index(),
+                                    batch_format="pandas", batch_size=None).to_pandas()
+    pair_kinds = ({k: int(n) for k, n in kind_counts.groupby("kind")["n"].sum().items()}
+                  if len(kind_counts) else {})
     # Per-block counts are at most (#items x #blocks) rows: summing them on the driver beats
     # a Ray hash aggregation with hundreds of partitions on a small cluster.
     popularity = (sequences.map_batches(item_popularity, batch_format="pandas", batch_size=None).to_pandas()
                   .groupby("item_id", as_index=False)["count"].sum().sort_values("count", ascending=False))
     pq.write_table(pa.Table.from_pandas(popularity, preserve_index=False), out / "popularity.parquet")
-    log(JOB, f"5/5 training pairs: {dict(pair_kinds)}; {len(popularity)} items with training interactions")
+    log(JOB, f"5/5 training pairs: {pair_kinds}; {len(popularity)} items with training interactions")
 
     summary = {
         "version": version, "source": described,
@@ -196,7 +198,7 @@ def run_preprocess(cfg: PreprocessConfig) -> dict:
                     "rows_quarantined": len(catalog_bad), "quarantined_by_reason": dict(catalog_reasons)},
         "users": int(seq_stats["sum(users)"]), "users_with_holdout": int(seq_stats["sum(holdout)"]),
         "items_in_catalog": len(catalog), "items_with_interactions": len(popularity),
-        "train_pairs": dict(pair_kinds), "seconds": round(time.perf_counter() - started, 1),
+        "train_pairs": pair_kinds, "seconds": round(time.perf_counter() - started, 1),
     }
     write_json(out / "summary.json", summary)
     write_manifest(out, {"kind": "data", "version": version, "source": described, "config": cfg.model_dump()})

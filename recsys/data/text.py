@@ -16,6 +16,14 @@ def format_item_text(title: str | None, brand: str | None = None, category: str 
     return ". ".join(parts)[:max_chars]
 
 
+def catalog_texts(catalog) -> tuple[list[str], list[str], list[str]]:
+    """A catalog frame -> (item ids, titles, item-tower texts), row-aligned."""
+    ids = [str(i) for i in catalog["item_id"]]
+    titles = [str(t) for t in catalog["title"]]
+    texts = [format_item_text(r.title, r.brand, r.category) for r in catalog.itertuples()]
+    return ids, titles, texts
+
+
 def format_history_text(titles: Sequence[str], max_items: int = 8) -> str:
     """A behaviour history as query-tower input: most recent item first, newest `max_items`.
 

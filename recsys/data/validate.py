@@ -52,8 +52,11 @@ def parse_timestamps(values: pd.Series) -> pd.Series:
 def _quarantine(raw: pd.DataFrame, reasons: pd.Series, details: pd.Series) -> pd.DataFrame:
     bad = reasons.notna()
     fields = [c for c in raw.columns if not c.startswith("_")]
-    rebuilt = raw.loc[bad, fields].apply(lambda r: json.dumps(r.dropna().to_dict(), default=str), axis=1)
-    raw_text = raw.loc[bad, "_raw"].where(raw.loc[bad, "_raw"].notna(), rebuilt if bad.any() else None)
+    raw_text = raw.loc[bad, "_raw"].copy()
+    missing = raw_text.isna()
+    if missing.any():
+        raw_text[missing] = raw.loc[raw_text.index[missing], fields].apply(
+            lambda r: json.dumps(r.dropna().to_dict(), default=str), axis=1)
     return pd.DataFrame({
         "source": raw.loc[bad, "_source"].astype(str),
         "line": raw.loc[bad, "_line"].astype("int64"),

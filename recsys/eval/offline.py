@@ -79,9 +79,9 @@ def run_evaluation(cfg: EvalConfig) -> dict:
     started = time.perf_counter()
     data_dir = resolve_artifact("data", cfg.data)
     data_manifest = read_manifest(data_dir)
-    item_ids, item_texts = load_item_texts(data_dir)
+    item_ids, item_titles, item_texts = load_item_texts(data_dir)
     position = {item: i for i, item in enumerate(item_ids)}
-    titles = dict(zip(item_ids, [t.split(". ")[0] for t in item_texts]))
+    titles = dict(zip(item_ids, item_titles))
     users, histories, targets, train_seqs = load_eval_users(data_dir, cfg.split, position, cfg.max_users, cfg.seed)
     if not users:
         raise ValueError(f"data version {data_manifest['version']} has no users with a held-out item")

@@ -8,7 +8,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from recsys.artifacts import mark_latest, new_version_dir, read_manifest, resolve_artifact
-from recsys.data.text import format_item_text
+from recsys.data.text import catalog_texts
 from recsys.index.config import IndexConfig
 from recsys.index.embed import embed_texts
 from recsys.index.faiss_index import build_faiss_index, save_item_index
@@ -27,10 +27,9 @@ def resolve_model(ref: str) -> tuple[str, str, dict]:
     return str(path), manifest["version"], manifest
 
 
-def load_item_texts(data_dir: Path) -> tuple[list[str], list[str]]:
-    catalog = pq.read_table(data_dir / "catalog.parquet").to_pandas()
-    texts = [format_item_text(r.title, r.brand, r.category) for r in catalog.itertuples()]
-    return catalog["item_id"].astype(str).tolist(), texts
+def load_item_texts(data_dir: Path) -> tuple[list[str], list[str], list[str]]:
+    """(item ids, titles, item-tower texts) of a data version's catalog."""
+    return catalog_texts(pq.read_table(data_dir / "catalog.parquet").to_pandas())
 
 
 def run_build_index(cfg: IndexConfig) -> dict:
@@ -39,7 +38,7 @@ def run_build_index(cfg: IndexConfig) -> dict:
     data_dir = resolve_artifact("data", cfg.data)
     data_version = read_manifest(data_dir)["version"]
     item_max_length = int(model_manifest.get("item_max_length", 48))
-    item_ids, texts = load_item_texts(data_dir)
+    item_ids, _, texts = load_item_texts(data_dir)
     log(JOB, f"embedding {len(item_ids)} items with model {model_version} "
              f"({cfg.embed_concurrency} actor(s), batch {cfg.embed_batch_size})")
     vectors = embed_texts(item_ids, texts, model_path, item_max_length, cfg.embed_batch_size,

@@ -8,7 +8,6 @@ RECSYS_HOME nor the artifacts' naming scheme.
 
 from __future__ import annotations
 
-import json
 import logging
 from typing import Any, cast
 
@@ -16,7 +15,7 @@ from pydantic import BaseModel, Field
 from ray import serve
 from ray.serve import Deployment
 
-from recsys.artifacts import read_manifest, resolve_artifact
+from recsys.artifacts import ArtifactNotFound, read_manifest, resolve_artifact
 from recsys.config import validate_mapping
 from recsys.serve.catalog import CATALOG_FILE, POPULARITY_FILE, SEQUENCES_DIR
 from recsys.serve.ingress import Ingress
@@ -75,8 +74,10 @@ def resolve_serving_artifacts(args: ServeArgs) -> dict[str, Any]:
         # Allowed (a catalog refresh need not re-embed), but worth seeing in the logs.
         logger.warning("index %s was built from data %s but serving data %s", index_dir.name,
                        manifest["data_version"], data_dir.name)
-    data_manifest = data_dir / "manifest.json"
-    data_config = json.loads(data_manifest.read_text()).get("config", {}) if data_manifest.is_file() else {}
+    try:
+        data_config = read_manifest(data_dir).get("config", {})
+    except ArtifactNotFound:  # hand-assembled data dirs may lack one; fall back to defaults
+        data_config = {}
     return {
         "query_max_length": args.query_max_length or int(manifest.get("query_max_length", 128)),
         "max_history_items": args.max_history_items or int(data_config.get("max_history_items", 8)),
