@@ -3,7 +3,8 @@
 Stage contracts:
 - sources -> validate: raw rows with the EVENT_COLUMNS / CATALOG_COLUMNS as strings.
 - validate -> preprocess: EVENTS_SCHEMA / CATALOG_SCHEMA (typed), quarantine rows QUARANTINE_COLUMNS.
-- preprocess -> train: TRAIN_PAIR_COLUMNS (anchor text -> positive item text).
+- preprocess -> train: TRAIN_PAIR_COLUMNS (anchor text -> positive item text), WINDOW_COLUMNS
+  (sequence windows), RANKING_COLUMNS (labelled CTR examples with sampled negatives).
 - preprocess -> evaluate/serve: SEQUENCE_COLUMNS (one row per user), POPULARITY_COLUMNS.
 """
 
@@ -47,15 +48,24 @@ QUARANTINE_COLUMNS: tuple[str, ...] = ("source", "line", "reason", "raw")
 
 SEQUENCE_COLUMNS: tuple[str, ...] = (
     "user_id",
-    "items",          # list<string>: chronological item ids, consecutive repeats collapsed
-    "event_types",    # list<string>: strongest event per position
+    "items",          # list<string>: chronological item ids; view->click->cart of one item in a session is one step
+    "event_types",    # list<string>: strongest event per step
+    "weights",        # list<float>: event weight per step (purchase > cart > click > view)
     "timestamps",     # list<int64>: epoch microseconds
     "n_sessions",
-    "valid_item",     # second-to-last item (null when fewer than 3 items)
-    "test_item",      # last item (null when fewer than 3 items)
+    "n_train",        # items[:n_train] is what training may see
+    "valid_index",    # position of the validation target in items (-1: none)
+    "test_index",     # position of the test target in items (-1: none); items[:test_index] is its history
+    "valid_item",     # items[valid_index] or null
+    "test_item",      # items[test_index] or null
+    "search_queries",  # list<string>: training searches that led to a click
+    "search_items",   # list<string>: the clicked item of each search
 )
+WINDOW_COLUMNS: tuple[str, ...] = ("user_id", "start", "items", "event_types", "weights")
 
 TRAIN_PAIR_COLUMNS: tuple[str, ...] = ("kind", "anchor_text", "positive_item_id", "positive_text")
+# CTR/ranking examples: the context is items[:position] of the user's sequence row.
+RANKING_COLUMNS: tuple[str, ...] = ("user_id", "position", "item_id", "label", "weight", "sample_prob")
 PAIR_KINDS: tuple[str, ...] = ("next_item", "search")
 
 POPULARITY_COLUMNS: tuple[str, ...] = ("item_id", "count")

@@ -1,207 +1,172 @@
-"""The preprocess stage on Ray Data: files -> validated events -> sequences -> training pairs.
+"""The preprocess job on Ray Data: read units -> user-hash partitions -> sequences -> training sets.
 
-Ray shells only: every transformation is a pure function from recsys.data.* applied with
-`map_batches`. Output (one data version directory):
-  catalog.parquet, events/, sequences/, train_pairs/, popularity.parquet,
-  quarantine/{events,catalog}.jsonl, summary.json, manifest.json
+Ray Data's per-user groupby is its slow path (PLATFORM_NOTES: 29 s vs 1.5 s for 1M events),
+and a generic `repartition(keys=...)` moves every row through the object store twice. So the
+shuffle is done the way Spark does it: each read task validates its split and writes its
+valid events into one Parquet file per user-hash bucket; then one task per bucket has every
+event of its users and runs vectorised pandas/numpy on them (stages.process_users). Ray Data
+schedules and streams the tasks; the rows travel through files the outputs need anyway.
+Every step is a pure function from stages.py, shared with the single-process reference.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 import time
-from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import ray
 
-from recsys.artifacts import mark_latest, new_version_dir, write_json, write_manifest
-from recsys.data.config import PreprocessConfig, SourceConfig
-from recsys.data.sequences import (
-    assign_sessions,
-    build_user_sequences,
-    drop_duplicate_events,
-    item_popularity,
-    make_training_pairs,
+from recsys.artifacts import new_version_dir
+from recsys.data.config import PreprocessConfig
+from recsys.data.examples import negative_distribution
+from recsys.data.outputs import finish, materialize_source, write_catalog
+from recsys.data.sources import ReadUnit, plan_read_units
+from recsys.data.stages import (
+    ExampleMaker,
+    merge_stats,
+    process_users,
+    sum_item_counts,
+    time_cutoffs,
+    validate_unit,
+    write_part,
 )
-from recsys.data.sources import list_input_files, parse_raw_records, read_raw_table
-from recsys.data.text import catalog_texts
-from recsys.data.validate import validate_catalog, validate_events
 from recsys.runtime import log
-from recsys.schema import CATALOG_COLUMNS, CATALOG_SCHEMA, EVENT_COLUMNS, EVENTS_SCHEMA
 
 JOB = "preprocess"
 
 
-def materialize_source(source: SourceConfig, input_dir: Path) -> tuple[str, str, str]:
-    """Synthetic data and public data sets become generic Parquet files, so every source
-    goes through the same validation path. Returns (events path, catalog path, description)."""
-    from recsys.data.adapters import ADAPTERS, detect_dataset
-    from recsys.data.synthetic import generate_synthetic
-
-    if source.path is None:
-        s = source.synthetic
-        events, catalog = generate_synthetic(n_users=s.n_users, n_items=s.n_items, seed=s.seed)
-        described = f"synthetic(n_users={s.n_users}, n_items={s.n_items}, seed={s.seed})"
-    else:
-        dataset = detect_dataset(source.path) if Path(source.path).is_dir() else None
-        if dataset is None:
-            if source.catalog is None:
-                raise ValueError(f"source.catalog is required with generic events at source.path={source.path!r}")
-            return source.path, source.catalog, f"files({source.path})"
-        events, catalog = ADAPTERS[dataset](source.path)
-        described = f"{dataset}({Path(source.path).resolve()})"
-    input_dir.mkdir(parents=True, exist_ok=True)
-    pq.write_table(events, input_dir / "events.parquet")
-    pq.write_table(catalog, input_dir / "catalog.parquet")
-    return str(input_dir / "events.parquet"), str(input_dir / "catalog.parquet"), described
+def user_buckets(user_ids: pa.Array, num_partitions: int) -> np.ndarray:
+    """Stable hash of user_id -> partition: the same in every process (Python's hash() is salted)."""
+    hashed = pd.util.hash_array(np.asarray(user_ids.to_numpy(zero_copy_only=False), dtype=object))
+    return (hashed % np.uint64(num_partitions)).astype(np.int64)
 
 
-class ParseAndValidate:
-    """Actor: one raw file (bytes) -> typed events + quarantine rows in one frame.
-
-    Rows carry `reason` (null when valid) so one pass serves both outputs.
-    """
-
-    def __init__(self, catalog_path: str):
-        self.known_items = set(pq.read_table(catalog_path, columns=["item_id"]).column(0).to_pylist())
-
-    def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
-        frames = []
-        for data, path in zip(batch["bytes"], batch["path"]):
-            raw = parse_raw_records(bytes(data), path, EVENT_COLUMNS)
-            clean, quarantine = validate_events(raw, self.known_items)
-            frames += [clean.assign(reason=None), quarantine]
-        out = pd.concat(frames, ignore_index=True)
-        out["line"] = out["line"].astype("Int64")
-        return out
+def _stats_batch(stats: dict) -> dict:
+    return {"stats": np.array([json.dumps(stats)])}
 
 
-def _valid_rows(frame: pd.DataFrame) -> pa.Table:
-    ok = frame[frame["reason"].isna()][list(EVENT_COLUMNS)]
-    return pa.Table.from_pandas(ok, schema=EVENTS_SCHEMA, preserve_index=False)
+def _bucket_dir(staging: Path, bucket: int) -> Path:
+    return staging / f"bucket={bucket:05d}"
 
 
-def _quarantined_rows(frame: pd.DataFrame) -> pd.DataFrame:
-    return frame[frame["reason"].notna()][["source", "line", "reason", "detail", "raw"]]
+def validate_and_partition(batch: dict, units: list[ReadUnit], catalog_path: str, out: str,
+                           cfg: PreprocessConfig) -> dict:
+    """Read task: one unit -> quarantine part + one staging file per user bucket."""
+    n = int(batch["unit"][0])
+    known = set(pq.read_table(catalog_path, columns=["item_id"]).column(0).to_pylist())
+    valid, bad, stats = validate_unit(units[n], known, cfg)
+    write_part(Path(out), "quarantine/events", n, bad)
+    buckets = user_buckets(valid.column("user_id"), cfg.num_partitions)
+    order = np.argsort(buckets, kind="stable")
+    valid, buckets = valid.take(pa.array(order)), buckets[order]
+    edges = np.flatnonzero(np.diff(buckets)) + 1
+    for start, stop in zip(np.concatenate([[0], edges]), np.concatenate([edges, [len(buckets)]])):
+        if stop > start:
+            folder = _bucket_dir(Path(out) / "staging", int(buckets[start]))
+            folder.mkdir(parents=True, exist_ok=True)
+            # Files are named by unit so a bucket reads its users' events in input order.
+            pq.write_table(valid.slice(start, stop - start), folder / f"unit-{n:05d}.parquet")
+    return _stats_batch(stats)
 
 
-def _write_quarantine(rows, path: Path) -> Counter:
-    """Stream quarantine rows to one JSONL file (a user greps one file) and count reasons."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    reasons: Counter = Counter()
-    with path.open("w", encoding="utf-8") as fh:
-        for frame in rows:
-            for rec in frame.to_dict(orient="records"):
-                rec["line"] = None if pd.isna(rec["line"]) else int(rec["line"])
-                reasons[rec["reason"]] += 1
-                fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
-    return reasons
+def process_bucket(batch: dict, out: str, cfg: PreprocessConfig, cutoffs: tuple[int, int] | None) -> dict:
+    """Bucket task: every event of its users -> events/dropped/sequences/windows parts + item counts."""
+    bucket = int(batch["bucket"][0])
+    folder = _bucket_dir(Path(out) / "staging", bucket)
+    events = pa.concat_tables([pq.read_table(f) for f in sorted(folder.glob("unit-*.parquet"))])
+    result = process_users(events, cfg, cutoffs)
+    for name in ("events", "dropped", "sequences", "windows"):
+        write_part(Path(out), name, bucket, result[name])
+    write_part(Path(out), "staging/item_counts", bucket, pa.Table.from_pandas(result["item_counts"],
+                                                                              preserve_index=False))
+    return _stats_batch(result["stats"])
 
 
-def _sessionize(frame: pd.DataFrame, gap_minutes: float) -> pd.DataFrame:
-    return assign_sessions(drop_duplicate_events(frame), gap_minutes)
+class MakeExamples:
+    """Actor: loads the catalog and the negative-sampling table once; bucket -> training-set parts."""
+
+    def __init__(self, out: str, cfg: PreprocessConfig):
+        self.out = Path(out)
+        negatives = pq.read_table(self.out / "staging" / "negatives.parquet")
+        self.make = ExampleMaker(pq.read_table(self.out / "catalog.parquet").to_pandas(),
+                                 negatives.column("item_id").to_numpy(zero_copy_only=False),
+                                 negatives.column("prob").to_numpy(), cfg)
+
+    def __call__(self, batch: dict) -> dict:
+        bucket = int(batch["bucket"][0])
+        path = self.out / "sequences" / f"part-{bucket:05d}.parquet"
+        if not path.exists():
+            return _stats_batch({})
+        result = self.make(pq.read_table(path))
+        for name in ("train_pairs", "ranking_examples"):
+            if name in result:
+                write_part(self.out, name, bucket, result[name])
+        return _stats_batch(result["stats"])
 
 
-class PairBuilder:
-    """Actor holding catalog text lookups; users -> training pairs."""
-
-    def __init__(self, catalog_path: str, max_history_items: int, max_pairs_per_user: int):
-        ids, titles, texts = catalog_texts(pq.read_table(catalog_path).to_pandas())
-        self.titles, self.texts = dict(zip(ids, titles)), dict(zip(ids, texts))
-        self.max_history_items, self.max_pairs_per_user = max_history_items, max_pairs_per_user
-
-    def __call__(self, sequences: pd.DataFrame) -> pd.DataFrame:
-        return make_training_pairs(sequences, self.texts, self.titles, self.max_history_items,
-                                   self.max_pairs_per_user)
+def _run_stage(items: list[dict], fn, **kwargs) -> dict:
+    """One Ray Data stage over small work items (unit or bucket numbers); returns merged stats."""
+    ds = ray.data.from_items(items, override_num_blocks=max(len(items), 1))
+    rows = ds.map_batches(fn, batch_size=1, batch_format="numpy", **kwargs).take_all()
+    return merge_stats([json.loads(r["stats"]) for r in rows])
 
 
 def run_preprocess(cfg: PreprocessConfig) -> dict:
-    """Run the whole stage; returns the summary (also written as summary.json)."""
+    """Run the whole job; returns the summary (also written as summary.json) plus "path"."""
     started = time.perf_counter()
     version, out = new_version_dir("data")
     log(JOB, f"data version {version} -> {out}")
-    events_path, catalog_src, described = materialize_source(cfg.source, out / "input")
-    log(JOB, f"1/5 source: {described}")
+    events_src, catalog_src, described = materialize_source(cfg.source, out / "input")
+    catalog, catalog_stats = write_catalog(catalog_src, out)
+    log(JOB, f"1/4 source {described}; catalog: {catalog_stats['rows_in']} rows in, {catalog_stats['rows_kept']} "
+             f"kept, {catalog_stats['rows_quarantined']} quarantined, {catalog_stats['titles_filled']} titles filled")
 
-    raw_catalog = read_raw_table(catalog_src, CATALOG_COLUMNS)
-    catalog, catalog_bad = validate_catalog(raw_catalog)
-    catalog_path = out / "catalog.parquet"
-    pq.write_table(pa.Table.from_pandas(catalog, schema=CATALOG_SCHEMA, preserve_index=False), catalog_path)
-    catalog_reasons = _write_quarantine([catalog_bad], out / "quarantine" / "catalog.jsonl")
-    log(JOB, f"2/5 catalog: {len(raw_catalog)} rows in, {len(catalog)} kept, {len(catalog_bad)} quarantined")
+    units = plan_read_units(events_src, cfg.rows_per_read_task)
+    read_stats = _run_stage([{"unit": n} for n in range(len(units))], validate_and_partition, num_cpus=1,
+                            fn_kwargs={"units": units, "catalog_path": str(out / "catalog.parquet"),
+                                       "out": str(out), "cfg": cfg})
+    quarantined = sum(read_stats.get("quarantined_by_reason", {}).values())
+    log(JOB, f"2/4 events: {read_stats.get('rows_in', 0)} rows in {len(units)} read task(s), "
+             f"{read_stats.get('rows_valid', 0)} valid, {quarantined} quarantined "
+             f"{read_stats.get('quarantined_by_reason', {})} ({time.perf_counter() - started:.0f}s)")
 
-    files = list_input_files(events_path)
-    mixed = (ray.data.read_binary_files(files, include_paths=True)
-             .map_batches(ParseAndValidate, fn_constructor_kwargs={"catalog_path": str(catalog_path)},
-                          batch_size=1, batch_format="pandas", num_cpus=0.5,
-                          # Half a CPU per actor leaves room for the read tasks feeding them;
-                          # whole-CPU actors on a 2-CPU node starve the reader and deadlock.
-                          compute=ray.data.ActorPoolStrategy(
-                              min_size=1, max_size=min(cfg.parse_concurrency, len(files))))
-             .materialize())
-    valid = mixed.map_batches(_valid_rows, batch_format="pandas", batch_size=None)
-    reasons = _write_quarantine(
-        mixed.map_batches(_quarantined_rows, batch_format="pandas", batch_size=None)
-        .iter_batches(batch_format="pandas", batch_size=4096),
-        out / "quarantine" / "events.jsonl")
-    rows_valid = valid.count()
-    rows_quarantined = sum(reasons.values())
-    log(JOB, f"3/5 events: {rows_valid + rows_quarantined} rows in {len(files)} file(s), {rows_valid} valid, "
-             f"{rows_quarantined} quarantined {dict(reasons)}")
+    staging = out / "staging"
+    buckets = sorted(int(p.name.split("=")[1]) for p in staging.glob("bucket=*")) if staging.exists() else []
+    cutoffs = None
+    if cfg.split.method == "time" and buckets:
+        stamps = pads.dataset(str(staging), format="parquet", exclude_invalid_files=True).to_table(
+            columns=["timestamp"]).column(0).cast(pa.int64()).to_numpy()
+        cutoffs = time_cutoffs(stamps, cfg)
+    user_stats = _run_stage([{"bucket": b} for b in buckets], process_bucket, num_cpus=1,
+                            fn_kwargs={"out": str(out), "cfg": cfg, "cutoffs": cutoffs})
+    counts_dir = staging / "item_counts"
+    popularity = sum_item_counts([pq.read_table(f).to_pandas() for f in sorted(counts_dir.glob("*.parquet"))]
+                                 if counts_dir.exists() else [])
+    log(JOB, f"3/4 users: {user_stats.get('rows_kept', 0)} events kept, dropped "
+             f"{user_stats.get('dropped_by_reason', {})}; {user_stats.get('users', 0)} users, "
+             f"{user_stats.get('users_with_test', 0)} with a test target ({time.perf_counter() - started:.0f}s)")
 
-    # Hash-partition by user so each block holds whole users; per-block pandas is far
-    # faster than groupby().map_groups (see PLATFORM_NOTES).
-    events = (valid.repartition(cfg.num_partitions, keys=["user_id"])
-              .map_batches(_sessionize, fn_kwargs={"gap_minutes": cfg.session_gap_minutes},
-                           batch_size=None, batch_format="pandas")
-              .materialize())
-    events.write_parquet(str(out / "events"))
-    events_kept = events.count()
-    sequences = (events.map_batches(build_user_sequences, fn_kwargs={"max_length": cfg.max_sequence_length},
-                                    batch_size=None, batch_format="pandas")
-                 .materialize())
-    sequences.write_parquet(str(out / "sequences"))
-    seq_stats = sequences.map_batches(
-        lambda df: pd.DataFrame({"users": [len(df)], "holdout": [int(df["test_item"].notna().sum())]}),
-        batch_format="pandas", batch_size=None).sum(["users", "holdout"])
-    log(JOB, f"4/5 sequences: {events_kept} events after dropping {rows_valid - events_kept} duplicates, "
-             f"{seq_stats['sum(users)']} users, {seq_stats['sum(holdout)']} with a held-out last item")
+    item_ids, probs = negative_distribution(catalog["item_id"].to_numpy(), dict(zip(popularity["item_id"],
+                                            popularity["count"])), cfg.ranking.negative_sampling,
+                                            cfg.ranking.popularity_alpha)
+    staging.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.table({"item_id": pa.array(item_ids, pa.string()), "prob": pa.array(probs)}),
+                   staging / "negatives.parquet")
+    example_stats = _run_stage([{"bucket": b} for b in buckets], MakeExamples, num_cpus=1,
+                               compute=ray.data.ActorPoolStrategy(min_size=1, max_size=2),
+                               fn_constructor_kwargs={"out": str(out), "cfg": cfg})
+    log(JOB, f"4/4 training sets: pairs {example_stats.get('train_pairs', {})}, ranking "
+             f"{example_stats.get('ranking_examples', {})} ({time.perf_counter() - started:.0f}s)")
 
-    pairs = sequences.map_batches(
-        PairBuilder, fn_constructor_kwargs={"catalog_path": str(catalog_path),
-                                            "max_history_items": cfg.max_history_items,
-                                            "max_pairs_per_user": cfg.max_pairs_per_user},
-        batch_format="pandas", batch_size=512, num_cpus=0.5,
-        compute=ray.data.ActorPoolStrategy(size=1)).materialize()
-    pairs.write_parquet(str(out / "train_pairs"))
-    kind_counts = pairs.map_batches(lambda df: df["kind"].value_counts().rename("n").reset_index(),
-                                    batch_format="pandas", batch_size=None).to_pandas()
-    pair_kinds = ({k: int(n) for k, n in kind_counts.groupby("kind")["n"].sum().items()}
-                  if len(kind_counts) else {})
-    # Per-block counts are at most (#items x #blocks) rows: summing them on the driver beats
-    # a Ray hash aggregation with hundreds of partitions on a small cluster.
-    popularity = (sequences.map_batches(item_popularity, batch_format="pandas", batch_size=None).to_pandas()
-                  .groupby("item_id", as_index=False)["count"].sum().sort_values("count", ascending=False))
-    pq.write_table(pa.Table.from_pandas(popularity, preserve_index=False), out / "popularity.parquet")
-    log(JOB, f"5/5 training pairs: {pair_kinds}; {len(popularity)} items with training interactions")
-
-    summary = {
-        "version": version, "source": described,
-        "events": {"rows_in": rows_valid + rows_quarantined, "rows_valid": rows_valid,
-                   "rows_quarantined": rows_quarantined, "quarantined_by_reason": dict(reasons),
-                   "duplicates_dropped": rows_valid - events_kept, "rows_kept": events_kept},
-        "catalog": {"rows_in": len(raw_catalog), "rows_kept": len(catalog),
-                    "rows_quarantined": len(catalog_bad), "quarantined_by_reason": dict(catalog_reasons)},
-        "users": int(seq_stats["sum(users)"]), "users_with_holdout": int(seq_stats["sum(holdout)"]),
-        "items_in_catalog": len(catalog), "items_with_interactions": len(popularity),
-        "train_pairs": pair_kinds, "seconds": round(time.perf_counter() - started, 1),
-    }
-    write_json(out / "summary.json", summary)
-    write_manifest(out, {"kind": "data", "version": version, "source": described, "config": cfg.model_dump()})
-    mark_latest("data", version)
+    shutil.rmtree(staging, ignore_errors=True)
+    summary = finish(out, version, described, cfg, started, catalog_stats, read_stats, user_stats, example_stats,
+                     popularity, cutoffs, len(catalog))
     log(JOB, f"done in {summary['seconds']}s: {out}")
-    return {**summary, "path": str(out)}
+    return summary

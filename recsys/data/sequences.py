@@ -1,7 +1,8 @@
-"""Per-user behaviour sequences, leave-one-out hold-out and training pairs (pure pandas).
+"""Per-user behaviour sequences, train/valid/test splits and training windows (vectorised).
 
-The Ray pipeline hash-partitions events by user_id first, so each call here sees
-every event of the users it gets; nothing in this module needs Ray.
+Input: sessionised events of whole users in canonical order (clean.clean_user_events).
+Everything is numpy over flat arrays plus list offsets; there is no Python loop per event,
+which is what makes 5M-event logs cheap per partition.
 """
 
 from __future__ import annotations
@@ -10,122 +11,158 @@ from collections.abc import Mapping
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
-from recsys.data.text import format_history_text
-from recsys.schema import EVENT_STRENGTH, ITEM_EVENT_TYPES, SEQUENCE_COLUMNS, TRAIN_PAIR_COLUMNS
-
-DEDUP_COLUMNS = ["user_id", "item_id", "event_type", "timestamp", "query"]
-
-
-def drop_duplicate_events(events: pd.DataFrame) -> pd.DataFrame:
-    """Exact repeats of (user, item, type, time, query) are logging artefacts: keep one."""
-    return events.drop_duplicates(subset=DEDUP_COLUMNS, keep="first").reset_index(drop=True)
+from recsys.schema import EVENT_STRENGTH, ITEM_EVENT_TYPES
 
 
-def assign_sessions(events: pd.DataFrame, gap_minutes: float = 30.0) -> pd.DataFrame:
-    """Sort by user and time; fill missing session_id with '<user>-s<k>' split at inactivity gaps."""
-    events = events.sort_values(["user_id", "timestamp"], kind="stable").reset_index(drop=True)
-    missing = events["session_id"].isna()
-    if missing.any():
-        gap = events.groupby("user_id", sort=False)["timestamp"].diff()
-        new_session = gap.isna() | (gap > pd.Timedelta(minutes=gap_minutes))
-        k = new_session.astype(int).groupby(events["user_id"], sort=False).cumsum()
-        derived = events["user_id"].astype(str) + "-s" + k.astype(str)
-        events["session_id"] = events["session_id"].where(~missing, derived)
-    return events
+def _list_column(offsets: np.ndarray, values: pa.Array) -> pa.ListArray:
+    return pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), values)
 
 
-def _collapse_repeats(items: list[str], types: list[str], times: list[int],
-                      sessions: list[str]) -> tuple[list, list, list]:
-    """view→click→cart of one item in one session is one step, labelled by its strongest event.
+def _group_starts(keys: np.ndarray) -> np.ndarray:
+    """Start index of every run of equal consecutive keys."""
+    change = np.ones(len(keys), dtype=bool)
+    change[1:] = keys[1:] != keys[:-1]
+    return np.flatnonzero(change)
 
-    A repeat in a later session (a re-purchase) stays a step of its own.
+
+def _steps(item_events: pd.DataFrame) -> dict[str, np.ndarray]:
+    """Consecutive events on one item in one session are one step, labelled by its strongest
+    event (view -> click -> cart of the same product); a re-purchase in a later session is a new step."""
+    user = item_events["user_id"].to_numpy(dtype=object)
+    item = item_events["item_id"].to_numpy(dtype=object)
+    session = item_events["session_id"].to_numpy(dtype=object)
+    strength = item_events["event_type"].map(EVENT_STRENGTH).to_numpy(dtype=np.int8)
+    new = np.ones(len(item), dtype=bool)
+    new[1:] = (user[1:] != user[:-1]) | (item[1:] != item[:-1]) | (session[1:] != session[:-1])
+    starts = np.flatnonzero(new)
+    return {"user": user[starts], "item": item[starts],
+            "ts": item_events["timestamp"].astype("int64").to_numpy()[starts],
+            "strength": np.maximum.reduceat(strength, starts) if len(starts) else strength[:0]}
+
+
+def _split_indexes(n: np.ndarray, step_ts: np.ndarray, offsets: np.ndarray,
+                   cutoffs: tuple[int, int] | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """-> (n_train, valid_index, test_index); -1 means no target for that user.
+
+    Leave-last-out (cutoffs None): the last item is test, the one before valid, for users with
+    at least 3 items. Time split (epoch-us cut-offs t_valid <= t_test): training sees items before
+    t_valid; the first item in [t_valid, t_test) is valid and the first at or after t_test is test,
+    each only when there is at least one item before it to predict from.
     """
-    out_i: list[str] = []
-    out_t: list[str] = []
-    out_ts: list[int] = []
-    last_session = None
-    for item, etype, ts, session in zip(items, types, times, sessions):
-        same_step = bool(out_i) and out_i[-1] == item and session == last_session
-        last_session = session
-        if same_step:
-            if EVENT_STRENGTH[etype] > EVENT_STRENGTH[out_t[-1]]:
-                out_t[-1] = etype
-            continue
-        out_i.append(item)
-        out_t.append(etype)
-        out_ts.append(ts)
-    return out_i, out_t, out_ts
+    if cutoffs is None:
+        hold = n >= 3
+        return np.where(hold, n - 2, n), np.where(hold, n - 2, -1), np.where(hold, n - 1, -1)
+    t_valid, t_test = cutoffs
+    starts = offsets[:-1]
+    before_valid = np.add.reduceat((step_ts < t_valid).astype(np.int64), starts) if len(n) else n
+    before_test = np.add.reduceat((step_ts < t_test).astype(np.int64), starts) if len(n) else n
+    test_index = np.where((before_test < n) & (before_test >= 1), before_test, -1)
+    valid_index = np.where((before_valid < before_test) & (before_valid >= 1), before_valid, -1)
+    return before_valid, valid_index, test_index
 
 
-def build_user_sequences(events: pd.DataFrame, max_length: int = 200) -> pd.DataFrame:
-    """Sessionised events of whole users -> one row per user (SEQUENCE_COLUMNS + search lists).
-
-    The last item is the test target and the second-to-last the validation target when a
-    user has at least 3 items (leave-one-out, as in the published benchmarks).
-    """
+def build_user_sequences(events: pd.DataFrame, max_length: int = 200,
+                         event_weights: Mapping[str, float] | None = None,
+                         cutoffs: tuple[int, int] | None = None) -> pa.Table:
+    """Sessionised events -> one row per user with an item event (SEQUENCE_COLUMNS + search lists)."""
+    weights_by_type = dict(event_weights or {t: 1.0 for t in ITEM_EVENT_TYPES})
     item_events = events[events["event_type"].isin(ITEM_EVENT_TYPES)]
+    steps = _steps(item_events)
+    user_starts = _group_starts(steps["user"])
+    users = steps["user"][user_starts]
+    counts = np.diff(np.append(user_starts, len(steps["user"])))
+    # Keep each user's most recent max_length steps.
+    rank_from_end = np.repeat(counts, counts) - (np.arange(len(steps["user"])) - np.repeat(user_starts, counts))
+    keep = rank_from_end <= max_length
+    n = np.minimum(counts, max_length)
+    offsets = np.concatenate([[0], np.cumsum(n)])
+    item, ts, strength = steps["item"][keep], steps["ts"][keep], steps["strength"][keep]
+    # Lookup tables indexed by event strength: strongest event of a step -> its type and weight.
+    codes = [EVENT_STRENGTH[t] for t in ITEM_EVENT_TYPES]
+    type_of = np.full(max(codes) + 1, "view", dtype=object)
+    type_of[codes] = list(ITEM_EVENT_TYPES)
+    weight_of = np.zeros(max(codes) + 1, dtype=np.float32)
+    weight_of[codes] = [weights_by_type.get(t, 1.0) for t in ITEM_EVENT_TYPES]
+    step_types = type_of[strength]
+
+    n_train, valid_index, test_index = _split_indexes(n, ts, offsets, cutoffs)
+    start = offsets[:-1]
+    valid_item = np.where(valid_index >= 0, item[np.maximum(start + valid_index, 0)] if len(item) else None, None)
+    test_item = np.where(test_index >= 0, item[np.maximum(start + test_index, 0)] if len(item) else None, None)
+    n_sessions = item_events.groupby("user_id", sort=False)["session_id"].nunique().to_numpy()
+
     searches = events[(events["event_type"] == "search") & events["item_id"].notna()]
-    micros = item_events["timestamp"].astype("int64")
-    rows = []
-    search_groups = dict(tuple(searches.groupby("user_id", sort=False)))
-    for user_id, group in item_events.assign(_us=micros).groupby("user_id", sort=False):
-        items, types, times = _collapse_repeats(group["item_id"].tolist(), group["event_type"].tolist(),
-                                                group["_us"].tolist(), group["session_id"].tolist())
-        items, types, times = items[-max_length:], types[-max_length:], times[-max_length:]
-        user_searches = search_groups.get(user_id)
-        holdout = len(items) >= 3
-        rows.append({
-            "user_id": user_id, "items": items, "event_types": types, "timestamps": times,
-            "n_sessions": int(group["session_id"].nunique()),
-            "valid_item": items[-2] if holdout else None,
-            "test_item": items[-1] if holdout else None,
-            "search_queries": [] if user_searches is None else user_searches["query"].astype(str).tolist(),
-            "search_items": [] if user_searches is None else user_searches["item_id"].astype(str).tolist(),
-        })
-    columns = [*SEQUENCE_COLUMNS, "search_queries", "search_items"]
-    return pd.DataFrame(rows, columns=columns)
+    if cutoffs is not None:   # a time split trains only on searches before the valid window
+        searches = searches[searches["timestamp"].astype("int64") < cutoffs[0]]
+    owner = pd.Index(users).get_indexer(searches["user_id"])
+    searches = searches[owner >= 0]
+    search_offsets = np.concatenate([[0], np.cumsum(np.bincount(owner[owner >= 0], minlength=len(users)))])
+
+    return pa.table({
+        "user_id": pa.array(users, pa.string()),
+        "items": _list_column(offsets, pa.array(item, pa.string())),
+        "event_types": _list_column(offsets, pa.array(step_types, pa.string())),
+        "weights": _list_column(offsets, pa.array(weight_of[strength], pa.float32())),
+        "timestamps": _list_column(offsets, pa.array(ts, pa.int64())),
+        "n_sessions": pa.array(n_sessions, pa.int64()),
+        "n_train": pa.array(n_train, pa.int64()),
+        "valid_index": pa.array(valid_index, pa.int64()),
+        "test_index": pa.array(test_index, pa.int64()),
+        "valid_item": pa.array(valid_item, pa.string()),
+        "test_item": pa.array(test_item, pa.string()),
+        "search_queries": _list_column(search_offsets, pa.array(searches["query"].to_numpy(dtype=object),
+                                                                pa.string())),
+        "search_items": _list_column(search_offsets, pa.array(searches["item_id"].to_numpy(dtype=object),
+                                                              pa.string())),
+    })
 
 
 def has_holdout(test_item) -> bool:
-    """A sequence row holds out its last items when test_item is set (null reads back as None or NaN)."""
+    """A sequence row holds out a test target when test_item is set (null reads back as None or NaN)."""
     return isinstance(test_item, str)
 
 
-def training_items(items: list[str] | np.ndarray, has_holdout: bool) -> list[str]:
-    """The part of a sequence training may see: everything but the held-out last two items."""
-    items = list(items)
-    return items[:-2] if has_holdout else items
+def training_items(items: list[str] | np.ndarray, n_train: int) -> list[str]:
+    """The part of a sequence training may see (before the valid/test targets)."""
+    return list(items)[:n_train]
 
 
-def make_training_pairs(sequences: pd.DataFrame, item_texts: Mapping[str, str], item_titles: Mapping[str, str],
-                        max_history_items: int = 8, max_pairs_per_user: int = 50) -> pd.DataFrame:
-    """Users -> (anchor text, positive item) pairs: history prefix → next item, and query → clicked item.
+def training_windows(sequences: pa.Table, length: int, stride: int) -> pa.Table:
+    """Training part of every sequence cut into windows of at most `length` items, `stride` apart;
+    the last window always ends at the last training item. Users with < 2 training items have none."""
+    n_train = sequences.column("n_train").to_numpy()
+    lengths = pc.list_value_length(sequences.column("items")).to_numpy()
+    offsets = np.concatenate([[0], np.cumsum(lengths)])[:-1].astype(np.int64)
+    win_user, win_start, win_len = [], [], []
+    for u, n in enumerate(n_train):
+        if n < 2:
+            continue
+        starts = list(range(0, max(n - length, 0), stride)) + [max(n - length, 0)]
+        win_user += [u] * len(starts)
+        win_start += starts
+        win_len += [min(length, n)] * len(starts)
+    lens = np.asarray(win_len, dtype=np.int64)
+    base = offsets[np.asarray(win_user, dtype=np.int64)] + np.asarray(win_start, dtype=np.int64)
+    within = np.arange(lens.sum()) - np.repeat(np.cumsum(lens) - lens, lens)
+    take = pa.array(np.repeat(base, lens) + within)
+    win_offsets = np.concatenate([[0], np.cumsum(lens)])
+    flat = {c: pc.list_flatten(sequences.column(c)) for c in ("items", "event_types", "weights")}
+    return pa.table({
+        "user_id": sequences.column("user_id").take(pa.array(np.asarray(win_user, dtype=np.int64))),
+        "start": pa.array(np.asarray(win_start, dtype=np.int64)),
+        **{c: _list_column(win_offsets, flat[c].take(take).combine_chunks()) for c in flat},
+    })
 
-    Only pre-hold-out items are used, so validation/test targets never leak into training.
-    The most recent `max_pairs_per_user` next-item pairs are kept per user so that a few
-    heavy users do not dominate an epoch.
-    """
-    rows: list[tuple[str, str, str, str]] = []
-    for seq in sequences.itertuples(index=False):
-        visible = training_items(seq.items, has_holdout(seq.test_item))
-        titles = [item_titles.get(i, "") for i in visible]
-        start = max(1, len(visible) - max_pairs_per_user)
-        for t in range(start, len(visible)):
-            anchor = format_history_text(titles[:t], max_history_items)
-            if anchor and visible[t] in item_texts:
-                rows.append(("next_item", anchor, visible[t], item_texts[visible[t]]))
-        held_out = {i for i in (seq.valid_item, seq.test_item) if isinstance(i, str)}
-        for query, item in zip(seq.search_queries, seq.search_items):
-            if item in item_texts and item not in held_out:
-                rows.append(("search", query, item, item_texts[item]))
-    return pd.DataFrame(rows, columns=list(TRAIN_PAIR_COLUMNS))
 
-
-def item_popularity(sequences: pd.DataFrame) -> pd.DataFrame:
+def item_counts(sequences: pa.Table) -> pd.DataFrame:
     """Interaction counts per item over the training part of every sequence (no test leakage)."""
-    counts: dict[str, int] = {}
-    for seq in sequences.itertuples(index=False):
-        for item in training_items(seq.items, has_holdout(seq.test_item)):
-            counts[item] = counts.get(item, 0) + 1
-    return pd.DataFrame({"item_id": list(counts), "count": np.array(list(counts.values()), dtype="int64")})
+    lengths = pc.list_value_length(sequences.column("items")).to_numpy()
+    position = np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    in_train = position < np.repeat(sequences.column("n_train").to_numpy(), lengths)
+    flat = pc.list_flatten(sequences.column("items")).to_numpy(zero_copy_only=False)[in_train]
+    counts = pd.Series(flat, dtype=object).value_counts(sort=False)
+    return pd.DataFrame({"item_id": counts.index.astype(object), "count": counts.to_numpy(dtype=np.int64)})
+

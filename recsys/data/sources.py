@@ -4,14 +4,18 @@ Parsing never raises on bad rows: every input line becomes one raw record (strin
 and a line that cannot be decoded or split carries a `_error` reason so validation can
 quarantine it. This is why CSV/JSONL are parsed here line by line instead of with
 pyarrow.csv / pandas: those abort the whole file on one non-UTF-8 byte or ragged row.
+
+Large inputs are read as `ReadUnit`s: a CSV/JSONL file, or a run of Parquet row groups planned from
+the footer alone, so workers can stream a data set that does not fit in memory.
 """
 
 from __future__ import annotations
 
 import csv
-import glob
 import io
 import json
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -19,13 +23,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from recsys.data.filesystems import SourceError, hive_partition, list_files, open_input_file, read_input_bytes
+
+__all__ = ["META_COLUMNS", "ReadUnit", "SourceError", "detect_format", "list_input_files", "open_input_file",
+           "parse_raw_records", "plan_read_units", "read_raw_table", "read_unit"]
+
 _EXTENSIONS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".jsonl": "jsonl",
                ".json": "jsonl", ".ndjson": "jsonl"}
 META_COLUMNS = ("_source", "_line", "_error", "_raw")
-
-
-class SourceError(ValueError):
-    """An input path or format the pipeline cannot read at all."""
 
 
 def detect_format(path: str | Path) -> str:
@@ -36,17 +41,8 @@ def detect_format(path: str | Path) -> str:
 
 
 def list_input_files(path: str | Path) -> list[str]:
-    """A file, a directory (all readable files inside, sorted) or a glob -> file paths."""
-    p = Path(path).expanduser()
-    if p.is_file():
-        return [str(p.resolve())]
-    if p.is_dir():
-        files = sorted(str(f.resolve()) for f in p.rglob("*") if f.is_file() and f.suffix.lower() in _EXTENSIONS)
-    else:
-        files = sorted(str(Path(f).resolve()) for f in glob.glob(str(p)))
-    if not files:
-        raise SourceError(f"no input files found at {str(path)!r}")
-    return files
+    """A file, a directory or a glob, local or any pyarrow filesystem URI -> sorted readable file paths."""
+    return list_files(path, _EXTENSIONS)
 
 
 def _record(source: str, line: int, fields: dict[str, str | None], error: str | None, raw: str) -> dict:
@@ -115,7 +111,7 @@ def _csv_records(text: str, source: str, columns: tuple[str, ...]) -> pd.DataFra
     return _frame(rows, columns)
 
 
-def _parquet_records(table: pa.Table, source: str, columns: tuple[str, ...]) -> pd.DataFrame:
+def _parquet_records(table: pa.Table, source: str, columns: tuple[str, ...], first_line: int = 1) -> pd.DataFrame:
     """Typed Parquet columns -> the same string records, vectorised (no per-row Python).
 
     `_raw` stays empty: validation rebuilds it from the fields for quarantined rows only.
@@ -133,7 +129,8 @@ def _parquet_records(table: pa.Table, source: str, columns: tuple[str, ...]) -> 
         else:
             out[col] = pc.cast(table.column(col), pa.string())
     frame = pa.table(out).to_pandas()
-    frame["_source"], frame["_line"], frame["_error"], frame["_raw"] = source, range(1, n + 1), None, None
+    frame["_source"], frame["_error"], frame["_raw"] = source, None, None
+    frame["_line"] = range(first_line, first_line + n)
     return _frame_types(frame, columns)
 
 
@@ -169,7 +166,88 @@ def _frame_types(frame: pd.DataFrame, columns: tuple[str, ...]) -> pd.DataFrame:
     return frame
 
 
+@dataclass(frozen=True)
+class ReadUnit:
+    """One task's share of the input: a whole CSV/JSONL file or consecutive row groups of a Parquet file."""
+
+    path: str                               # as returned by list_input_files
+    fmt: str                                # "parquet" | "csv" | "jsonl"
+    row_groups: tuple[int, ...] | None      # Parquet row groups to read; None = the whole file
+    first_row: int                          # 1-based row number within the file of the unit's first row
+    partition: tuple[tuple[str, str], ...]  # hive keys from the directories, e.g. (("event_type", "view"),)
+
+
+def _parquet_footer(path: str) -> pq.FileMetaData:
+    fs, inner = open_input_file(path)
+    try:
+        with fs.open_input_file(inner) as f:
+            return pq.ParquetFile(f).metadata
+    except (pa.ArrowException, OSError) as exc:
+        raise SourceError(f"cannot read the Parquet file {path!r}: {exc}") from exc
+
+
+def _row_group_runs(meta: pq.FileMetaData, target_rows: int) -> list[tuple[tuple[int, ...], int]]:
+    """Consecutive row groups of at most ~target_rows rows (a larger row group stays whole) -> (groups, first row)."""
+    runs: list[tuple[list[int], int]] = []
+    rows_in_run, next_row = 0, 1
+    for i in range(meta.num_row_groups):
+        n = meta.row_group(i).num_rows
+        if not runs or rows_in_run + n > target_rows:
+            runs.append(([], next_row))
+            rows_in_run = 0
+        runs[-1][0].append(i)
+        rows_in_run, next_row = rows_in_run + n, next_row + n
+    return [(tuple(groups), first) for groups, first in runs]
+
+
+def plan_read_units(path: str | Path, target_rows: int = 500_000) -> list[ReadUnit]:
+    """Every file at `path` -> read units of about `target_rows` rows; Parquet files are split by row group.
+
+    Only Parquet footers are read here. Raises SourceError for a file whose footer is unreadable.
+    """
+    files = [(f, detect_format(f)) for f in list_input_files(path)]
+    parquet = [f for f, fmt in files if fmt == "parquet"]
+    # Footers of remote files are latency-bound: fetch them concurrently.
+    with ThreadPoolExecutor(max_workers=min(16, len(parquet) or 1)) as pool:
+        footers = dict(zip(parquet, pool.map(_parquet_footer, parquet)))
+    units = []
+    for f, fmt in files:
+        part = hive_partition(f)
+        runs = _row_group_runs(footers[f], target_rows) if fmt == "parquet" else []
+        if len(runs) <= 1:
+            units.append(ReadUnit(f, fmt, None, 1, part))
+        else:
+            units += [ReadUnit(f, fmt, groups, first, part) for groups, first in runs]
+    return units
+
+
+def read_unit(unit: ReadUnit, columns: tuple[str, ...]) -> pd.DataFrame:
+    """The raw records of one unit: the same frame parse_raw_records gives for those rows of the file,
+    with a requested column that the file lacks filled from the unit's hive partition key."""
+    if unit.fmt == "parquet":
+        fs, inner = open_input_file(unit.path)
+        try:
+            with fs.open_input_file(inner) as f:
+                pfile = pq.ParquetFile(f)
+                in_file = set(pfile.schema_arrow.names)
+                wanted = [c for c in columns if c in in_file]
+                table = (pfile.read(columns=wanted) if unit.row_groups is None
+                         else pfile.read_row_groups(list(unit.row_groups), columns=wanted))
+        except (pa.ArrowException, OSError) as exc:
+            raise SourceError(f"cannot read the Parquet file {unit.path!r}: {exc}") from exc
+        frame = _parquet_records(table, unit.path, columns, first_line=unit.first_row)
+        missing = set(columns) - in_file
+    else:
+        frame = parse_raw_records(read_input_bytes(unit.path), unit.path, columns)
+        # Text files have no schema: a column that is null in every row counts as absent.
+        missing = {c for c in columns if frame[c].isna().all()}
+    for key, value in unit.partition:
+        if key in missing:
+            frame[key] = pd.Series([value] * len(frame), index=frame.index, dtype=object)
+    return frame
+
+
 def read_raw_table(path: str | Path, columns: tuple[str, ...]) -> pd.DataFrame:
     """In-process read of every file at `path` (used for catalogs, which fit in memory)."""
-    frames = [parse_raw_records(Path(f).read_bytes(), f, columns) for f in list_input_files(path)]
-    return pd.concat(frames, ignore_index=True)
+    units = plan_read_units(path, target_rows=2**62)   # whole files: nothing to parallelise here
+    return pd.concat([read_unit(u, columns) for u in units], ignore_index=True)

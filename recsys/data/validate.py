@@ -8,6 +8,7 @@ counting) and a detail naming the field and the value.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 
 import numpy as np
 import pandas as pd
@@ -66,36 +67,60 @@ def _quarantine(raw: pd.DataFrame, reasons: pd.Series, details: pd.Series) -> pd
     }, columns=[*QUARANTINE_COLUMNS[:3], "detail", "raw"])
 
 
-def _flag(reasons: pd.Series, details: pd.Series, mask: pd.Series, code: str, detail: pd.Series | str) -> None:
-    """Record the first failing check per row (earlier checks win)."""
+def _flag(reasons: pd.Series, details: pd.Series, mask: pd.Series, code: str, detail: str,
+          values: pd.Series | None = None) -> None:
+    """Record the first failing check per row (earlier checks win).
+
+    `detail` may hold "{value}", filled with the row's repr(values) — only for the flagged
+    rows, so clean rows cost no string building.
+    """
     new = mask & reasons.isna()
+    if not new.any():
+        return
     reasons[new] = code
-    details[new] = detail[new] if isinstance(detail, pd.Series) else detail
+    if values is None:
+        details[new] = detail
+    else:
+        details[new] = [detail.format(value=v if detail == "{value}" else repr(v)) for v in values[new].astype(str)]
 
 
-def validate_events(raw: pd.DataFrame, known_items: set[str] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Raw event records -> (typed events in EVENTS_SCHEMA column order, quarantine rows)."""
+# Events outside these years are clock errors (epoch 0, year 3000), not behaviour.
+EARLIEST_EVENT = pd.Timestamp("1990-01-01", tz="UTC")
+LATEST_EVENT = pd.Timestamp("2100-01-01", tz="UTC")
+
+
+def validate_events(raw: pd.DataFrame, known_items: set[str] | None = None,
+                    aliases: Mapping[str, str] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Raw event records -> (typed events in EVENTS_SCHEMA column order, quarantine rows).
+
+    `aliases` maps other spellings of event types (lower-case, e.g. "cart") to known types.
+    """
     reasons = pd.Series([None] * len(raw), index=raw.index, dtype=object)
     details = pd.Series([None] * len(raw), index=raw.index, dtype=object)
     parse_error = raw["_error"].notna()
-    _flag(reasons, details, parse_error, "unparsable_row", raw["_error"].astype(str))
+    _flag(reasons, details, parse_error, "unparsable_row", "{value}", raw["_error"])
     for field in REQUIRED_EVENT_COLUMNS:
         _flag(reasons, details, _blank(raw[field]), f"missing_{field}", f"{field} is empty")
     event_type = raw["event_type"].astype(str).str.strip().str.lower()
+    if aliases:
+        event_type = event_type.replace(dict(aliases))
     _flag(reasons, details, ~event_type.isin(EVENT_TYPES), "unknown_event_type",
-          "event_type=" + raw["event_type"].astype(str).map(repr) + f" is not one of {list(EVENT_TYPES)}")
+          f"event_type={{value}} is not one of {list(EVENT_TYPES)}", raw["event_type"])
     timestamps = parse_timestamps(raw["timestamp"])
     _flag(reasons, details, timestamps.isna(), "bad_timestamp",
-          "timestamp=" + raw["timestamp"].astype(str).map(repr) + " is not epoch seconds/ms or ISO-8601")
+          "timestamp={value} is not epoch seconds/ms or ISO-8601", raw["timestamp"])
+    _flag(reasons, details, (timestamps < EARLIEST_EVENT) | (timestamps >= LATEST_EVENT), "timestamp_out_of_range",
+          f"timestamp={{value}} is before {EARLIEST_EVENT.date()} or after {LATEST_EVENT.date()}",
+          raw["timestamp"])
     item_missing = _blank(raw["item_id"])
     _flag(reasons, details, event_type.isin(ITEM_EVENT_TYPES) & item_missing, "missing_item_id",
-          "item_id is empty for event_type=" + event_type)
+          "item_id is empty for event_type={value}", event_type)
     _flag(reasons, details, (event_type == "search") & _blank(raw["query"]), "missing_query",
           "query is empty for a search event")
     if known_items is not None:
         unknown = ~item_missing & ~raw["item_id"].astype(str).str.strip().isin(known_items)
         _flag(reasons, details, unknown, "item_not_in_catalog",
-              "item_id=" + raw["item_id"].astype(str).map(repr) + " is not in the catalog")
+              "item_id={value} is not in the catalog", raw["item_id"])
 
     ok = reasons.isna()
     clean = pd.DataFrame({
@@ -121,24 +146,39 @@ def validate_catalog(raw: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Raw catalog records -> (typed catalog, quarantine). The first row of an item_id wins."""
     reasons = pd.Series([None] * len(raw), index=raw.index, dtype=object)
     details = pd.Series([None] * len(raw), index=raw.index, dtype=object)
-    _flag(reasons, details, raw["_error"].notna(), "unparsable_row", raw["_error"].astype(str))
-    for field in ("item_id", "title"):
-        _flag(reasons, details, _blank(raw[field]), f"missing_{field}", f"{field} is empty")
+    _flag(reasons, details, raw["_error"].notna(), "unparsable_row", "{value}", raw["_error"])
+    _flag(reasons, details, _blank(raw["item_id"]), "missing_item_id", "item_id is empty")
+    # A row without a title still describes a product when brand/category/description say
+    # something: the title is filled from them (fill_missing_titles) instead of losing the item.
+    no_text = _blank(raw["title"]) & _blank(raw["brand"]) & _blank(raw["category"]) & _blank(raw["description"])
+    _flag(reasons, details, no_text, "missing_text", "title, brand, category and description are all empty")
     price = pd.to_numeric(raw["price"], errors="coerce")
     bad_price = (~_blank(raw["price"]) & price.isna()) | (price < 0)
     _flag(reasons, details, bad_price, "bad_price",
-          "price=" + raw["price"].astype(str).map(repr) + " is not a non-negative number")
+          "price={value} is not a non-negative number", raw["price"])
     in_stock, bad_stock = _parse_bool(raw["in_stock"])
     _flag(reasons, details, bad_stock, "bad_in_stock",
-          "in_stock=" + raw["in_stock"].astype(str).map(repr) + " is not true/false")
+          "in_stock={value} is not true/false", raw["in_stock"])
     item_id = raw["item_id"].astype(str).str.strip()
     dup = item_id.duplicated(keep="first") & reasons.isna()
     _flag(reasons, details, dup, "duplicate_item_id",
-          "item_id=" + item_id.map(repr) + " already appeared earlier")
+          "item_id={value} already appeared earlier", item_id)
 
     ok = reasons.isna()
     text = {c: raw.loc[ok, c].fillna("").astype(str).str.strip() for c in ("title", "brand", "category",
                                                                               "description")}
+    text["title"] = fill_missing_titles(text["title"], text["brand"], text["category"], text["description"])
     clean = pd.DataFrame({"item_id": item_id[ok], **text, "price": price[ok].astype("float64"),
                           "in_stock": in_stock[ok].astype(bool)}, columns=list(CATALOG_COLUMNS))
     return clean.reset_index(drop=True), _quarantine(raw, reasons, details).reset_index(drop=True)
+
+
+def fill_missing_titles(title: pd.Series, brand: pd.Series, category: pd.Series, description: pd.Series) -> pd.Series:
+    """Empty titles become "<brand> <last category level>", else the first 80 characters of the description."""
+    empty = title == ""
+    if not empty.any():
+        return title
+    leaf = category[empty].str.split(">").str[-1].str.strip()
+    made = (brand[empty] + " " + leaf).str.strip()
+    made = made.where(made != "", description[empty].str.slice(0, 80).str.strip())
+    return title.where(~empty, made)

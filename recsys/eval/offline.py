@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow.dataset as pads
 
 from recsys.artifacts import mark_latest, new_version_dir, read_manifest, resolve_artifact, write_json
-from recsys.data.sequences import has_holdout, training_items
+from recsys.data.sequences import training_items
 from recsys.data.text import history_text_for_items
 from recsys.eval.baselines import CooccurrenceRecommender, popularity_scores
 from recsys.eval.config import EvalConfig
@@ -31,18 +31,19 @@ USER_CHUNK = 2048
 def load_eval_users(data_dir: Path, split: str, position: dict[str, int], max_users: int | None,
                     seed: int) -> tuple[list[str], list[list[int]], np.ndarray, list[list[int]]]:
     """-> (user ids, histories as item positions, target positions, training sequences of ALL users)."""
+    target_column = "test_index" if split == "test" else "valid_index"
     seqs = pads.dataset(data_dir / "sequences", format="parquet").to_table(
-        columns=["user_id", "items", "test_item"]).to_pylist()
-    train_sequences = [[position[i] for i in training_items(s["items"], has_holdout(s["test_item"]))
-                        if i in position] for s in seqs]
-    held = [s for s in seqs if has_holdout(s["test_item"])]
+        columns=["user_id", "items", "n_train", target_column]).to_pylist()
+    train_sequences = [[position[i] for i in training_items(s["items"], s["n_train"]) if i in position]
+                       for s in seqs]
+    # A target counts only when it is in the catalog: the ranking is over catalog items.
+    held = [s for s in seqs if s[target_column] >= 1 and s["items"][s[target_column]] in position]
     if max_users is not None and len(held) > max_users:
         rng = np.random.default_rng(seed)
         held = [held[i] for i in sorted(rng.choice(len(held), max_users, replace=False))]
-    cut = 1 if split == "test" else 2
     users = [s["user_id"] for s in held]
-    histories = [[position[i] for i in s["items"][:-cut] if i in position] for s in held]
-    targets = np.array([position[s["items"][-cut]] for s in held], dtype=np.int64)
+    histories = [[position[i] for i in s["items"][:s[target_column]] if i in position] for s in held]
+    targets = np.array([position[s["items"][s[target_column]]] for s in held], dtype=np.int64)
     return users, histories, targets, train_sequences
 
 
@@ -85,7 +86,7 @@ def run_evaluation(cfg: EvalConfig) -> dict:
     users, histories, targets, train_seqs = load_eval_users(data_dir, cfg.split, position, cfg.max_users, cfg.seed)
     if not users:
         raise ValueError(f"data version {data_manifest['version']} has no users with a held-out item")
-    max_items = int(data_manifest.get("config", {}).get("max_history_items", 8))
+    max_items = int(data_manifest.get("config", {}).get("retrieval_pairs", {}).get("max_history_items", 8))
     history_texts = [history_text_for_items([item_ids[p] for p in h], titles, max_items) for h in histories]
     log(JOB, f"{len(users)} users x {len(item_ids)} items, split={cfg.split}, "
              f"exclude_history={cfg.exclude_history}")

@@ -80,7 +80,8 @@ def resolve_serving_artifacts(args: ServeArgs) -> dict[str, Any]:
         data_config = {}
     return {
         "query_max_length": args.query_max_length or int(manifest.get("query_max_length", 128)),
-        "max_history_items": args.max_history_items or int(data_config.get("max_history_items", 8)),
+        "max_history_items": args.max_history_items or int(
+            data_config.get("retrieval_pairs", {}).get("max_history_items", 8)),
         "index_dir": str(index_dir),
         "data_dir": str(data_dir),
         "index_version": str(manifest.get("version", index_dir.name)),

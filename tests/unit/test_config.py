@@ -160,10 +160,10 @@ def test_parse_job_args_missing_file_exits_2(tmp_path: Path, capsys) -> None:
 # ---------------------------------------------------------------- the real job configs
 def test_preprocess_config_nested_overrides() -> None:
     cfg = load_config(PreprocessConfig, None, ["source.synthetic.n_users=20", "source.path=/data/events.csv",
-                                               "session_gap_minutes=15"])
+                                               "sequences.session_gap_minutes=15"])
     assert cfg.source.synthetic.n_users == 20
     assert cfg.source.path == "/data/events.csv"
-    assert cfg.session_gap_minutes == 15.0
+    assert cfg.sequences.session_gap_minutes == 15.0
     with pytest.raises(ConfigError, match=r"source\.synthetic\.n_users=5: "):
         load_config(PreprocessConfig, None, ["source.synthetic.n_users=5"])
     with pytest.raises(ConfigError, match=r"source\.pth"):

@@ -1,20 +1,24 @@
-"""Sessions, per-user sequences, leave-one-out hold-out and leak-free training pairs."""
+"""Per-user sequences: collapsed steps, weights, leave-last-out and time splits, search lists,
+training windows and leak-free item counts."""
 
 from __future__ import annotations
 
 import pandas as pd
+import pyarrow as pa
+import pytest
 
+from recsys.data.clean import assign_sessions, canonical_order
 from recsys.data.sequences import (
-    assign_sessions,
     build_user_sequences,
-    drop_duplicate_events,
-    item_popularity,
-    make_training_pairs,
+    has_holdout,
+    item_counts,
     training_items,
+    training_windows,
 )
-from recsys.schema import EVENT_COLUMNS, SEQUENCE_COLUMNS, TRAIN_PAIR_COLUMNS
+from recsys.schema import EVENT_COLUMNS, SEQUENCE_COLUMNS, WINDOW_COLUMNS
 
 T0 = pd.Timestamp("2024-03-01 12:00:00", tz="UTC")
+WEIGHTS = {"view": 1.0, "click": 2.0, "add_to_cart": 3.0, "purchase": 5.0}
 
 
 def events(rows: list[tuple]) -> pd.DataFrame:
@@ -35,247 +39,312 @@ def micros(minutes: float) -> int:
     return int((T0 + pd.Timedelta(minutes=minutes)).value // 1000)
 
 
-def sequences_of(rows: list[tuple], max_length: int = 200) -> dict[str, dict]:
-    seqs = build_user_sequences(assign_sessions(events(rows)), max_length=max_length)
-    return {r["user_id"]: r for r in seqs.to_dict(orient="records")}
+def build(rows: list[tuple], **kwargs) -> pa.Table:
+    return build_user_sequences(assign_sessions(canonical_order(events(rows))), **kwargs)
 
 
-# ---------------------------------------------------------------- duplicates and sessions
-def test_drop_duplicate_events_keeps_one_exact_repeat() -> None:
-    frame = events([
-        ("u1", "a", "view", 0), ("u1", "a", "view", 0),                 # exact repeat
-        ("u1", "a", "view", 0, None, "other-session"),                  # same event, session differs
-        ("u1", "a", "view", 1),                                         # different time
-        ("u1", "a", "click", 0),                                        # different type
-        ("u1", None, "search", 0, "boots"), ("u1", None, "search", 0, "boots"),
-        ("u1", None, "search", 0, "shoes"),                             # different query
-        ("u2", "a", "view", 0),                                         # different user
-    ])
-    out = drop_duplicate_events(frame)
-    assert len(out) == 6
-    assert out.index.tolist() == list(range(6))
-    assert pd.isna(out.iloc[0]["session_id"])   # first occurrence wins
+def sequences_of(rows: list[tuple], **kwargs) -> dict[str, dict]:
+    return {r["user_id"]: r for r in build(rows, **kwargs).to_pylist()}
 
 
-def test_assign_sessions_splits_at_gap_and_sorts() -> None:
-    frame = events([
-        ("u1", "c", "view", 40),      # 35 min after 'b' -> new session
-        ("u1", "a", "view", 0),
-        ("u1", "d", "view", 70),      # exactly 30 min after 'c' -> same session
-        ("u1", "b", "view", 5),
-        ("u2", "x", "view", 5),
-        ("u1", "e", "view", 100.5),   # 30.5 min -> new session
-    ])
-    out = assign_sessions(frame)
-    assert out["user_id"].tolist() == ["u1"] * 5 + ["u2"]
-    assert out["item_id"].tolist() == ["a", "b", "c", "d", "e", "x"]
-    assert out["session_id"].tolist() == ["u1-s1", "u1-s1", "u1-s2", "u1-s2", "u1-s3", "u2-s1"]
-    assert out.index.tolist() == list(range(6))
+def split_of(seq: dict) -> tuple:
+    return seq["n_train"], seq["valid_index"], seq["test_index"], seq["valid_item"], seq["test_item"]
 
 
-def test_assign_sessions_custom_gap() -> None:
-    frame = events([("u1", "a", "view", 0), ("u1", "b", "view", 10), ("u1", "c", "view", 15)])
-    assert assign_sessions(frame, gap_minutes=5)["session_id"].tolist() == ["u1-s1", "u1-s2", "u1-s2"]
+# ---------------------------------------------------------------- steps
+def test_columns_and_types() -> None:
+    table = build([("u1", "a", "view", 0), ("u1", "b", "view", 1), ("u1", "c", "view", 2)])
+    assert table.column_names == list(SEQUENCE_COLUMNS)
+    types = {f.name: f.type for f in table.schema}
+    assert types["items"] == pa.list_(pa.string()) and types["weights"] == pa.list_(pa.float32())
+    assert types["timestamps"] == pa.list_(pa.int64())
+    assert all(types[c] == pa.int64() for c in ("n_sessions", "n_train", "valid_index", "test_index"))
+    assert types["valid_item"] == pa.string() and types["test_item"] == pa.string()
 
 
-def test_assign_sessions_keeps_given_session_ids() -> None:
-    frame = events([
-        ("u1", "a", "view", 0, None, "web-1"),
-        ("u1", "b", "view", 500, None, "web-1"),     # long gap but the log says same session
-        ("u2", "x", "view", 0), ("u2", "y", "view", 90),
-    ])
-    out = assign_sessions(frame)
-    assert out["session_id"].tolist() == ["web-1", "web-1", "u2-s1", "u2-s2"]
-
-
-# ---------------------------------------------------------------- sequences
-def test_build_user_sequences_collapse_and_holdout() -> None:
+def test_collapse_weights_and_holdout() -> None:
     seqs = sequences_of([
         # session 1: a viewed, clicked, carted -> one step labelled add_to_cart
         ("u1", "a", "view", 0), ("u1", "a", "click", 1), ("u1", "a", "add_to_cart", 2), ("u1", "a", "view", 3),
         ("u1", "b", "view", 5),
         # session 2 (gap > 30 min): a purchased again -> its own step
         ("u1", "a", "purchase", 60), ("u1", "c", "view", 61),
-    ])
+    ], event_weights=WEIGHTS)
     u1 = seqs["u1"]
-    assert list(u1["items"]) == ["a", "b", "a", "c"]
-    assert list(u1["event_types"]) == ["add_to_cart", "view", "purchase", "view"]
-    assert list(u1["timestamps"]) == [micros(0), micros(5), micros(60), micros(61)]  # first event of a step
+    assert u1["items"] == ["a", "b", "a", "c"]
+    assert u1["event_types"] == ["add_to_cart", "view", "purchase", "view"]
+    assert u1["weights"] == [3.0, 1.0, 5.0, 1.0]
+    assert u1["timestamps"] == [micros(0), micros(5), micros(60), micros(61)]  # first event of a step
     assert u1["n_sessions"] == 2
-    assert (u1["valid_item"], u1["test_item"]) == ("a", "c")
+    assert split_of(u1) == (2, 2, 3, "a", "c")
 
 
-def test_build_user_sequences_is_chronological_for_shuffled_input() -> None:
+def test_weights_default_to_one() -> None:
+    u1 = sequences_of([("u1", "a", "purchase", 0), ("u1", "b", "click", 1), ("u1", "c", "view", 2)])["u1"]
+    assert u1["weights"] == [1.0, 1.0, 1.0]
+
+
+def test_collapse_needs_same_session() -> None:
+    # The same item clicked twice with a 40 minute gap is two steps; 20 minutes apart it is one.
+    seqs = sequences_of([("u1", "a", "view", 0), ("u1", "a", "click", 40),
+                         ("u2", "a", "view", 0), ("u2", "a", "click", 20)])
+    assert seqs["u1"]["items"] == ["a", "a"] and seqs["u1"]["event_types"] == ["view", "click"]
+    assert seqs["u2"]["items"] == ["a"] and seqs["u2"]["event_types"] == ["click"]
+    assert (seqs["u1"]["n_sessions"], seqs["u2"]["n_sessions"]) == (2, 1)
+
+
+def test_collapse_respects_given_session_ids() -> None:
+    seqs = sequences_of([("u1", "a", "view", 0, None, "s1"), ("u1", "a", "purchase", 1, None, "s2")])
+    assert seqs["u1"]["items"] == ["a", "a"] and seqs["u1"]["event_types"] == ["view", "purchase"]
+
+
+@pytest.mark.parametrize("order", [(3, 0, 5, 1, 4, 2), (5, 4, 3, 2, 1, 0)])
+def test_sequence_is_chronological_for_shuffled_input(order: tuple[int, ...]) -> None:
     rows = [("u1", item, "view", minute) for minute, item in enumerate("pqrstu")]
-    shuffled = [rows[i] for i in (3, 0, 5, 1, 4, 2)]
-    assert list(sequences_of(shuffled)["u1"]["items"]) == list("pqrstu")
+    u1 = sequences_of([rows[i] for i in order])["u1"]
+    assert u1["items"] == list("pqrstu")
+    assert u1["timestamps"] == [micros(m) for m in range(6)]
 
 
 def test_repeat_separated_by_another_item_is_not_collapsed() -> None:
     seqs = sequences_of([("u1", "a", "view", 0), ("u1", "b", "view", 1), ("u1", "a", "view", 2)])
-    assert list(seqs["u1"]["items"]) == ["a", "b", "a"]
+    assert seqs["u1"]["items"] == ["a", "b", "a"]
 
 
 def test_stronger_event_first_keeps_its_label() -> None:
-    seqs = sequences_of([("u1", "a", "purchase", 0), ("u1", "a", "view", 1), ("u1", "b", "click", 2)])
-    assert list(seqs["u1"]["event_types"]) == ["purchase", "click"]
+    seqs = sequences_of([("u1", "a", "purchase", 0), ("u1", "a", "view", 1), ("u1", "b", "click", 2)],
+                        event_weights=WEIGHTS)
+    assert seqs["u1"]["event_types"] == ["purchase", "click"]
+    assert seqs["u1"]["weights"] == [5.0, 2.0]
 
 
+def test_users_are_separate() -> None:
+    # u1's last item and u2's first item are the same: still two users, nothing collapsed across them.
+    seqs = sequences_of([("u1", "a", "view", 0), ("u1", "b", "view", 1), ("u2", "b", "click", 2)])
+    assert (seqs["u1"]["items"], seqs["u2"]["items"]) == (["a", "b"], ["b"])
+
+
+# ---------------------------------------------------------------- leave-last-out
 def test_holdout_needs_three_items() -> None:
     seqs = sequences_of([
         ("u2", "a", "view", 0), ("u2", "b", "view", 1),
         ("u3", "a", "view", 0), ("u3", "b", "view", 1), ("u3", "c", "view", 2),
         ("u4", "a", "view", 0), ("u4", "a", "click", 1), ("u4", "b", "view", 2),   # 2 items after collapse
+        ("u5", "a", "view", 0),
     ])
-    assert pd.isna(seqs["u2"]["valid_item"]) and pd.isna(seqs["u2"]["test_item"])
-    assert (seqs["u3"]["valid_item"], seqs["u3"]["test_item"]) == ("b", "c")
-    assert pd.isna(seqs["u4"]["test_item"])
+    assert split_of(seqs["u2"]) == (2, -1, -1, None, None)
+    assert split_of(seqs["u3"]) == (1, 1, 2, "b", "c")
+    assert split_of(seqs["u4"]) == (2, -1, -1, None, None)
+    assert split_of(seqs["u5"]) == (1, -1, -1, None, None)
 
 
 def test_max_length_keeps_most_recent() -> None:
-    seqs = sequences_of([("u1", f"i{n}", "view", n) for n in range(6)], max_length=4)
-    u1 = seqs["u1"]
-    assert list(u1["items"]) == ["i2", "i3", "i4", "i5"]
-    assert list(u1["timestamps"]) == [micros(n) for n in range(2, 6)]
-    assert (u1["valid_item"], u1["test_item"]) == ("i4", "i5")
+    u1 = sequences_of([("u1", f"i{n}", "view", n) for n in range(6)], max_length=4)["u1"]
+    assert u1["items"] == ["i2", "i3", "i4", "i5"]
+    assert u1["timestamps"] == [micros(n) for n in range(2, 6)]
+    assert split_of(u1) == (2, 2, 3, "i4", "i5")
 
 
+def test_max_length_per_user() -> None:
+    seqs = sequences_of([("u1", f"i{n}", "view", n) for n in range(5)] + [("u2", "x", "view", 0)], max_length=2)
+    assert (seqs["u1"]["items"], seqs["u2"]["items"]) == (["i3", "i4"], ["x"])
+
+
+# ---------------------------------------------------------------- time split
+T_VALID, T_TEST = 10, 20
+CUTOFFS = (micros(T_VALID), micros(T_TEST))
+TIMED = [
+    # before t_valid: a b c | valid window [10, 20): d (exactly at t_valid), e | test: f (exactly at t_test), g
+    ("A", "a", "view", 0), ("A", "b", "view", 1), ("A", "c", "view", 2), ("A", "d", "view", 10),
+    ("A", "e", "view", 12), ("A", "f", "view", 20), ("A", "g", "view", 25),
+    ("A", "a", "search", 5, "early"), ("A", "d", "search", 15, "late"),
+    ("B", "a", "view", 0), ("B", "b", "view", 1),                          # all training
+    ("C", "x", "view", 11), ("C", "y", "view", 21),                        # nothing before t_valid
+    ("D", "a", "view", 0), ("D", "b", "view", 30),                         # empty valid window
+    ("E", "a", "view", 15),                                                # one item, nothing before it
+    ("F", "a", "view", 0), ("F", "b", "view", 5), ("F", "c", "view", 15),  # no test item
+    ("G", "a", "view", 20),                                                # one item in the test window
+    ("H", "a", "view", 0), ("H", "b", "view", 10), ("H", "c", "view", 11),  # first of the window is valid
+]
+
+
+def test_time_split_indexes() -> None:
+    seqs = sequences_of(TIMED, cutoffs=CUTOFFS)
+    assert seqs["A"]["items"] == list("abcdefg")          # sequences keep every item; the split is by index
+    assert split_of(seqs["A"]) == (3, 3, 5, "d", "f")
+    assert split_of(seqs["B"]) == (2, -1, -1, None, None)
+    assert split_of(seqs["C"]) == (0, -1, 1, None, "y")
+    assert split_of(seqs["D"]) == (1, -1, 1, None, "b")
+    assert split_of(seqs["E"]) == (0, -1, -1, None, None)
+    assert split_of(seqs["F"]) == (2, 2, -1, "c", None)
+    assert split_of(seqs["G"]) == (0, -1, -1, None, None)
+    assert split_of(seqs["H"]) == (1, 1, -1, "b", None)
+
+
+def test_time_split_targets_come_after_training() -> None:
+    for seq in sequences_of(TIMED, cutoffs=CUTOFFS).values():
+        train_times = seq["timestamps"][:seq["n_train"]]
+        assert all(t < CUTOFFS[0] for t in train_times)
+        if seq["valid_index"] >= 0:
+            assert CUTOFFS[0] <= seq["timestamps"][seq["valid_index"]] < CUTOFFS[1]
+            assert seq["valid_index"] == seq["n_train"]
+        if seq["test_index"] >= 0:
+            assert seq["timestamps"][seq["test_index"]] >= CUTOFFS[1]
+            assert all(t < CUTOFFS[1] for t in seq["timestamps"][:seq["test_index"]])
+
+
+def test_time_split_applies_after_max_length() -> None:
+    rows = [("u1", "a", "view", 0), ("u1", "b", "view", 1), ("u1", "c", "view", 2), ("u1", "d", "view", 10),
+            ("u1", "e", "view", 20)]
+    u1 = sequences_of(rows, cutoffs=CUTOFFS, max_length=3)["u1"]
+    assert u1["items"] == ["c", "d", "e"]
+    assert split_of(u1) == (1, 1, 2, "d", "e")
+
+
+def test_time_split_drops_searches_after_t_valid() -> None:
+    timed = sequences_of(TIMED, cutoffs=CUTOFFS)["A"]
+    assert (timed["search_queries"], timed["search_items"]) == (["early"], ["a"])
+    leave_last_out = sequences_of(TIMED)["A"]
+    assert (leave_last_out["search_queries"], leave_last_out["search_items"]) == (["early", "late"], ["a", "d"])
+
+
+# ---------------------------------------------------------------- searches
 def test_searches_are_listed_but_not_sequence_steps() -> None:
-    seqs = build_user_sequences(assign_sessions(events([
+    seqs = sequences_of([
         ("u1", None, "search", 0, "boots"),             # no click: not a training search
         ("u1", "b", "search", 1, "red boots"),
         ("u1", "b", "click", 2),
         ("u2", "x", "view", 0),
-    ])))
-    assert list(seqs.columns) == [*SEQUENCE_COLUMNS, "search_queries", "search_items"]
-    by_user = seqs.set_index("user_id")
-    assert list(by_user.loc["u1", "items"]) == ["b"]
-    assert list(by_user.loc["u1", "search_queries"]) == ["red boots"]
-    assert list(by_user.loc["u1", "search_items"]) == ["b"]
-    assert list(by_user.loc["u2", "search_queries"]) == []
+    ])
+    assert seqs["u1"]["items"] == ["b"]
+    assert (seqs["u1"]["search_queries"], seqs["u1"]["search_items"]) == (["red boots"], ["b"])
+    assert (seqs["u2"]["search_queries"], seqs["u2"]["search_items"]) == ([], [])
+
+
+def test_search_lists_are_aligned_to_users() -> None:
+    table = build([
+        ("u0", "z", "search", 0, "zero"),                                       # no item events: no row
+        ("u1", "c", "search", 3, "blue hat"), ("u1", "b", "search", 1, "red boots"), ("u1", "a", "view", 0),
+        ("u2", "x", "view", 0),                                                 # no searches
+        ("u3", "y", "search", 0, "three"), ("u3", "y", "click", 1),
+        ("u4", "w", "search", 0, "four"),                                       # no item events: no row
+    ])
+    rows = table.to_pylist()
+    assert [r["user_id"] for r in rows] == ["u1", "u2", "u3"]
+    assert [r["search_queries"] for r in rows] == [["red boots", "blue hat"], [], ["three"]]
+    assert [r["search_items"] for r in rows] == [["b", "c"], [], ["y"]]
 
 
 def test_user_with_only_searches_has_no_sequence() -> None:
-    seqs = sequences_of([("u1", "a", "search", 0, "q"), ("u2", "x", "view", 0)])
-    assert set(seqs) == {"u2"}
+    assert set(sequences_of([("u1", "a", "search", 0, "q"), ("u2", "x", "view", 0)])) == {"u2"}
 
 
-# ---------------------------------------------------------------- training pairs
-ITEMS = list("abcdefgh")
-TITLES = {i: i.upper() for i in ITEMS}
-TEXTS = {i: f"{i.upper()}. brand. category" for i in ITEMS}
+def test_empty_events() -> None:
+    table = build([])
+    assert table.num_rows == 0 and table.column_names == list(SEQUENCE_COLUMNS)
+    table = build([], cutoffs=CUTOFFS)
+    assert table.num_rows == 0
 
 
-def seq_frame(users: list[dict]) -> pd.DataFrame:
-    rows = []
-    for u in users:
-        items = u["items"]
-        hold = len(items) >= 3
-        rows.append({"user_id": u["user_id"], "items": items, "event_types": ["view"] * len(items),
-                     "timestamps": list(range(len(items))), "n_sessions": 1,
-                     "valid_item": items[-2] if hold else None, "test_item": items[-1] if hold else None,
-                     "search_queries": u.get("queries", []), "search_items": u.get("search_items", [])})
-    frame = pd.DataFrame(rows, columns=[*SEQUENCE_COLUMNS, "search_queries", "search_items"])
-    for col in ("valid_item", "test_item"):   # keep None (pandas would turn it into NaN in a str column)
-        frame[col] = pd.Series([r[col] for r in rows], index=frame.index, dtype=object)
-    return frame
-
-
+# ---------------------------------------------------------------- helpers
 def test_training_items() -> None:
-    assert training_items(["a", "b", "c", "d"], has_holdout=True) == ["a", "b"]
-    assert training_items(["a", "b"], has_holdout=False) == ["a", "b"]
+    assert training_items(["a", "b", "c", "d"], 2) == ["a", "b"]
+    assert training_items(["a", "b"], 2) == ["a", "b"]
+    assert training_items(["a", "b"], 0) == []
+    assert training_items(pd.array(["a", "b", "c"], dtype=object).to_numpy(), 1) == ["a"]
 
 
-def test_next_item_pairs_never_see_held_out_items() -> None:
-    seqs = seq_frame([{"user_id": "u1", "items": list("abcde")}])
-    pairs = make_training_pairs(seqs, TEXTS, TITLES, max_history_items=8)
-    assert list(pairs.columns) == list(TRAIN_PAIR_COLUMNS)
-    assert pairs.values.tolist() == [
-        ["next_item", "A", "b", TEXTS["b"]],
-        ["next_item", "B | A", "c", TEXTS["c"]],      # most recent first
-    ]
-    held_out = {"d", "e"}
-    assert not set(pairs["positive_item_id"]) & held_out
-    for anchor in pairs["anchor_text"]:
-        assert not {"D", "E"} & set(anchor.split(" | "))
+def test_has_holdout() -> None:
+    assert has_holdout("c")
+    assert not has_holdout(None)
+    assert not has_holdout(float("nan"))
 
 
-def test_search_pairs_skip_held_out_and_unknown_items() -> None:
-    seqs = seq_frame([{"user_id": "u1", "items": list("abcde"),
-                       "queries": ["red boots", "blue hat", "green cup", "mystery"],
-                       "search_items": ["b", "e", "d", "zzz"]}])
-    pairs = make_training_pairs(seqs, TEXTS, TITLES)
-    search = pairs[pairs["kind"] == "search"]
-    assert search[["anchor_text", "positive_item_id"]].values.tolist() == [["red boots", "b"]]
-    assert search["positive_text"].tolist() == [TEXTS["b"]]
+# ---------------------------------------------------------------- training windows
+def window_rows(n_items: dict[str, int]) -> list[tuple]:
+    """Users with n items each (leave-last-out: n_train = n - 2 from 3 items on)."""
+    kinds = ["view", "click", "add_to_cart", "purchase"]
+    return [(user, f"{user}-{i}", kinds[i % 4], i) for user, n in n_items.items() for i in range(n)]
 
 
-def test_user_without_holdout_trains_on_everything() -> None:
-    pairs = make_training_pairs(seq_frame([{"user_id": "u1", "items": ["a", "b"]}]), TEXTS, TITLES)
-    assert pairs[["anchor_text", "positive_item_id"]].values.tolist() == [["A", "b"]]
+def windows_of(table: pa.Table, length: int, stride: int) -> dict[tuple[str, int], list[str]]:
+    windows = training_windows(table, length, stride)
+    assert windows.column_names == list(WINDOW_COLUMNS)
+    return {(w["user_id"], w["start"]): w["items"] for w in windows.to_pylist()}
 
 
-def test_max_pairs_per_user_keeps_the_most_recent() -> None:
-    seqs = seq_frame([{"user_id": "u1", "items": list("abcdefgh")}])   # visible a..f
-    pairs = make_training_pairs(seqs, TEXTS, TITLES, max_history_items=2, max_pairs_per_user=2)
-    assert pairs["positive_item_id"].tolist() == ["e", "f"]
-    assert pairs["anchor_text"].tolist() == ["D | C", "E | D"]        # max_history_items=2
-    all_pairs = make_training_pairs(seqs, TEXTS, TITLES, max_pairs_per_user=50)
-    assert all_pairs["positive_item_id"].tolist() == list("bcdef")
+def test_training_windows_starts() -> None:
+    # n_train: w9 -> 7, w10 -> 8, w1 -> 1, w2 -> 2, w4 -> 2
+    table = build(window_rows({"w9": 9, "w10": 10, "w1": 1, "w2": 2, "w4": 4}))
+    got = windows_of(table, length=3, stride=2)
+    assert sorted(got) == sorted([("w9", 0), ("w9", 2), ("w9", 4), ("w10", 0), ("w10", 2), ("w10", 4), ("w10", 5),
+                                  ("w2", 0), ("w4", 0)])
+    assert got[("w9", 4)] == ["w9-4", "w9-5", "w9-6"]       # ends at the last training item
+    assert got[("w10", 5)] == ["w10-5", "w10-6", "w10-7"]
+    assert got[("w10", 2)] == ["w10-2", "w10-3", "w10-4"]
+    assert got[("w2", 0)] == ["w2-0", "w2-1"]
+    assert got[("w4", 0)] == ["w4-0", "w4-1"]               # never the held-out w4-2, w4-3
 
 
-def test_pairs_skip_positives_without_text_and_empty_anchors() -> None:
-    texts = {k: v for k, v in TEXTS.items() if k != "c"}
-    titles = {**TITLES, "a": ""}
-    pairs = make_training_pairs(seq_frame([{"user_id": "u1", "items": list("abcdfg")}]), texts, titles)
-    # t=1: anchor from 'a' is empty -> skipped; t=2: 'c' has no text -> skipped
-    assert pairs[["anchor_text", "positive_item_id"]].values.tolist() == [["C | B", "d"]]
+def test_training_windows_carry_types_and_weights() -> None:
+    table = build(window_rows({"w9": 9}), event_weights=WEIGHTS)
+    windows = training_windows(table, 3, 2).to_pylist()
+    assert [w["start"] for w in windows] == [0, 2, 4]
+    assert windows[1]["event_types"] == ["add_to_cart", "purchase", "view"]
+    assert windows[1]["weights"] == [3.0, 5.0, 1.0]
 
 
-def test_pairs_accept_numpy_item_arrays() -> None:
-    seqs = seq_frame([{"user_id": "u1", "items": list("abcde")}])
-    seqs["items"] = seqs["items"].map(lambda x: pd.array(x, dtype=object).to_numpy())
-    assert make_training_pairs(seqs, TEXTS, TITLES)["positive_item_id"].tolist() == ["b", "c"]
+def test_training_windows_longer_than_sequence() -> None:
+    got = windows_of(build(window_rows({"w9": 9})), length=10, stride=4)
+    assert got == {("w9", 0): [f"w9-{i}" for i in range(7)]}
 
 
-def test_end_to_end_from_events() -> None:
-    frame = events([("u1", i, "view", n * 60) for n, i in enumerate("abcd")] +
-                   [("u1", "b", "search", 1, "bee"), ("u1", "d", "search", 181, "dee")])
-    seqs = build_user_sequences(assign_sessions(frame))
-    pairs = make_training_pairs(seqs, TEXTS, TITLES)
-    assert pairs[["kind", "positive_item_id"]].values.tolist() == [["next_item", "b"], ["search", "b"]]
+def test_training_windows_time_split_uses_training_part() -> None:
+    got = windows_of(build(TIMED, cutoffs=CUTOFFS), length=2, stride=1)
+    assert got == {("A", 0): ["a", "b"], ("A", 1): ["b", "c"], ("B", 0): ["a", "b"], ("F", 0): ["a", "b"]}
 
 
-# ---------------------------------------------------------------- popularity
-def test_item_popularity_excludes_held_out_items() -> None:
-    seqs = seq_frame([
-        {"user_id": "u1", "items": list("abcd")},    # counts a, b
-        {"user_id": "u2", "items": list("bce")},     # counts b
-        {"user_id": "u3", "items": ["a", "h"]},      # no hold-out: counts a, h
+def test_training_windows_chunked_and_sliced_tables() -> None:
+    first = build(window_rows({"w2": 2, "w9": 9}))
+    second = build(window_rows({"x5": 5, "x10": 10}))
+    expected = {**windows_of(first, 3, 2), **windows_of(second, 3, 2)}
+    assert windows_of(pa.concat_tables([first, second]), 3, 2) == expected       # two chunks
+    both = pa.concat_tables([first, second]).combine_chunks()
+    assert windows_of(both.slice(1), 3, 2) == {k: v for k, v in expected.items() if k[0] != "w2"}
+
+
+def test_training_windows_none() -> None:
+    assert training_windows(build(window_rows({"w1": 1, "w3": 3})), 3, 2).num_rows == 0   # n_train 1 and 1
+    empty = training_windows(build([]), 3, 2)
+    assert empty.num_rows == 0 and empty.column_names == list(WINDOW_COLUMNS)
+
+
+# ---------------------------------------------------------------- item counts
+def test_item_counts_exclude_held_out_items() -> None:
+    table = build([
+        *[("u1", i, "view", n) for n, i in enumerate("abcd")],   # counts a, b
+        *[("u2", i, "view", n) for n, i in enumerate("bce")],    # counts b
+        ("u3", "a", "view", 0), ("u3", "h", "view", 1),          # no hold-out: counts a, h
     ])
-    pop = item_popularity(seqs)
-    assert list(pop.columns) == ["item_id", "count"]
-    assert dict(zip(pop["item_id"], pop["count"])) == {"a": 2, "b": 2, "h": 1}
-    assert pop["count"].dtype == "int64"
+    counts = item_counts(table)
+    assert list(counts.columns) == ["item_id", "count"]
+    assert dict(zip(counts["item_id"], counts["count"])) == {"a": 2, "b": 2, "h": 1}
+    assert counts["count"].dtype == "int64"
 
 
-def test_item_popularity_empty() -> None:
-    assert len(item_popularity(seq_frame([]))) == 0
+def test_item_counts_count_repeated_steps() -> None:
+    table = build([("u1", "a", "view", 0), ("u1", "b", "view", 1), ("u1", "a", "view", 2),
+                   ("u1", "c", "view", 3), ("u1", "d", "view", 4)])      # training part a, b, a
+    counts = item_counts(table)
+    assert dict(zip(counts["item_id"], counts["count"])) == {"a": 2, "b": 1}
 
 
-# ---------------------------------------------------------------- real build_user_sequences output
-def two_and_three_item_users() -> pd.DataFrame:
-    return build_user_sequences(assign_sessions(events([
-        ("u1", "a", "view", 0), ("u1", "b", "view", 1),                           # no hold-out
-        ("u2", "a", "view", 0), ("u2", "b", "view", 1), ("u2", "c", "view", 2),  # a | b, c held out
-    ])))
+def test_item_counts_time_split() -> None:
+    counts = item_counts(build(TIMED, cutoffs=CUTOFFS))
+    # training parts: A a b c, B a b, D a, F a b, H a
+    assert dict(zip(counts["item_id"], counts["count"])) == {"a": 5, "b": 3, "c": 1}
 
 
-def test_pairs_from_built_sequences_keep_users_without_holdout() -> None:
-    pairs = make_training_pairs(two_and_three_item_users(), TEXTS, TITLES)
-    assert pairs[["anchor_text", "positive_item_id"]].values.tolist() == [["A", "b"]]
-
-
-def test_popularity_from_built_sequences_counts_users_without_holdout() -> None:
-    pop = item_popularity(two_and_three_item_users())
-    assert dict(zip(pop["item_id"], pop["count"])) == {"a": 2, "b": 1}
+def test_item_counts_empty() -> None:
+    counts = item_counts(build([]))
+    assert len(counts) == 0 and list(counts.columns) == ["item_id", "count"]

@@ -277,7 +277,7 @@ CATALOG_CSV = b"\n".join([
     b"i3,Drill,Acme,tools,,-1,true",                               # 5 negative price
     b"i4,Nail,Acme,tools,,cheap,true",                             # 6 non-numeric price
     b"i5,Glue,Acme,tools,,2,maybe",                                # 7 bad in_stock
-    b"i6,,Acme,tools,,2,true",                                     # 8 missing title
+    b"i6,,Acme,tools,,2,true",                                     # 8 no title: filled "Acme tools"
     b",Tape,Acme,tools,,2,true",                                   # 9 missing item_id
     b"i7,Level,Acme,tools,,0,No",                                  # 10 ok: out of stock
     b"i8,Clamp",                                                   # 11 ragged
@@ -293,17 +293,16 @@ def test_validate_catalog() -> None:
         5: ("bad_price", ["price", "'-1'"]),
         6: ("bad_price", ["price", "'cheap'"]),
         7: ("bad_in_stock", ["in_stock", "'maybe'"]),
-        8: ("missing_title", ["title"]),
         9: ("missing_item_id", ["item_id"]),
         11: ("unparsable_row", ["wrong_field_count"]),
     }, "catalog.csv")
     assert list(clean.columns) == list(CATALOG_COLUMNS)
-    assert values(clean["item_id"]) == ["i1", "i2", "i7", "i9"]
-    assert clean["title"].tolist() == ["Hammer", "Saw", "Level", "Vise"]   # first row of i1 wins
-    assert clean["brand"].tolist() == ["Acme", "", "Acme", "Acme"]
-    assert clean["in_stock"].tolist() == [True, True, False, False]       # blank in_stock = in stock
+    assert values(clean["item_id"]) == ["i1", "i2", "i6", "i7", "i9"]
+    assert clean["title"].tolist() == ["Hammer", "Saw", "Acme tools", "Level", "Vise"]  # first row of i1 wins
+    assert clean["brand"].tolist() == ["Acme", "", "Acme", "Acme", "Acme"]
+    assert clean["in_stock"].tolist() == [True, True, True, False, False]   # blank in_stock = in stock
     prices = clean["price"].tolist()
-    assert prices[0] == 9.99 and pd.isna(prices[1]) and prices[2:] == [0.0, 10.0]
+    assert prices[0] == 9.99 and pd.isna(prices[1]) and prices[2:] == [2.0, 0.0, 10.0]
     assert clean["price"].dtype == "float64" and clean["in_stock"].dtype == bool
 
 
@@ -368,3 +367,30 @@ def test_read_raw_table_concatenates_files(tmp_path: Path) -> None:
     assert raw["item_id"].tolist() == ["i1", "i2", "i3"]
     assert raw["_line"].tolist() == [2, 3, 1]
     assert [Path(s).name for s in raw["_source"]] == ["a.csv", "a.csv", "b.jsonl"]
+
+
+def test_catalog_title_filled_from_brand_category_or_description_and_empty_rows_quarantined() -> None:
+    data = b"""item_id,title,brand,category,description,price,in_stock
+a,,Acme,Tools > Hand Tools > Hammers,,1,true
+b,,,,"A long description of a very useful product",1,true
+c,,,,,1,true
+"""
+    raw = parse_raw_records(data, "c.csv", CATALOG_COLUMNS)
+    clean, bad = validate_catalog(raw)
+    assert clean["title"].tolist() == ["Acme Hammers", "A long description of a very useful product"]
+    assert bad["reason"].tolist() == ["missing_text"] and "all empty" in bad["detail"].iloc[0]
+
+
+def test_event_type_aliases_and_out_of_range_timestamps() -> None:
+    data = b"""user_id,item_id,event_type,timestamp
+u,i,Cart,1704103200
+u,i,transaction,1704103201
+u,i,view,0
+u,i,view,32503680000000
+u,i,hover,1704103200
+"""
+    raw = parse_raw_records(data, "e.csv", EVENT_COLUMNS)
+    clean, bad = validate_events(raw, aliases={"cart": "add_to_cart", "transaction": "purchase"})
+    assert clean["event_type"].tolist() == ["add_to_cart", "purchase"]
+    assert bad["reason"].tolist() == ["timestamp_out_of_range", "timestamp_out_of_range", "unknown_event_type"]
+    assert "timestamp='0'" in bad["detail"].iloc[0]
