@@ -67,12 +67,12 @@ def test_preprocess_counts_and_quarantines_every_row(ray_cluster, recsys_home, t
     assert ev["quarantined_by_reason"] == {
         "unknown_event_type": 1, "bad_timestamp": 1, "missing_user_id": 1, "unparsable_row": 3,
         "item_not_in_catalog": 1, "missing_item_id": 1}
-    assert ev["duplicates_dropped"] == 1 and ev["rows_kept"] == ev["rows_valid"] - 1
-    assert summary["catalog"] == {"rows_in": 7, "rows_kept": 5, "rows_quarantined": 2,
+    assert ev["dropped_by_reason"] == {"duplicate": 1} and ev["rows_kept"] == ev["rows_valid"] - 1
+    assert summary["catalog"] == {"rows_in": 7, "rows_kept": 5, "rows_quarantined": 2, "titles_filled": 0,
                                   "quarantined_by_reason": {"duplicate_item_id": 1, "bad_price": 1}}
 
     out = recsys_home / "artifacts" / "data" / summary["version"]
-    quarantine = [json.loads(line) for line in (out / "quarantine" / "events.jsonl").read_text().splitlines()]
+    quarantine = pads.dataset(out / "quarantine" / "events").to_table().to_pylist()
     assert len(quarantine) == 8
     assert all(q["reason"] and q["detail"] and q["source"].endswith((".csv", ".jsonl")) for q in quarantine)
     by_reason = {q["reason"]: q for q in quarantine}
@@ -98,3 +98,32 @@ def test_preprocess_counts_and_quarantines_every_row(ray_cluster, recsys_home, t
     popularity = pq.read_table(out / "popularity.parquet").to_pandas()
     assert "i4" not in set(popularity["item_id"])              # test item of u1 is not counted
     assert json.loads((out / "summary.json").read_text())["users"] == 3
+    dropped = pads.dataset(out / "dropped").to_table().to_pylist()
+    assert [(d["user_id"], d["item_id"], d["reason"]) for d in dropped] == [("u1", "i4", "duplicate")]
+    assert (out / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("split", ["leave_last_out", "time"])
+def test_ray_job_equals_single_process_reference(ray_cluster, recsys_home, tmp_path, split):
+    """Same dirty multi-file input (Parquet split into several read units, CSV, JSONL): the Ray job and
+    the single-process reference write the same rows: events, drops, sequences, splits, windows,
+    retrieval pairs, ranking examples, quarantine."""
+    from recsys.data.compare import compare_outputs
+    from recsys.data.reference import run_reference
+    from tests.fuzz_corpus import write_corpus
+
+    events_dir, catalog = write_corpus(tmp_path, seed=7, n_users=120)
+    cfg = PreprocessConfig(source=SourceConfig(path=str(events_dir), catalog=str(catalog)), num_partitions=5,
+                           rows_per_read_task=1000, split={"method": split})
+    ray_summary = run_preprocess(cfg)
+    ref_summary = run_reference(cfg)
+    assert compare_outputs(ray_summary["path"], ref_summary["path"]) == []
+    ev = ray_summary["events"]
+    assert ev["rows_in"] == ev["rows_valid"] + ev["rows_quarantined"] > 0
+    assert ev["rows_valid"] == ev["rows_kept"] + ev["rows_dropped"]
+    assert {"duplicate", "rapid_repeat", "bot_user"} <= set(ev["dropped_by_reason"])
+    # A global time split only gives test targets to users active in the last 5% of the log.
+    assert ray_summary["users_with_test"] > (50 if split == "leave_last_out" else 0)
+    assert ray_summary["ranking_examples"]["negatives"] > 0
+    if split == "time":
+        assert ray_summary["split"]["valid_from"] < ray_summary["split"]["test_from"]
