@@ -21,13 +21,6 @@ def _list_column(offsets: np.ndarray, values: pa.Array) -> pa.ListArray:
     return pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), values)
 
 
-def _group_starts(keys: np.ndarray) -> np.ndarray:
-    """Start index of every run of equal consecutive keys."""
-    change = np.ones(len(keys), dtype=bool)
-    change[1:] = keys[1:] != keys[:-1]
-    return np.flatnonzero(change)
-
-
 def _steps(item_events: pd.DataFrame) -> dict[str, np.ndarray]:
     """Consecutive events on one item in one session are one step, labelled by its strongest
     event (view -> click -> cart of the same product); a re-purchase in a later session is a new step."""
@@ -43,7 +36,7 @@ def _steps(item_events: pd.DataFrame) -> dict[str, np.ndarray]:
             "strength": np.maximum.reduceat(strength, starts) if len(starts) else strength[:0]}
 
 
-def _split_indexes(n: np.ndarray, step_ts: np.ndarray, offsets: np.ndarray,
+def _split_indexes(n: np.ndarray, step_ts: np.ndarray,
                    cutoffs: tuple[int, int] | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """-> (n_train, valid_index, test_index); -1 means no target for that user.
 
@@ -56,9 +49,10 @@ def _split_indexes(n: np.ndarray, step_ts: np.ndarray, offsets: np.ndarray,
         hold = n >= 3
         return np.where(hold, n - 2, n), np.where(hold, n - 2, -1), np.where(hold, n - 1, -1)
     t_valid, t_test = cutoffs
-    starts = offsets[:-1]
-    before_valid = np.add.reduceat((step_ts < t_valid).astype(np.int64), starts) if len(n) else n
-    before_test = np.add.reduceat((step_ts < t_test).astype(np.int64), starts) if len(n) else n
+    # Per-user counts by owner (bincount), not reduceat: users with no items have empty segments.
+    owner = np.repeat(np.arange(len(n)), n)
+    before_valid = np.bincount(owner, weights=step_ts < t_valid, minlength=len(n)).astype(np.int64)
+    before_test = np.bincount(owner, weights=step_ts < t_test, minlength=len(n)).astype(np.int64)
     test_index = np.where((before_test < n) & (before_test >= 1), before_test, -1)
     valid_index = np.where((before_valid < before_test) & (before_valid >= 1), before_valid, -1)
     return before_valid, valid_index, test_index
@@ -67,13 +61,17 @@ def _split_indexes(n: np.ndarray, step_ts: np.ndarray, offsets: np.ndarray,
 def build_user_sequences(events: pd.DataFrame, max_length: int = 200,
                          event_weights: Mapping[str, float] | None = None,
                          cutoffs: tuple[int, int] | None = None) -> pa.Table:
-    """Sessionised events -> one row per user with an item event (SEQUENCE_COLUMNS + search lists)."""
+    """Sessionised events -> one row per user with an item event or a search that led to a click
+    (SEQUENCE_COLUMNS + search lists; a search-only user has an empty item sequence)."""
     weights_by_type = dict(event_weights or {t: 1.0 for t in ITEM_EVENT_TYPES})
     item_events = events[events["event_type"].isin(ITEM_EVENT_TYPES)]
+    searches = events[(events["event_type"] == "search") & events["item_id"].notna()]
+    if cutoffs is not None:   # a time split trains only on searches before the valid window
+        searches = searches[searches["timestamp"].astype("int64") < cutoffs[0]]
     steps = _steps(item_events)
-    user_starts = _group_starts(steps["user"])
-    users = steps["user"][user_starts]
-    counts = np.diff(np.append(user_starts, len(steps["user"])))
+    users = np.unique(np.concatenate([steps["user"], searches["user_id"].to_numpy(dtype=object)]).astype(object))
+    counts = np.bincount(pd.Index(users).get_indexer(steps["user"]), minlength=len(users))
+    user_starts = np.concatenate([[0], np.cumsum(counts)])[:-1]
     # Keep each user's most recent max_length steps.
     rank_from_end = np.repeat(counts, counts) - (np.arange(len(steps["user"])) - np.repeat(user_starts, counts))
     keep = rank_from_end <= max_length
@@ -88,15 +86,12 @@ def build_user_sequences(events: pd.DataFrame, max_length: int = 200,
     weight_of[codes] = [weights_by_type.get(t, 1.0) for t in ITEM_EVENT_TYPES]
     step_types = type_of[strength]
 
-    n_train, valid_index, test_index = _split_indexes(n, ts, offsets, cutoffs)
+    n_train, valid_index, test_index = _split_indexes(n, ts, cutoffs)
     start = offsets[:-1]
     valid_item = np.where(valid_index >= 0, item[np.maximum(start + valid_index, 0)] if len(item) else None, None)
     test_item = np.where(test_index >= 0, item[np.maximum(start + test_index, 0)] if len(item) else None, None)
-    n_sessions = item_events.groupby("user_id", sort=False)["session_id"].nunique().to_numpy()
+    n_sessions = item_events.groupby("user_id")["session_id"].nunique().reindex(users, fill_value=0).to_numpy()
 
-    searches = events[(events["event_type"] == "search") & events["item_id"].notna()]
-    if cutoffs is not None:   # a time split trains only on searches before the valid window
-        searches = searches[searches["timestamp"].astype("int64") < cutoffs[0]]
     owner = pd.Index(users).get_indexer(searches["user_id"])
     searches = searches[owner >= 0]
     search_offsets = np.concatenate([[0], np.cumsum(np.bincount(owner[owner >= 0], minlength=len(users)))])

@@ -223,20 +223,27 @@ def test_searches_are_listed_but_not_sequence_steps() -> None:
 
 def test_search_lists_are_aligned_to_users() -> None:
     table = build([
-        ("u0", "z", "search", 0, "zero"),                                       # no item events: no row
+        ("u0", "z", "search", 0, "zero"),                                       # searches only: empty items
         ("u1", "c", "search", 3, "blue hat"), ("u1", "b", "search", 1, "red boots"), ("u1", "a", "view", 0),
         ("u2", "x", "view", 0),                                                 # no searches
         ("u3", "y", "search", 0, "three"), ("u3", "y", "click", 1),
-        ("u4", "w", "search", 0, "four"),                                       # no item events: no row
+        ("u4", "w", "search", 0, "four"),                                       # searches only
+        ("u5", None, "search", 0, "no click"),                                  # search without click: no row
     ])
     rows = table.to_pylist()
-    assert [r["user_id"] for r in rows] == ["u1", "u2", "u3"]
-    assert [r["search_queries"] for r in rows] == [["red boots", "blue hat"], [], ["three"]]
-    assert [r["search_items"] for r in rows] == [["b", "c"], [], ["y"]]
+    assert [r["user_id"] for r in rows] == ["u0", "u1", "u2", "u3", "u4"]
+    assert [r["search_queries"] for r in rows] == [["zero"], ["red boots", "blue hat"], [], ["three"], ["four"]]
+    assert [r["search_items"] for r in rows] == [["z"], ["b", "c"], [], ["y"], ["w"]]
+    assert [r["items"] for r in rows] == [[], ["a"], ["x"], ["y"], []]
 
 
-def test_user_with_only_searches_has_no_sequence() -> None:
-    assert set(sequences_of([("u1", "a", "search", 0, "q"), ("u2", "x", "view", 0)])) == {"u2"}
+def test_user_with_only_searches_has_an_empty_sequence_and_no_targets() -> None:
+    """Search logs (e.g. Home Depot) have users who only search: their searches still train the query tower."""
+    seqs = sequences_of([("u1", "a", "search", 0, "q"), ("u2", "x", "view", 0)])
+    assert set(seqs) == {"u1", "u2"}
+    u1 = seqs["u1"]
+    assert (u1["items"], u1["n_train"], u1["test_index"], u1["test_item"], u1["n_sessions"]) == ([], 0, -1, None, 0)
+    assert u1["search_queries"] == ["q"]
 
 
 def test_empty_events() -> None:
