@@ -138,18 +138,17 @@ def measure(which: str, config_json: str, run_dir: Path, timeout: float) -> dict
 
 
 def print_counts(summary: dict) -> None:
-    """The key counts, read defensively: the summary's layout may grow while the pipeline evolves."""
-    events = summary.get("events", {})
+    """The key counts of the Ray run's summary.json."""
+    events = summary["events"]
     print("Ray summary:")
-    for label, value in (("rows in", events.get("rows_in")), ("quarantined", events.get("rows_quarantined")),
-                         ("quarantined by reason", events.get("quarantined_by_reason")),
-                         ("duplicates dropped", events.get("duplicates_dropped")),
-                         ("kept", events.get("rows_kept")), ("users", summary.get("users")),
-                         ("users with hold-out", summary.get("users_with_holdout")),
-                         ("catalog rows kept", summary.get("catalog", {}).get("rows_kept")),
-                         ("train pairs", summary.get("train_pairs"))):
-        if value is not None:
-            print(f"  {label:<22} {json.dumps(value, sort_keys=True) if isinstance(value, dict) else value}")
+    for label, value in (("rows in", events["rows_in"]), ("quarantined", events["rows_quarantined"]),
+                         ("quarantined by reason", events["quarantined_by_reason"]),
+                         ("dropped by reason", events["dropped_by_reason"]),
+                         ("kept", events["rows_kept"]), ("event mix", events["event_mix"]),
+                         ("users", summary["users"]), ("users with test target", summary["users_with_test"]),
+                         ("catalog", summary["catalog"]), ("windows", summary["windows"]),
+                         ("train pairs", summary["train_pairs"]), ("ranking examples", summary["ranking_examples"])):
+        print(f"  {label:<22} {json.dumps(value, sort_keys=True) if isinstance(value, dict) else value}")
 
 
 def main() -> None:

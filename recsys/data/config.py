@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, model_validator
 
 from recsys.config import JobConfig
-from recsys.schema import EVENT_TYPES
+from recsys.schema import CATALOG_COLUMNS, EVENT_COLUMNS, EVENT_TYPES
 
 
 class SyntheticConfig(JobConfig):
@@ -23,6 +24,29 @@ class SourceConfig(JobConfig):
                           "(a .parquet/.csv/.jsonl file, a directory of them incl. hive partitions, a glob, "
                           "or any pyarrow filesystem URI such as s3://bucket/logs/)")
     catalog: str | None = Field(None, description="catalog file/dir/glob/URI; required with generic events")
+    columns: dict[str, str] = Field(
+        default_factory=dict, description="our event column -> its name in your event files, e.g. "
+                                          "{user_id: visitorid, item_id: itemid, event_type: event}; "
+                                          "columns not listed are read by their own name")
+    catalog_columns: dict[str, str] = Field(
+        default_factory=dict, description="our catalog column -> its name in your catalog files, e.g. "
+                                          "{item_id: sku, title: name}")
+    timestamp_unit: Literal["auto", "s", "ms", "us", "iso"] = Field(
+        "auto", description="epoch unit of numeric timestamps (auto: by magnitude), or iso for ISO-8601 only")
+
+    @model_validator(mode="after")
+    def _columns_are_ours(self) -> SourceConfig:
+        for field, ours in (("columns", EVENT_COLUMNS), ("catalog_columns", CATALOG_COLUMNS)):
+            unknown = sorted(set(getattr(self, field)) - set(ours))
+            if unknown:
+                raise ValueError(f"{field} has unknown keys {unknown}; keys are our column names: {list(ours)}")
+        return self
+
+    def is_generic_files(self) -> bool:
+        """True when events come from the user's own files (not synthetic data or a data set adapter)."""
+        from recsys.data.adapters import detect_dataset
+
+        return self.path is not None and not (Path(self.path).is_dir() and detect_dataset(self.path) is not None)
     synthetic: SyntheticConfig = Field(default_factory=SyntheticConfig,
                                        description="used when path is null")
 

@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 from recsys.artifacts import mark_latest, write_json, write_manifest
 from recsys.data.config import PreprocessConfig, SourceConfig
 from recsys.data.report import write_report_chart
-from recsys.data.stages import QUARANTINE_SCHEMA, catalog_table, prepare_catalog, to_table
+from recsys.data.stages import QUARANTINE_SCHEMA, catalog_table, prepare_catalog, source_options, to_table
 
 OUTPUTS = ("events", "dropped", "sequences", "windows", "train_pairs", "ranking_examples")
 
@@ -47,9 +47,9 @@ def materialize_source(source: SourceConfig, input_dir: Path) -> tuple[str, str,
     return str(input_dir / "events.parquet"), str(input_dir / "catalog.parquet"), described
 
 
-def write_catalog(catalog_src: str, out: Path) -> tuple[pd.DataFrame, dict]:
+def write_catalog(catalog_src: str, out: Path, cfg: PreprocessConfig) -> tuple[pd.DataFrame, dict]:
     """Validated catalog -> catalog.parquet (+ quarantine/catalog.parquet); returns it and its stats."""
-    catalog, bad, stats = prepare_catalog(catalog_src)
+    catalog, bad, stats = prepare_catalog(catalog_src, source_options(cfg)[1])
     pq.write_table(catalog_table(catalog), out / "catalog.parquet")
     (out / "quarantine").mkdir(parents=True, exist_ok=True)
     pq.write_table(to_table(bad, QUARANTINE_SCHEMA), out / "quarantine" / "catalog.parquet")

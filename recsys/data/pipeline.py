@@ -124,7 +124,7 @@ def run_preprocess(cfg: PreprocessConfig) -> dict:
     version, out = new_version_dir("data")
     log(JOB, f"data version {version} -> {out}")
     events_src, catalog_src, described = materialize_source(cfg.source, out / "input")
-    catalog, catalog_stats = write_catalog(catalog_src, out)
+    catalog, catalog_stats = write_catalog(catalog_src, out, cfg)
     log(JOB, f"1/4 source {described}; catalog: {catalog_stats['rows_in']} rows in, {catalog_stats['rows_kept']} "
              f"kept, {catalog_stats['rows_quarantined']} quarantined, {catalog_stats['titles_filled']} titles filled")
 

@@ -35,7 +35,7 @@ def run_reference(cfg: PreprocessConfig) -> dict:
     started = time.perf_counter()
     version, out = new_version_dir("data")
     events_src, catalog_src, described = materialize_source(cfg.source, out / "input")
-    catalog, catalog_stats = write_catalog(catalog_src, out)
+    catalog, catalog_stats = write_catalog(catalog_src, out, cfg)
     known = set(catalog["item_id"])
     log(JOB, f"source {described}; catalog {catalog_stats['rows_kept']} items")
 

@@ -12,6 +12,7 @@ per-user, so both produce the same rows.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -46,9 +47,24 @@ def write_part(out: Path, name: str, part: int, table: pa.Table) -> None:
         pq.write_table(table, out / name / f"part-{part:05d}.parquet")
 
 
-def prepare_catalog(catalog_src: str) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+def read_renamed(read, source, columns: tuple[str, ...], names: Mapping[str, str]) -> pd.DataFrame:
+    """Read the user's column names (source.columns) and hand back ours."""
+    theirs = tuple(names.get(c, c) for c in columns)
+    raw = read(source, theirs)
+    return raw.rename(columns={t: c for t, c in zip(theirs, columns) if t != c})
+
+
+def source_options(cfg: PreprocessConfig) -> tuple[dict[str, str], dict[str, str], str]:
+    """(event column names, catalog column names, timestamp unit) for reading: the user's settings
+    apply to their own files only; synthetic data and data set adapters are written in our schema."""
+    if cfg.source.is_generic_files():
+        return dict(cfg.source.columns), dict(cfg.source.catalog_columns), cfg.source.timestamp_unit
+    return {}, {}, "auto"
+
+
+def prepare_catalog(catalog_src: str, names: Mapping[str, str]) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
     """Catalog files -> (typed catalog, quarantine rows, stats). Catalogs fit in one process."""
-    raw = read_raw_table(catalog_src, CATALOG_COLUMNS)
+    raw = read_renamed(read_raw_table, catalog_src, CATALOG_COLUMNS, names)
     catalog, bad = validate_catalog(raw)
     filled = int((raw["title"].isna() | (raw["title"].astype(str).str.strip() == "")).sum()) - int(
         (bad["reason"] == "missing_text").sum())
@@ -62,8 +78,9 @@ def catalog_table(catalog: pd.DataFrame) -> pa.Table:
 
 def validate_unit(unit: ReadUnit, known_items: set[str], cfg: PreprocessConfig) -> tuple[pa.Table, pa.Table, dict]:
     """One read unit -> (valid events, quarantine rows, stats)."""
-    raw = read_unit(unit, EVENT_COLUMNS)
-    clean, bad = validate_events(raw, known_items, cfg.cleaning.event_type_aliases)
+    names, _, timestamp_unit = source_options(cfg)
+    raw = read_renamed(read_unit, unit, EVENT_COLUMNS, names)
+    clean, bad = validate_events(raw, known_items, cfg.cleaning.event_type_aliases, timestamp_unit)
     stats = {"rows_in": len(raw), "rows_valid": len(clean), "quarantined_by_reason": dict(Counter(bad["reason"]))}
     return to_table(clean, EVENTS_SCHEMA), to_table(bad, QUARANTINE_SCHEMA), stats
 

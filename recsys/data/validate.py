@@ -37,12 +37,22 @@ def _strip_or_none(value) -> str | None:
     return text or None
 
 
-def parse_timestamps(values: pd.Series) -> pd.Series:
-    """Epoch seconds / ms / us or ISO-8601 strings -> UTC datetimes (NaT where unparsable)."""
+_US_PER_UNIT = {"s": 1e6, "ms": 1e3, "us": 1.0}
+
+
+def parse_timestamps(values: pd.Series, unit: str = "auto") -> pd.Series:
+    """Epoch seconds / ms / us or ISO-8601 strings -> UTC datetimes (NaT where unparsable).
+
+    unit: "auto" tells epoch units apart by magnitude; "s"/"ms"/"us" fix the epoch unit (for logs
+    with old or tiny values); "iso" accepts only ISO-8601 text.
+    """
     text = values.astype(object).where(~_blank(values), None)
     numeric = pd.to_numeric(text, errors="coerce")
+    if unit == "iso":
+        numeric = numeric.where(False)
     # Magnitude tells the unit: seconds ~1e9, milliseconds ~1e12, microseconds ~1e15 today.
-    unit_scale = np.where(numeric.abs() > 1e14, 1, np.where(numeric.abs() > 1e11, 1e3, 1e6))
+    unit_scale = (np.full(len(numeric), _US_PER_UNIT[unit]) if unit in _US_PER_UNIT else
+                  np.where(numeric.abs() > 1e14, 1, np.where(numeric.abs() > 1e11, 1e3, 1e6)))
     from_epoch = pd.to_datetime((numeric * unit_scale).round(), unit="us", utc=True, errors="coerce")
     iso_text = text.where(numeric.isna(), None)
     from_iso = pd.to_datetime(iso_text, utc=True, errors="coerce", format="ISO8601")
@@ -90,7 +100,8 @@ LATEST_EVENT = pd.Timestamp("2100-01-01", tz="UTC")
 
 
 def validate_events(raw: pd.DataFrame, known_items: set[str] | None = None,
-                    aliases: Mapping[str, str] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+                    aliases: Mapping[str, str] | None = None,
+                    timestamp_unit: str = "auto") -> tuple[pd.DataFrame, pd.DataFrame]:
     """Raw event records -> (typed events in EVENTS_SCHEMA column order, quarantine rows).
 
     `aliases` maps other spellings of event types (lower-case, e.g. "cart") to known types.
@@ -106,7 +117,7 @@ def validate_events(raw: pd.DataFrame, known_items: set[str] | None = None,
         event_type = event_type.replace(dict(aliases))
     _flag(reasons, details, ~event_type.isin(EVENT_TYPES), "unknown_event_type",
           f"event_type={{value}} is not one of {list(EVENT_TYPES)}", raw["event_type"])
-    timestamps = parse_timestamps(raw["timestamp"])
+    timestamps = parse_timestamps(raw["timestamp"], timestamp_unit)
     _flag(reasons, details, timestamps.isna(), "bad_timestamp",
           "timestamp={value} is not epoch seconds/ms or ISO-8601", raw["timestamp"])
     _flag(reasons, details, (timestamps < EARLIEST_EVENT) | (timestamps >= LATEST_EVENT), "timestamp_out_of_range",

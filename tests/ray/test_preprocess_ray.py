@@ -127,3 +127,31 @@ def test_ray_job_equals_single_process_reference(ray_cluster, recsys_home, tmp_p
     assert ray_summary["ranking_examples"]["negatives"] > 0
     if split == "time":
         assert ray_summary["split"]["valid_from"] < ray_summary["split"]["test_from"]
+
+
+def test_declared_columns_hive_partitions_and_timestamp_unit(ray_cluster, recsys_home, tmp_path):
+    """A shop's own log layout: other column names, the event type as a hive partition directory,
+    epoch seconds declared as such, and a catalog keyed by `sku` with `name` for the title."""
+    import pyarrow as pa
+
+    for event_type, rows in {"view": [("v1", "s1", 700000000), ("v1", "s2", 700000100), ("v1", "s3", 700000200)],
+                             "transaction": [("v1", "s3", 700000300), ("v2", "s1", 700000000)]}.items():
+        folder = tmp_path / "logs" / f"event={event_type}"
+        folder.mkdir(parents=True)
+        pq.write_table(pa.table({"visitor": [r[0] for r in rows], "sku": [r[1] for r in rows],
+                                 "ts": [r[2] for r in rows]}), folder / "part-0.parquet")
+    (tmp_path / "catalog.csv").write_text("sku,name,brand,category,description,price,in_stock\n"
+                                          "s1,Hammer,Acme,Tools,,9,true\ns2,Saw,Acme,Tools,,19,true\n"
+                                          "s3,Drill,Acme,Tools,,99,true\n")
+    cfg = PreprocessConfig(source=SourceConfig(
+        path=str(tmp_path / "logs"), catalog=str(tmp_path / "catalog.csv"), timestamp_unit="s",
+        columns={"user_id": "visitor", "item_id": "sku", "event_type": "event", "timestamp": "ts"},
+        catalog_columns={"item_id": "sku", "title": "name"}), num_partitions=2)
+    summary = run_preprocess(cfg)
+    assert summary["events"]["rows_in"] == 5 and summary["events"]["rows_quarantined"] == 0
+    assert summary["events"]["event_mix"] == {"view": 3, "purchase": 2}       # alias transaction -> purchase
+    out = recsys_home / "artifacts" / "data" / summary["version"]
+    seqs = {r["user_id"]: r for r in pads.dataset(out / "sequences").to_table().to_pylist()}
+    assert seqs["v1"]["items"] == ["s1", "s2", "s3"] and seqs["v1"]["event_types"][-1] == "purchase"
+    assert seqs["v1"]["timestamps"][0] == 700000000 * 1_000_000                   # seconds, as declared
+    assert pq.read_table(out / "catalog.parquet").column("title").to_pylist() == ["Hammer", "Saw", "Drill"]

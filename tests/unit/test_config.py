@@ -228,3 +228,14 @@ def test_default_yaml_files_match_class_defaults() -> None:
     for job, cls in CONFIG_CLASSES.items():
         path = CONFIG_DIR / f"{job}.default.yaml"
         assert load_config(cls, path).model_dump() == cls().model_dump(), path.name
+
+
+def test_preprocess_source_columns_must_name_our_columns() -> None:
+    cfg = load_config(PreprocessConfig, None, ["source.columns.user_id=visitorid", "source.timestamp_unit=ms"])
+    assert cfg.source.columns == {"user_id": "visitorid"} and cfg.source.timestamp_unit == "ms"
+    with pytest.raises(ConfigError, match=r"columns has unknown keys \['visitor'\]"):
+        load_config(PreprocessConfig, None, ["source.columns.visitor=user"])
+    with pytest.raises(ConfigError, match="timestamp_unit"):
+        load_config(PreprocessConfig, None, ["source.timestamp_unit=weeks"])
+    with pytest.raises(ConfigError, match="event_type_aliases map to unknown event types"):
+        load_config(PreprocessConfig, None, ["cleaning.event_type_aliases.hover=peek"])
