@@ -56,12 +56,11 @@ def _bucket_dir(staging: Path, bucket: int) -> Path:
     return staging / f"bucket={bucket:05d}"
 
 
-def validate_and_partition(batch: dict, units: list[ReadUnit], catalog_path: str, out: str,
-                           cfg: PreprocessConfig) -> dict:
+def validate_and_partition(batch: dict, catalog_path: str, out: str, cfg: PreprocessConfig) -> dict:
     """Read task: one unit -> quarantine part + one staging file per user bucket."""
-    n = int(batch["unit"][0])
+    n, unit = int(batch["unit"][0]), ReadUnit.from_json(str(batch["spec"][0]))
     known = set(pq.read_table(catalog_path, columns=["item_id"]).column(0).to_pylist())
-    valid, bad, stats = validate_unit(units[n], known, cfg)
+    valid, bad, stats = validate_unit(unit, known, cfg)
     write_part(Path(out), "quarantine/events", n, bad)
     buckets = user_buckets(valid.column("user_id"), cfg.num_partitions)
     order = np.argsort(buckets, kind="stable")
@@ -129,9 +128,9 @@ def run_preprocess(cfg: PreprocessConfig) -> dict:
              f"kept, {catalog_stats['rows_quarantined']} quarantined, {catalog_stats['titles_filled']} titles filled")
 
     units = plan_read_units(events_src, cfg.rows_per_read_task)
-    read_stats = _run_stage([{"unit": n} for n in range(len(units))], validate_and_partition, num_cpus=1,
-                            fn_kwargs={"units": units, "catalog_path": str(out / "catalog.parquet"),
-                                       "out": str(out), "cfg": cfg})
+    read_stats = _run_stage([{"unit": n, "spec": u.to_json()} for n, u in enumerate(units)],
+                            validate_and_partition, num_cpus=1,
+                            fn_kwargs={"catalog_path": str(out / "catalog.parquet"), "out": str(out), "cfg": cfg})
     quarantined = sum(read_stats.get("quarantined_by_reason", {}).values())
     log(JOB, f"2/4 events: {read_stats.get('rows_in', 0)} rows in {len(units)} read task(s), "
              f"{read_stats.get('rows_valid', 0)} valid, {quarantined} quarantined "

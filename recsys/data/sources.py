@@ -176,6 +176,17 @@ class ReadUnit:
     first_row: int                          # 1-based row number within the file of the unit's first row
     partition: tuple[tuple[str, str], ...]  # hive keys from the directories, e.g. (("event_type", "view"),)
 
+    def to_json(self) -> str:
+        """Units travel inside the work items of a Ray Data stage (one row each), so a job with
+        100k input files does not ship the whole plan to every task."""
+        return json.dumps([self.path, self.fmt, self.row_groups, self.first_row, self.partition])
+
+    @classmethod
+    def from_json(cls, text: str) -> ReadUnit:
+        path, fmt, row_groups, first_row, partition = json.loads(text)
+        return cls(path, fmt, None if row_groups is None else tuple(row_groups), first_row,
+                   tuple((k, v) for k, v in partition))
+
 
 def _parquet_footer(path: str) -> pq.FileMetaData:
     fs, inner = open_input_file(path)

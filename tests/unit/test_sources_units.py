@@ -223,3 +223,10 @@ def test_non_local_uris_round_trip() -> None:
     raw = read_raw_table("mock://bucket/data", COLUMNS)
     assert values(raw["event_type"]) == ["a b:c", "view", "view", "view"]
     assert raw["_source"].tolist() == [csv_uri] + ["mock://bucket/data/t.parquet"] * 3
+
+
+def test_read_units_round_trip_through_json() -> None:
+    """Units ride inside Ray Data work items as JSON text."""
+    for unit in (ReadUnit("s3://bucket/event=view/a%20b.parquet", "parquet", (2, 3), 7, (("event", "view"),)),
+                 ReadUnit("/data/a.csv", "csv", None, 1, ())):
+        assert ReadUnit.from_json(unit.to_json()) == unit
