@@ -30,11 +30,12 @@ def _blank(series: pd.Series) -> pd.Series:
     return series.isna() | (series.astype(str).str.strip() == "")
 
 
-def _strip_or_none(value) -> str | None:
-    if value is None or (isinstance(value, float) and np.isnan(value)):
-        return None
-    text = str(value).strip()
-    return text or None
+def _strip_or_none(series: pd.Series) -> pd.Series:
+    """Stripped text, None where missing or blank (object dtype: pandas 3 would turn None into NaN)."""
+    stripped = series.astype(str).str.strip()
+    out = stripped.astype(object)
+    out[series.isna().to_numpy() | (stripped == "").to_numpy()] = None
+    return out
 
 
 _US_PER_UNIT = {"s": 1e6, "ms": 1e3, "us": 1.0}
@@ -136,11 +137,11 @@ def validate_events(raw: pd.DataFrame, known_items: set[str] | None = None,
     ok = reasons.isna()
     clean = pd.DataFrame({
         "user_id": raw.loc[ok, "user_id"].astype(str).str.strip(),
-        "item_id": raw.loc[ok, "item_id"].map(_strip_or_none),
+        "item_id": _strip_or_none(raw.loc[ok, "item_id"]),
         "event_type": event_type[ok],
         "timestamp": timestamps[ok],
-        "query": raw.loc[ok, "query"].map(_strip_or_none),
-        "session_id": raw.loc[ok, "session_id"].map(_strip_or_none),
+        "query": _strip_or_none(raw.loc[ok, "query"]),
+        "session_id": _strip_or_none(raw.loc[ok, "session_id"]),
     }, columns=list(EVENT_COLUMNS))
     return clean.reset_index(drop=True), _quarantine(raw, reasons, details).reset_index(drop=True)
 
