@@ -62,10 +62,55 @@ def _uniform_draws(users: np.ndarray, positions: np.ndarray, draw: np.ndarray, s
     return (hashed >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
 
 
+REDRAWS = 8
+
+
+def _draw_negatives(users: np.ndarray, flat_items: np.ndarray, lengths: np.ndarray, neg_owner: np.ndarray,
+                    neg_position: np.ndarray, draw: np.ndarray, item_ids: np.ndarray, probs: np.ndarray,
+                    seed: int) -> np.ndarray:
+    """Catalog index of each negative, or -1 when every redraw hit the user's own items.
+
+    A negative must be an item the user never interacted with — anywhere in their sequence,
+    held-out targets included: labelling the test item "not clicked" would teach the ranker
+    to bury exactly what evaluation asks for. Clashes are redrawn (draw number shifted per
+    round, so the result stays a pure function of seed, user, step and draw).
+    """
+    own = pd.Index(pd.Series(np.repeat(users, lengths), dtype=object) + "\x1f"
+                   + pd.Series(flat_items, dtype=object)).unique()
+    cdf = np.cumsum(probs)
+    idx = np.full(len(neg_owner), -1, dtype=np.int64)
+    pending = np.arange(len(neg_owner))
+    picked = np.zeros(0, dtype=np.int64)
+
+    def settle(candidates: np.ndarray) -> np.ndarray:
+        """Accept candidates that are not the user's own items; return the still-pending positions."""
+        nonlocal pending
+        who = users[neg_owner[pending]]
+        keys = pd.Series(who, dtype=object) + "\x1f" + pd.Series(item_ids[candidates], dtype=object)
+        clash = own.get_indexer(keys) >= 0 if len(own) else np.zeros(len(candidates), dtype=bool)
+        idx[pending[~clash]] = candidates[~clash]
+        pending = pending[clash]
+        return candidates[clash]
+
+    for redraw in range(REDRAWS):
+        if not len(pending):
+            break
+        u = _uniform_draws(users[neg_owner[pending]], neg_position[pending], draw[pending] + redraw * 1_000_003, seed)
+        picked = settle(np.minimum(np.searchsorted(cdf, u, side="right"), len(item_ids) - 1))
+    # Distributions concentrated on a user's own items (tiny catalogs, extreme skew): walk on
+    # from the last draw to the next catalog item the user has not touched.
+    for _ in range(1, len(item_ids)):
+        if not len(pending):
+            break
+        picked = settle((picked + 1) % len(item_ids))
+    return idx
+
+
 def ranking_examples(sequences: pa.Table, item_ids: np.ndarray, probs: np.ndarray, max_positives_per_user: int,
                      negatives_per_positive: int, imbalance: str, seed: int) -> pa.Table:
     """Labelled CTR examples: the most recent training steps are positives (context = items before
-    them), each with `negatives_per_positive` sampled items as negatives.
+    them), each with `negatives_per_positive` sampled items the user never interacted with as
+    negatives (fewer only for a user who touched every catalog item).
 
     imbalance: none (weight 1), reweight (positives weigh negatives_per_positive so both classes
     carry equal mass), resample (positives repeated negatives_per_positive times).
@@ -86,11 +131,9 @@ def ranking_examples(sequences: pa.Table, item_ids: np.ndarray, probs: np.ndarra
     k = negatives_per_positive if len(item_ids) > 1 else 0
     neg_owner, neg_position = np.repeat(owner, k), np.repeat(position, k)
     draw = np.tile(np.arange(k), len(owner))
-    u = _uniform_draws(users[neg_owner], neg_position, draw, seed)
-    idx = np.minimum(np.searchsorted(np.cumsum(probs), u, side="right"), len(item_ids) - 1)
-    # A draw of the positive itself moves to the next item: the label must be truthful.
-    clash = item_ids[idx] == np.repeat(pos_items, k)
-    idx = np.where(clash, (idx + 1) % len(item_ids), idx)
+    idx = _draw_negatives(users, flat_items, lengths, neg_owner, neg_position, draw, item_ids, probs, seed)
+    kept = idx >= 0
+    neg_owner, neg_position, idx = neg_owner[kept], neg_position[kept], idx[kept]
 
     pos_weight, pos_repeat = {"none": (1.0, 1), "reweight": (float(max(k, 1)), 1),
                                "resample": (1.0, max(k, 1))}[imbalance]

@@ -344,3 +344,15 @@ def test_ranking_empty_inputs() -> None:
     rows = ranking(seqs, np.array([], dtype=object), np.array([], dtype=np.float64), k=3)
     assert [(r["position"], r["item_id"], r["label"], r["weight"]) for r in rows] == [
         (1, "i01", 1, 1.0), (2, "i02", 1, 1.0)]
+
+
+def test_negatives_are_never_any_of_the_users_own_items_including_held_out_targets() -> None:
+    """Labelling the user's test item 'not clicked' would teach the ranker to bury the answer."""
+    item_ids, probs = negative_distribution(CATALOG, {}, "uniform", 0.75)
+    seqs = seq_table([{"user_id": f"u{n}", "items": list(CATALOG[n % 5: n % 5 + 12])} for n in range(30)])
+    rows = ranking(seqs, item_ids, probs, max_positives=10, k=6)
+    own = {r["user_id"]: set(r["items"]) for r in seqs.to_pylist()}
+    negatives = [r for r in rows if r["label"] == 0]
+    assert negatives and all(r["item_id"] not in own[r["user_id"]] for r in negatives)
+    positives = [r for r in rows if r["label"] == 1]
+    assert len(negatives) == 6 * len(positives)
