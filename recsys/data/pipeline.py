@@ -88,26 +88,25 @@ def process_bucket(batch: dict, out: str, cfg: PreprocessConfig, cutoffs: tuple[
     return _stats_batch(result["stats"])
 
 
-class MakeExamples:
-    """Actor: loads the catalog and the negative-sampling table once; bucket -> training-set parts."""
+def make_examples(batch: dict, out: str, cfg: PreprocessConfig) -> dict:
+    """Bucket task: its sequences -> retrieval pairs + ranking examples parts.
 
-    def __init__(self, out: str, cfg: PreprocessConfig):
-        self.out = Path(out)
-        negatives = pq.read_table(self.out / "staging" / "negatives.parquet")
-        self.make = ExampleMaker(pq.read_table(self.out / "catalog.parquet").to_pandas(),
-                                 negatives.column("item_id").to_numpy(zero_copy_only=False),
-                                 negatives.column("prob").to_numpy(), cfg)
-
-    def __call__(self, batch: dict) -> dict:
-        bucket = int(batch["bucket"][0])
-        path = self.out / "sequences" / f"part-{bucket:05d}.parquet"
-        if not path.exists():
-            return _stats_batch({})
-        result = self.make(pq.read_table(path))
-        for name in ("train_pairs", "ranking_examples"):
-            if name in result:
-                write_part(self.out, name, bucket, result[name])
-        return _stats_batch(result["stats"])
+    A plain task that loads the catalog itself (~0.3 s for 50k items) measured faster than an
+    actor pool here: actor start-up cost ~10 s of wall time on 2 CPUs.
+    """
+    bucket, root = int(batch["bucket"][0]), Path(out)
+    path = root / "sequences" / f"part-{bucket:05d}.parquet"
+    if not path.exists():
+        return _stats_batch({})
+    negatives = pq.read_table(root / "staging" / "negatives.parquet")
+    make = ExampleMaker(pq.read_table(root / "catalog.parquet").to_pandas(),
+                        negatives.column("item_id").to_numpy(zero_copy_only=False),
+                        negatives.column("prob").to_numpy(), cfg)
+    result = make(pq.read_table(path))
+    for name in ("train_pairs", "ranking_examples"):
+        if name in result:
+            write_part(root, name, bucket, result[name])
+    return _stats_batch(result["stats"])
 
 
 def _run_stage(items: list[dict], fn, **kwargs) -> dict:
@@ -158,9 +157,8 @@ def run_preprocess(cfg: PreprocessConfig) -> dict:
     staging.mkdir(parents=True, exist_ok=True)
     pq.write_table(pa.table({"item_id": pa.array(item_ids, pa.string()), "prob": pa.array(probs)}),
                    staging / "negatives.parquet")
-    example_stats = _run_stage([{"bucket": b} for b in buckets], MakeExamples, num_cpus=1,
-                               compute=ray.data.ActorPoolStrategy(min_size=1, max_size=2),
-                               fn_constructor_kwargs={"out": str(out), "cfg": cfg})
+    example_stats = _run_stage([{"bucket": b} for b in buckets], make_examples, num_cpus=1,
+                               fn_kwargs={"out": str(out), "cfg": cfg})
     log(JOB, f"4/4 training sets: pairs {example_stats.get('train_pairs', {})}, ranking "
              f"{example_stats.get('ranking_examples', {})} ({time.perf_counter() - started:.0f}s)")
 

@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 from recsys.data.clean import clean_user_events
 from recsys.data.config import PreprocessConfig
 from recsys.data.examples import make_training_pairs, ranking_examples
-from recsys.data.report import merge_histograms, sequence_length_histogram
+from recsys.data.histograms import merge_histograms, sequence_length_histogram
 from recsys.data.sequences import build_user_sequences, item_counts, training_windows
 from recsys.data.sources import ReadUnit, read_raw_table, read_unit
 from recsys.data.text import catalog_texts

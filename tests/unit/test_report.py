@@ -8,12 +8,10 @@ import matplotlib.image as mpimg
 import numpy as np
 import pytest
 
+from recsys.data.histograms import DEFAULT_LENGTH_EDGES, merge_histograms, sequence_length_histogram
 from recsys.data.report import (
-    DEFAULT_LENGTH_EDGES,
     build_report_figure,
     human,
-    merge_histograms,
-    sequence_length_histogram,
     write_report_chart,
 )
 
