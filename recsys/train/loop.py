@@ -21,6 +21,7 @@ from recsys.models.lora import apply_lora, merge_lora
 from recsys.models.losses import in_batch_softmax_loss
 from recsys.models.towers import TwoTowerModel, tokenize_pairs
 from recsys.train.config import TrainConfig
+from recsys.train.curves import MetricsWriter
 from recsys.train.deepspeed_config import build_deepspeed_config
 
 logger = logging.getLogger("recsys.train")
@@ -81,7 +82,8 @@ def train_loop_per_worker(config: dict) -> None:
     shard = ray.train.get_dataset_shard("train")
     micro_steps = total_steps * cfg.grad_accum_steps
     losses: list[float] = []
-    started = time.perf_counter()
+    writer = MetricsWriter(config["log_dir"]) if rank == 0 and config.get("log_dir") else None
+    started = last = time.perf_counter()
     step = 0
     while step < micro_steps:
         seen_in_epoch = 0
@@ -99,6 +101,12 @@ def train_loop_per_worker(config: dict) -> None:
             losses.append(float(loss.detach()))
             step += 1
             seen_in_epoch += 1
+            if writer is not None:
+                now = time.perf_counter()
+                writer.write(step, {"loss": losses[-1], "lr": float(engine.get_lr()[0]),
+                                    "samples_per_s": cfg.micro_batch_size * world / max(now - last, 1e-9),
+                                    "elapsed_s": now - started})
+                last = now
             if rank == 0 and (step % cfg.log_every == 0 or step == micro_steps):
                 elapsed = time.perf_counter() - started
                 # A logger, not print: Ray Train patches print() to log AND echo, doubling lines.
@@ -109,6 +117,8 @@ def train_loop_per_worker(config: dict) -> None:
         if seen_in_epoch == 0:
             raise RuntimeError(f"worker {rank} got no full batch of {cfg.micro_batch_size} pairs")
 
+    if writer is not None:
+        writer.close()
     elapsed = time.perf_counter() - started
     window = max(1, min(10, len(losses) // 4))
     metrics = {"steps": total_steps, "loss_first": float(np.mean(losses[:window])),

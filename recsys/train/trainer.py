@@ -13,6 +13,7 @@ from recsys.config import recsys_home
 from recsys.models.encoder import resolve_model_path
 from recsys.runtime import log
 from recsys.train.config import TrainConfig
+from recsys.train.curves import METRICS_FILE, plot_training_curves, read_metrics
 from recsys.train.deepspeed_config import plan_total_steps
 from recsys.train.loop import train_loop_per_worker
 
@@ -37,20 +38,25 @@ def run_training(cfg: TrainConfig) -> dict:
     resources = {"CPU": cfg.cpus_per_worker} | ({"GPU": 1} if cfg.use_gpu else {})
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"cfg": cfg.model_dump(), "total_steps": total_steps},
+        train_loop_config={"cfg": cfg.model_dump(), "total_steps": total_steps,
+                           "log_dir": str(model_dir / "logs")},
         scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
                                      resources_per_worker=resources),
         torch_config=TorchConfig(backend="nccl" if cfg.use_gpu else "gloo"),
         datasets={"train": pairs},
         run_config=RunConfig(name=f"train-{version}", storage_path=str(recsys_home() / "ray_results")),
     )
+    log(JOB, f"step metrics -> {model_dir / 'logs' / METRICS_FILE} (tensorboard --logdir {model_dir / 'logs'})")
     started = time.perf_counter()
     result = trainer.fit()
     if result.checkpoint is None:
         shutil.rmtree(model_dir, ignore_errors=True)
         raise RuntimeError(f"training finished without a checkpoint (error: {result.error})")
-    shutil.rmtree(model_dir)
-    result.checkpoint.to_directory(str(model_dir))
+    result.checkpoint.to_directory(str(model_dir))   # next to logs/, which rank 0 wrote while training
+    metrics_path = model_dir / "logs" / METRICS_FILE
+    if metrics_path.exists():
+        plot_training_curves(read_metrics(metrics_path), model_dir / "training_curves.png",
+                             title=f"train {version} ({data_version})")
     metrics = {k: v for k, v in (result.metrics or {}).items() if k != "loss_curve"}
     write_manifest(model_dir, {
         "kind": "model", "version": version, "data_version": data_version, "base_model": base_model,

@@ -11,6 +11,7 @@ from transformers import AutoModel
 
 from recsys.artifacts import mark_latest, new_version_dir, write_manifest
 from recsys.train.config import TrainConfig
+from recsys.train.curves import read_metrics
 from recsys.train.trainer import run_training
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(420)]
@@ -51,3 +52,10 @@ def test_two_worker_zero2_loss_goes_down(ray_cluster, recsys_home, tiny_model_di
     assert manifest["config"]["zero_stage"] == 2 and manifest["metrics"]["steps"] == 24
     reloaded = AutoModel.from_pretrained(model_dir)           # a plain HF directory, no peft/DeepSpeed
     assert reloaded.config.hidden_size == 32
+    # Observability: one JSON line per step written by rank 0 while training, TensorBoard events, a PNG.
+    records = read_metrics(model_dir / "logs" / "metrics.jsonl")
+    assert [r["step"] for r in records] == list(range(1, 25))
+    assert [round(r["loss"], 4) for r in records] == curve
+    assert all(r["samples_per_s"] > 0 and r["lr"] >= 0 for r in records) and records[1]["lr"] > records[0]["lr"]
+    assert list((model_dir / "logs" / "tensorboard").glob("events.out.tfevents.*"))
+    assert (model_dir / "training_curves.png").read_bytes()[:4] == b"\x89PNG"
