@@ -239,3 +239,15 @@ def test_preprocess_source_columns_must_name_our_columns() -> None:
         load_config(PreprocessConfig, None, ["source.timestamp_unit=weeks"])
     with pytest.raises(ConfigError, match="event_type_aliases map to unknown event types"):
         load_config(PreprocessConfig, None, ["cleaning.event_type_aliases.hover=peek"])
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).parents[2] / "jobs" / "configs").glob("*.yaml")),
+                         ids=lambda p: p.name)
+def test_every_shipped_job_config_validates(path: Path) -> None:
+    """The YAML files users start from must load with their job's config class (unknown keys are errors)."""
+    job = path.name.split(".")[0]
+    cls = {"preprocess": PreprocessConfig, "train": TrainConfig, "build_index": IndexConfig,
+           "evaluate": EvalConfig}[job]
+    cfg = load_config(cls, str(path), [])
+    if path.name == "train.gpu.yaml":
+        assert cfg.use_gpu and cfg.use_bf16 and cfg.num_workers > 1
