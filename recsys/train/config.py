@@ -36,7 +36,8 @@ class TrainConfig(JobConfig):
     epochs: float = Field(1.0, gt=0, description="passes over the training pairs when max_steps is null")
     lr: float = Field(5e-5, gt=0, description="peak learning rate (AdamW)")
     weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay")
-    warmup_steps: int = Field(20, ge=0, description="linear warm-up steps, then linear decay")
+    warmup_steps: int = Field(20, ge=0, description="linear warm-up steps, then linear decay "
+                                                    "(0 acts as 1: DeepSpeed needs one)")
     temperature: float = Field(0.05, gt=0, description="softmax temperature of the contrastive loss")
     query_max_length: int = Field(96, ge=8, description="tokens of history / query text")
     item_max_length: int = Field(48, ge=8, description="tokens of item text")

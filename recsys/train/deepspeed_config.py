@@ -18,7 +18,9 @@ def build_deepspeed_config(cfg: TrainConfig, world_size: int, total_steps: int) 
     if cfg.zero_stage == 3:
         # Lets rank 0 gather full weights to export a plain HF model directory.
         zero["stage3_gather_16bit_weights_on_model_save"] = True
-    warmup = min(cfg.warmup_steps, max(total_steps - 1, 0))
+    # DeepSpeed rejects warmup_num_steps=0, so warmup_steps=0 becomes one warm-up step (the first step
+    # runs at lr 0). Raising warmup_min_lr instead would also stop the decay, which decays towards it.
+    warmup = max(1, min(cfg.warmup_steps, total_steps - 1))
     return {
         "train_micro_batch_size_per_gpu": cfg.micro_batch_size,
         "gradient_accumulation_steps": cfg.grad_accum_steps,

@@ -63,9 +63,10 @@ def test_optimizer_scheduler_precision() -> None:
 
 
 @pytest.mark.parametrize(("warmup", "total", "expected"), [
-    (20, 150, 20), (20, 20, 19), (20, 5, 4), (20, 1, 0), (0, 10, 0), (20, 0, 0),
+    (20, 150, 20), (20, 20, 19), (20, 5, 4), (20, 1, 1), (0, 10, 1), (20, 0, 1),
 ])
-def test_warmup_clipped_below_total_steps(warmup: int, total: int, expected: int) -> None:
+def test_warmup_clipped_below_total_steps_and_never_zero(warmup: int, total: int, expected: int) -> None:
+    """DeepSpeed 0.19 raises on warmup_num_steps=0 (max_steps=1 or warmup_steps=0 used to crash)."""
     params = ds(warmup_steps=warmup, total_steps=total)["scheduler"]["params"]
     assert params["warmup_num_steps"] == expected
     assert params["total_num_steps"] == max(total, 1)

@@ -1,0 +1,300 @@
+"""Training: Ray Train + DeepSpeed ZeRO-2 (2 workers) vs one plain PyTorch process, and ZeRO memory per worker.
+
+Throughput: recsys/train/loop.py's MiniLM two-tower model and in-batch softmax loss, same synthetic pairs, same
+global batch (2 x micro-batch pairs per step), same 2 cores. Reference: one process, torch with 2 threads, AdamW.
+Ours: `run_training` (2 workers x 1 thread, ZeRO-2). Steady state = steps after --warmup; end-to-end adds start-up
+(Ray Train workers, model load, DeepSpeed init, export). Memory: DDP (ZeRO stage 0) vs ZeRO-2 vs ZeRO-3 on a
+random-init BERT-base (~110M params), 2 gloo ranks as plain subprocesses (no Ray, whose ~0.3 GB per worker would
+blur the comparison) with `build_deepspeed_config`; each rank reports its own peak RSS. Each measured run is its
+own subprocess, in a private temporary RECSYS_HOME. The last line is the steady-state throughput ratio (goal >= 0.9).
+
+    .venv/bin/python bench/train_bench.py [--steps 30] [--warmup 5] [--micro-batch 16] [--mem-steps 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+GIB = 1024 ** 3
+CHILD_ENV = {"OMP_NUM_THREADS": "1", "RAY_AUTH_MODE": "disabled", "HF_HUB_OFFLINE": "1",
+             "TOKENIZERS_PARALLELISM": "false"}
+ECHO = re.compile(r"\[(bench|train)\]")   # child lines worth showing live: ours and the trainer's progress
+ANSI = re.compile(r"\x1b\[[0-9;]*m")       # Ray colours its worker prefixes
+
+
+def say(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] [bench] {message}", flush=True)
+
+
+def make_pairs(n_pairs: int, seed: int = 0) -> None:
+    """A data artifact with train_pairs/ in $RECSYS_HOME. Anchors are 12-title histories, longer than
+    --query-max-length, so every batch pads to the same length and both paths do the same work per pair."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from recsys.artifacts import mark_latest, new_version_dir, write_manifest
+    from recsys.data.synthetic import generate_synthetic
+    from recsys.data.text import format_history_text, format_item_text
+
+    cat = generate_synthetic(n_users=10, n_items=1000, seed=seed)[1].to_pandas()
+    texts = [format_item_text(r.title, r.brand, r.category) for r in cat.itertuples()]
+    rng = np.random.default_rng(seed)
+    pos = rng.integers(0, len(cat), n_pairs)
+    anchors = [format_history_text(cat["title"].iloc[rng.integers(0, len(cat), 12)].tolist(), 12) for _ in pos]
+    version, out = new_version_dir("data")
+    (out / "train_pairs").mkdir()
+    pq.write_table(pa.table({"kind": ["next_item"] * n_pairs, "anchor_text": anchors,
+                             "positive_item_id": [str(cat["item_id"].iloc[i]) for i in pos],
+                             "positive_text": [texts[i] for i in pos]}), out / "train_pairs" / "part-0.parquet")
+    write_manifest(out, {"kind": "data", "version": version})
+    mark_latest("data", version)
+
+
+def train_config(args):
+    from recsys.train.config import TrainConfig
+
+    # shuffle_buffer=0: both paths read the pairs in file order. warmup_steps >= 1: DeepSpeed's WarmupDecayLR
+    # rejects warmup_num_steps=0, which build_deepspeed_config passes on for warmup_steps=0 or max_steps=1.
+    return TrainConfig(num_workers=2, zero_stage=2, micro_batch_size=args.micro_batch, max_steps=args.steps,
+                       query_max_length=args.query_max_length, item_max_length=args.item_max_length,
+                       shuffle_buffer=0, warmup_steps=max(1, args.steps // 10), log_every=10)
+
+
+def run_single(args) -> dict:
+    """The hand-written reference: one process, torch on both cores, global batch = 2 x micro-batch."""
+    import pyarrow.parquet as pq
+    import torch
+
+    from recsys.artifacts import resolve_artifact
+    from recsys.models.losses import in_batch_softmax_loss
+    from recsys.models.towers import tokenize_pairs
+    from recsys.train.loop import build_model, item_keys
+
+    torch.set_num_threads(2)
+    torch.manual_seed(0)
+    cfg, batch = train_config(args), 2 * args.micro_batch
+    pairs = pq.read_table(resolve_artifact("data") / "train_pairs").to_pandas()
+    started = time.perf_counter()
+    model, tokenizer = build_model(cfg)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.999), eps=1e-8)
+    warm, n = cfg.warmup_steps, args.steps   # the DeepSpeed config's warm-up/decay and clipping: same work per step
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min((s + 1) / warm, (n - s) / (n - warm)))
+    loop_start, elapsed = time.perf_counter(), []
+    for step in range(args.steps):
+        start = (step * batch) % (len(pairs) - batch + 1)
+        rows = pairs.iloc[start:start + batch]
+        tok = tokenize_pairs(tokenizer, rows["anchor_text"], rows["positive_text"], cfg.query_max_length,
+                             cfg.item_max_length)
+        query, item = model(tok["input_ids"], tok["attention_mask"], n_queries=len(rows))
+        loss = in_batch_softmax_loss(query.float(), item.float(), item_keys(rows["positive_item_id"]), cfg.temperature)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        elapsed.append(time.perf_counter() - loop_start)
+        if (step + 1) % 10 == 0 or step + 1 == args.steps:
+            say(f"single: step {step + 1}/{args.steps} loss {float(loss):.4f} {(step + 1) / elapsed[-1]:.2f} steps/s")
+    return {"elapsed": elapsed, "wall": time.perf_counter() - started}
+
+
+def run_ray(args) -> dict:
+    import ray
+
+    from recsys.runtime import worker_env
+    from recsys.train.curves import METRICS_FILE, read_metrics
+    from recsys.train.trainer import run_training
+
+    t0 = time.perf_counter()
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=True,
+             runtime_env={"env_vars": worker_env()})
+    init_s = time.perf_counter() - t0
+    started = time.perf_counter()
+    out = run_training(train_config(args))
+    wall = time.perf_counter() - started
+    ray.shutdown()
+    # Rank 0 writes one record per step; its elapsed_s counts from after DeepSpeed init, like `elapsed` above.
+    records = read_metrics(Path(out["path"]) / "logs" / METRICS_FILE)
+    return {"elapsed": [r["elapsed_s"] for r in records], "wall": wall, "init": init_s}
+
+
+def _peak_bytes(reset: bool = False) -> int:
+    """This process's peak RSS (ru_maxrss); reset=True then zeroes it (VmHWM) to time a phase on its own."""
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024   # KiB on Linux
+    if reset:
+        Path("/proc/self/clear_refs").write_text("5")
+    return peak
+
+
+def run_mem(args) -> dict:
+    """One of 2 gloo ranks: random-init BERT-base under DeepSpeed at --stage, a few steps of a simple loss."""
+    import deepspeed
+    import torch
+    from transformers import BertConfig, BertModel
+
+    from recsys.train.config import TrainConfig
+    from recsys.train.deepspeed_config import build_deepspeed_config
+
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    deepspeed.init_distributed(dist_backend="gloo")   # env:// from RANK / WORLD_SIZE / MASTER_ADDR / MASTER_PORT
+    rank = torch.distributed.get_rank()
+    # The product's pattern (loop.py): build the whole model on every rank, then hand it to DeepSpeed.
+    model = BertModel(BertConfig(), add_pooling_layer=False)   # no pooler: an unused one breaks reduction
+    n_params = sum(p.numel() for p in model.parameters())
+    cfg = TrainConfig(zero_stage=args.stage, micro_batch_size=args.mem_batch, warmup_steps=1)
+    engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=list(model.parameters()),
+                                           config=build_deepspeed_config(cfg, 2, args.mem_steps))
+    init_peak = _peak_bytes(reset=True)
+    gen, times = torch.Generator().manual_seed(rank), []
+    for step in range(args.mem_steps):
+        ids = torch.randint(1000, 30522, (args.mem_batch, args.mem_seq_len), generator=gen)
+        t = time.perf_counter()
+        out = engine(input_ids=ids, attention_mask=torch.ones_like(ids))
+        loss = out.last_hidden_state.float().pow(2).mean()
+        engine.backward(loss)
+        engine.step()
+        times.append(time.perf_counter() - t)
+        if rank == 0:
+            say(f"mem ZeRO-{args.stage}: step {step + 1}/{args.mem_steps} {times[-1]:.1f}s")
+    train_peak = _peak_bytes()
+    return {"rank": rank, "params": n_params, "init_peak": init_peak, "train_peak": train_peak,
+            "peak": max(init_peak, train_peak), "step_s": sum(times[1:] or times) / len(times[1:] or times)}
+
+
+def _kill_tree(proc) -> None:
+    """Stop a child that is still running and its descendants (raylet, workers): only what this bench started."""
+    import psutil
+
+    if proc.poll() is not None:   # already reaped: its pid may belong to someone else by now
+        return
+    with contextlib.suppress(psutil.Error):
+        for p in [*psutil.Process(proc.pid).children(recursive=True), psutil.Process(proc.pid)]:
+            with contextlib.suppress(psutil.Error):
+                p.kill()
+
+
+def spawn(args, name: str, child_args: list[str], timeout: float, envs: list[dict]) -> list[dict]:
+    """Run len(envs) copies of a child mode; echo the first one's progress lines; return their results."""
+    tmp = Path(os.environ["RECSYS_HOME"])
+    base = [sys.executable, str(Path(__file__).resolve()), *sys.argv[1:], "--child", *child_args]
+    procs, results = [], [tmp / f"{name}-{i}.json" for i in range(len(envs))]
+    for i, extra in enumerate(envs):   # the first child is piped and echoed, the others only logged
+        out = subprocess.PIPE if i == 0 else (tmp / f"{name}-{i}.log").open("w")
+        procs.append(subprocess.Popen([*base, "--result", str(results[i])], env={**os.environ, **CHILD_ENV, **extra},
+                                      stdout=out, stderr=subprocess.STDOUT, text=True, errors="replace"))
+    timer = threading.Timer(timeout, lambda: [_kill_tree(p) for p in procs])
+    timer.start()
+    try:
+        with (tmp / f"{name}-0.log").open("w") as log:
+            for line in procs[0].stdout:
+                log.write(line)
+                if ECHO.search(line):
+                    print(f"    {name} | {ANSI.sub('', line.rstrip())}", flush=True)
+        for p in procs:
+            p.wait()
+    finally:   # also on Ctrl-C / timeout: nothing this child started may outlive it
+        timer.cancel()
+        for p in procs:
+            _kill_tree(p)
+    if any(p.returncode != 0 or not r.is_file() for p, r in zip(procs, results)):
+        tail = "\n".join((tmp / f"{name}-0.log").read_text(errors="replace").splitlines()[-40:])
+        say(f"{name} FAILED (exit codes {[p.returncode for p in procs]}); last lines of its log:\n{tail}")
+        sys.exit(2)
+    return [json.loads(r.read_text()) for r in results]
+
+
+def rates(r: dict, global_batch: int, warmup: int) -> tuple[float, float]:
+    """(steady-state samples/s after `warmup` steps, end-to-end samples/s incl. start-up)."""
+    e = r["elapsed"]
+    return (len(e) - warmup) * global_batch / (e[-1] - e[warmup - 1]), len(e) * global_batch / r["wall"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=30, help="optimizer steps per throughput path")
+    parser.add_argument("--warmup", type=int, default=5, help="first steps left out of the steady state")
+    parser.add_argument("--micro-batch", type=int, default=16, help="pairs per worker per step (x2 = global)")
+    parser.add_argument("--query-max-length", type=int, default=64)
+    parser.add_argument("--item-max-length", type=int, default=48)
+    parser.add_argument("--mem-steps", type=int, default=3)
+    parser.add_argument("--mem-batch", type=int, default=2, help="sequences per rank per step (memory part)")
+    parser.add_argument("--mem-seq-len", type=int, default=64)
+    parser.add_argument("--timeout", type=float, default=1200, help="seconds per measured run")
+    parser.add_argument("--child", choices=("single", "ray", "mem"), help=argparse.SUPPRESS)
+    parser.add_argument("--stage", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--result", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if not 0 < args.warmup < args.steps:
+        parser.error("need 0 < --warmup < --steps")
+    if args.child:
+        result = {"single": run_single, "ray": run_ray, "mem": run_mem}[args.child](args)
+        Path(args.result).write_text(json.dumps(result))
+        return
+
+    wall0 = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="train_bench_") as home:
+        os.environ["RECSYS_HOME"] = home   # private: the user's artifacts are never read or written
+        global_batch = 2 * args.micro_batch
+        say(f"phase 1/3: {4 * args.steps * global_batch} synthetic pairs in {home}")
+        make_pairs(4 * args.steps * global_batch)   # >= 2 epochs: no epoch restart inside the measured steps
+        say(f"phase 2/3: throughput, {args.steps} steps x {global_batch} pairs (2 x {args.micro_batch})")
+        thr = {}
+        for name in ("single", "ray"):
+            say(f"{name}: starting")
+            thr[name] = spawn(args, name, [name], args.timeout, [{}])[0]
+            steady, e2e = rates(thr[name], global_batch, args.warmup)
+            say(f"{name}: {steady:.1f} samples/s steady, {e2e:.1f} end-to-end ({thr[name]['wall']:.1f}s)")
+        say(f"phase 3/3: memory, BERT-base random init, 2 ranks x {args.mem_batch} x {args.mem_seq_len} tokens")
+        mem = {}
+        for label, stage in (("DDP", 0), ("ZeRO-2", 2), ("ZeRO-3", 3)):   # DDP = zero_stage 0, as in TrainConfig
+            with socket.socket() as s:   # a free port for this mode's gloo rendezvous
+                s.bind(("127.0.0.1", 0))
+                port = str(s.getsockname()[1])
+            envs = [{"RANK": str(r), "LOCAL_RANK": str(r), "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",
+                     "MASTER_PORT": port} for r in range(2)]
+            say(f"{label}: starting 2 ranks")
+            mem[label] = sorted(spawn(args, f"mem{stage}", ["mem", "--stage", str(stage)], args.timeout, envs),
+                                key=lambda r: r["rank"])
+            peaks = ", ".join(f"{r['peak'] / GIB:.2f}" for r in mem[label])
+            say(f"{label}: peak RSS per rank {peaks} GiB")
+
+    print(f"\nmemory per worker: BertModel {mem['DDP'][0]['params'] / 1e6:.1f}M params, {args.mem_steps} steps of "
+          f"{args.mem_batch} x {args.mem_seq_len} tokens per rank; init = model build + deepspeed.initialize")
+    print(f"{'mode':<8} {'peak GiB r0/r1':>15} {'init peak':>10} {'train peak':>11} {'step s':>7}")
+    worst = {label: {k: max(r[k] for r in ranks) / GIB for k in ("peak", "init_peak", "train_peak")}
+             for label, ranks in mem.items()}
+    for label, (r0, r1) in mem.items():
+        print(f"{label:<8} {r0['peak'] / GIB:>7.2f}/{r1['peak'] / GIB:<7.2f} {worst[label]['init_peak']:>10.2f} "
+              f"{worst[label]['train_peak']:>11.2f} {(r0['step_s'] + r1['step_s']) / 2:>7.2f}")
+    print(f"ZeRO-3 / DDP peak memory per worker = {worst['ZeRO-3']['peak'] / worst['DDP']['peak']:.2f} (goal <= 0.7)")
+
+    print(f"\nthroughput: {args.steps} steps x {global_batch} pairs, steady state = steps "
+          f"{args.warmup + 1}-{args.steps}, ray.init {thr['ray']['init']:.1f}s not counted")
+    print(f"{'path':<42} {'steady/s':>9} {'e2e/s':>7} {'wall s':>7}")
+    labels = {"single": "single process, torch 2 threads", "ray": "Ray Train + DeepSpeed ZeRO-2, 2 x 1 thread"}
+    rate = {name: rates(r, global_batch, args.warmup) for name, r in thr.items()}
+    for name, r in thr.items():
+        print(f"{labels[name]:<42} {rate[name][0]:>9.1f} {rate[name][1]:>7.1f} {r['wall']:>7.1f}")
+    print(f"end-to-end ratio ray / single (incl. start-up) = {rate['ray'][1] / rate['single'][1]:.2f}")
+    print(f"bench wall time {time.perf_counter() - wall0:.0f}s")
+    print(f"ratio ray_zero2_samples_per_s / single_process_samples_per_s = {rate['ray'][0] / rate['single'][0]:.2f}")
+
+
+if __name__ == "__main__":
+    main()
