@@ -39,6 +39,7 @@ lint: install
 bench: install  ## benchmarks: our path vs a reference, ratio printed last
 	$(PY) bench/bench_embed.py
 	$(PY) bench/preprocess_bench.py
+	$(PY) bench/train_bench.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache
