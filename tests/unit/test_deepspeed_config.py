@@ -13,13 +13,15 @@ def ds(world_size: int = 2, total_steps: int = 100, **fields) -> dict:
 
 
 @pytest.mark.parametrize("stage", [0, 1])
-def test_low_stages_have_only_the_stage(stage: int) -> None:
-    assert ds(zero_stage=stage)["zero_optimization"] == {"stage": stage}
+def test_low_stages_have_only_the_stage_on_gpu(stage: int) -> None:
+    assert ds(zero_stage=stage, use_gpu=True)["zero_optimization"] == {"stage": stage}
 
 
 def test_stage2_overlaps_comm_only_on_gpu() -> None:
     assert ds(zero_stage=2)["zero_optimization"] == {"stage": 2, "overlap_comm": False,
-                                                     "contiguous_gradients": True}
+                                                     "contiguous_gradients": True,
+                                                     "reduce_bucket_size": 10_000_000,
+                                                     "allgather_bucket_size": 10_000_000}
     assert ds(zero_stage=2, use_gpu=True)["zero_optimization"]["overlap_comm"] is True
 
 
@@ -98,3 +100,12 @@ def test_plan_total_steps_too_few_pairs(max_steps: int | None) -> None:
         plan_total_steps(cfg, n_pairs=63, world_size=2)
     assert "micro_batch_size=16" in str(err.value) and "workers=2" in str(err.value)
     assert plan_total_steps(cfg, n_pairs=64, world_size=2) == (100 if max_steps else 1)
+
+
+def test_cpu_workers_get_small_buckets_gpu_workers_keep_deepspeed_defaults() -> None:
+    cpu3 = ds(zero_stage=3)["zero_optimization"]
+    assert cpu3["reduce_bucket_size"] == cpu3["stage3_prefetch_bucket_size"] == 10_000_000
+    assert ds(zero_stage=2)["zero_optimization"]["reduce_bucket_size"] == 10_000_000
+    assert "reduce_bucket_size" not in ds(zero_stage=0)["zero_optimization"]
+    gpu = ds(zero_stage=3, use_gpu=True)["zero_optimization"]
+    assert "reduce_bucket_size" not in gpu and "stage3_prefetch_bucket_size" not in gpu
