@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
+from event_frames import T0, events
 
 from recsys.data.clean import (
     assign_sessions,
@@ -14,22 +15,6 @@ from recsys.data.clean import (
     drop_rapid_repeats,
 )
 from recsys.schema import EVENT_COLUMNS
-
-T0 = pd.Timestamp("2024-03-01 12:00:00", tz="UTC")
-
-
-def events(rows: list[tuple], unit: str = "minutes") -> pd.DataFrame:
-    """(user, item, type, time after T0 in `unit`[, query[, session]]) -> typed events as validate_events gives."""
-    records = []
-    for row in rows:
-        user, item, etype, offset, *rest = row
-        query = rest[0] if rest else None
-        session = rest[1] if len(rest) > 1 else None
-        records.append({"user_id": user, "item_id": item, "event_type": etype,
-                        "timestamp": T0 + pd.Timedelta(**{unit: offset}), "query": query, "session_id": session})
-    frame = pd.DataFrame(records, columns=list(EVENT_COLUMNS))
-    frame["timestamp"] = frame["timestamp"].astype("datetime64[us, UTC]")
-    return frame
 
 
 def seconds(rows: list[tuple]) -> pd.DataFrame:

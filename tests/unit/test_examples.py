@@ -8,13 +8,11 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pytest
+from event_frames import build
 
-from recsys.data.clean import assign_sessions, canonical_order
 from recsys.data.examples import make_training_pairs, negative_distribution, ranking_examples
-from recsys.data.sequences import build_user_sequences
-from recsys.schema import EVENT_COLUMNS, RANKING_COLUMNS, SEQUENCE_COLUMNS, TRAIN_PAIR_COLUMNS
+from recsys.schema import RANKING_COLUMNS, SEQUENCE_COLUMNS, TRAIN_PAIR_COLUMNS
 
-T0 = pd.Timestamp("2024-03-01 12:00:00", tz="UTC")
 ITEMS = list("abcdefgh")
 TITLES = {i: i.upper() for i in ITEMS}
 TEXTS = {i: f"{i.upper()}. brand. category" for i in ITEMS}
@@ -26,24 +24,6 @@ SEQUENCE_SCHEMA = pa.schema([
     ("valid_item", pa.string()), ("test_item", pa.string()),
     ("search_queries", pa.list_(pa.string())), ("search_items", pa.list_(pa.string())),
 ])
-
-
-def events(rows: list[tuple]) -> pd.DataFrame:
-    """(user, item, type, minutes after T0[, query[, session]]) -> typed events as validate_events gives."""
-    records = []
-    for row in rows:
-        user, item, etype, minutes, *rest = row
-        query = rest[0] if rest else None
-        session = rest[1] if len(rest) > 1 else None
-        records.append({"user_id": user, "item_id": item, "event_type": etype,
-                        "timestamp": T0 + pd.Timedelta(minutes=minutes), "query": query, "session_id": session})
-    frame = pd.DataFrame(records, columns=list(EVENT_COLUMNS))
-    frame["timestamp"] = frame["timestamp"].astype("datetime64[us, UTC]")
-    return frame
-
-
-def build(rows: list[tuple], **kwargs) -> pa.Table:
-    return build_user_sequences(assign_sessions(canonical_order(events(rows))), **kwargs)
 
 
 def seq_table(users: list[dict]) -> pa.Table:

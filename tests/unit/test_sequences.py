@@ -6,41 +6,21 @@ from __future__ import annotations
 import pandas as pd
 import pyarrow as pa
 import pytest
+from event_frames import T0, build
 
-from recsys.data.clean import assign_sessions, canonical_order
 from recsys.data.sequences import (
-    build_user_sequences,
     has_holdout,
     item_counts,
     training_items,
     training_windows,
 )
-from recsys.schema import EVENT_COLUMNS, SEQUENCE_COLUMNS, WINDOW_COLUMNS
+from recsys.schema import SEQUENCE_COLUMNS, WINDOW_COLUMNS
 
-T0 = pd.Timestamp("2024-03-01 12:00:00", tz="UTC")
 WEIGHTS = {"view": 1.0, "click": 2.0, "add_to_cart": 3.0, "purchase": 5.0}
-
-
-def events(rows: list[tuple]) -> pd.DataFrame:
-    """(user, item, type, minutes after T0[, query[, session]]) -> typed events as validate_events gives."""
-    records = []
-    for row in rows:
-        user, item, etype, minutes, *rest = row
-        query = rest[0] if rest else None
-        session = rest[1] if len(rest) > 1 else None
-        records.append({"user_id": user, "item_id": item, "event_type": etype,
-                        "timestamp": T0 + pd.Timedelta(minutes=minutes), "query": query, "session_id": session})
-    frame = pd.DataFrame(records, columns=list(EVENT_COLUMNS))
-    frame["timestamp"] = frame["timestamp"].astype("datetime64[us, UTC]")
-    return frame
 
 
 def micros(minutes: float) -> int:
     return int((T0 + pd.Timedelta(minutes=minutes)).value // 1000)
-
-
-def build(rows: list[tuple], **kwargs) -> pa.Table:
-    return build_user_sequences(assign_sessions(canonical_order(events(rows))), **kwargs)
 
 
 def sequences_of(rows: list[tuple], **kwargs) -> dict[str, dict]:
