@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, model_validator
@@ -42,11 +41,6 @@ class SourceConfig(JobConfig):
                 raise ValueError(f"{field} has unknown keys {unknown}; keys are our column names: {list(ours)}")
         return self
 
-    def is_generic_files(self) -> bool:
-        """True when events come from the user's own files (not synthetic data or a data set adapter)."""
-        from recsys.data.adapters import detect_dataset
-
-        return self.path is not None and not (Path(self.path).is_dir() and detect_dataset(self.path) is not None)
     synthetic: SyntheticConfig = Field(default_factory=SyntheticConfig,
                                        description="used when path is null")
 

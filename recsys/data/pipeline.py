@@ -23,14 +23,14 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import ray
 
-from recsys.artifacts import new_version_dir
 from recsys.data.config import PreprocessConfig
-from recsys.data.examples import negative_distribution
-from recsys.data.outputs import finish, materialize_source, write_catalog
+from recsys.data.outputs import finish, start_run
 from recsys.data.sources import ReadUnit, plan_read_units
 from recsys.data.stages import (
     ExampleMaker,
+    ReadOptions,
     merge_stats,
+    negative_sampling_table,
     process_users,
     sum_item_counts,
     time_cutoffs,
@@ -56,11 +56,12 @@ def _bucket_dir(staging: Path, bucket: int) -> Path:
     return staging / f"bucket={bucket:05d}"
 
 
-def validate_and_partition(batch: dict, catalog_path: str, out: str, cfg: PreprocessConfig) -> dict:
+def validate_and_partition(batch: dict, catalog_path: str, out: str, cfg: PreprocessConfig,
+                           read: ReadOptions) -> dict:
     """Read task: one unit -> quarantine part + one staging file per user bucket."""
     n, unit = int(batch["unit"][0]), ReadUnit.from_json(str(batch["spec"][0]))
     known = set(pq.read_table(catalog_path, columns=["item_id"]).column(0).to_pylist())
-    valid, bad, stats = validate_unit(unit, known, cfg)
+    valid, bad, stats = validate_unit(unit, known, cfg, read)
     write_part(Path(out), "quarantine/events", n, bad)
     buckets = user_buckets(valid.column("user_id"), cfg.num_partitions)
     order = np.argsort(buckets, kind="stable")
@@ -118,18 +119,18 @@ def _run_stage(items: list[dict], fn, **kwargs) -> dict:
 
 def run_preprocess(cfg: PreprocessConfig) -> dict:
     """Run the whole job; returns the summary (also written as summary.json) plus "path"."""
-    started = time.perf_counter()
-    version, out = new_version_dir("data")
-    log(JOB, f"data version {version} -> {out}")
-    events_src, catalog_src, described = materialize_source(cfg.source, out / "input")
-    catalog, catalog_stats = write_catalog(catalog_src, out, cfg)
-    log(JOB, f"1/4 source {described}; catalog: {catalog_stats['rows_in']} rows in, {catalog_stats['rows_kept']} "
-             f"kept, {catalog_stats['rows_quarantined']} quarantined, {catalog_stats['titles_filled']} titles filled")
+    run = start_run(cfg)
+    out, started, catalog_stats = run.out, run.started, run.catalog_stats
+    log(JOB, f"data version {run.version} -> {out}")
+    log(JOB, f"1/4 source {run.described}; catalog: {catalog_stats['rows_in']} rows in, "
+             f"{catalog_stats['rows_kept']} kept, {catalog_stats['rows_quarantined']} quarantined, "
+             f"{catalog_stats['titles_filled']} titles filled")
 
-    units = plan_read_units(events_src, cfg.rows_per_read_task)
+    units = plan_read_units(run.events_src, cfg.rows_per_read_task)
     read_stats = _run_stage([{"unit": n, "spec": u.to_json()} for n, u in enumerate(units)],
                             validate_and_partition, num_cpus=1,
-                            fn_kwargs={"catalog_path": str(out / "catalog.parquet"), "out": str(out), "cfg": cfg})
+                            fn_kwargs={"catalog_path": str(out / "catalog.parquet"), "out": str(out), "cfg": cfg,
+                                       "read": run.read})
     quarantined = sum(read_stats.get("quarantined_by_reason", {}).values())
     log(JOB, f"2/4 events: {read_stats.get('rows_in', 0)} rows in {len(units)} read task(s), "
              f"{read_stats.get('rows_valid', 0)} valid, {quarantined} quarantined "
@@ -151,9 +152,7 @@ def run_preprocess(cfg: PreprocessConfig) -> dict:
              f"{user_stats.get('dropped_by_reason', {})}; {user_stats.get('users', 0)} users, "
              f"{user_stats.get('users_with_test', 0)} with a test target ({time.perf_counter() - started:.0f}s)")
 
-    item_ids, probs = negative_distribution(catalog["item_id"].to_numpy(), dict(zip(popularity["item_id"],
-                                            popularity["count"])), cfg.ranking.negative_sampling,
-                                            cfg.ranking.popularity_alpha)
+    item_ids, probs = negative_sampling_table(run.catalog, popularity, cfg)
     staging.mkdir(parents=True, exist_ok=True)
     pq.write_table(pa.table({"item_id": pa.array(item_ids, pa.string()), "prob": pa.array(probs)}),
                    staging / "negatives.parquet")
@@ -163,7 +162,6 @@ def run_preprocess(cfg: PreprocessConfig) -> dict:
              f"{example_stats.get('ranking_examples', {})} ({time.perf_counter() - started:.0f}s)")
 
     shutil.rmtree(staging, ignore_errors=True)
-    summary = finish(out, version, described, cfg, started, catalog_stats, read_stats, user_stats, example_stats,
-                     popularity, cutoffs, len(catalog))
+    summary = finish(run, cfg, read_stats, user_stats, example_stats, popularity, cutoffs)
     log(JOB, f"done in {summary['seconds']}s: {out}")
     return summary

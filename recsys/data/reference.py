@@ -9,17 +9,15 @@ from __future__ import annotations
 
 import time
 
-import numpy as np
 import pyarrow as pa
 
-from recsys.artifacts import new_version_dir
 from recsys.data.config import PreprocessConfig
-from recsys.data.examples import negative_distribution
-from recsys.data.outputs import finish, materialize_source, write_catalog
+from recsys.data.outputs import finish, start_run
 from recsys.data.sources import plan_read_units
 from recsys.data.stages import (
     ExampleMaker,
     merge_stats,
+    negative_sampling_table,
     process_users,
     sum_item_counts,
     time_cutoffs,
@@ -32,22 +30,20 @@ JOB = "preprocess-reference"
 
 
 def run_reference(cfg: PreprocessConfig) -> dict:
-    started = time.perf_counter()
-    version, out = new_version_dir("data")
-    events_src, catalog_src, described = materialize_source(cfg.source, out / "input")
-    catalog, catalog_stats = write_catalog(catalog_src, out, cfg)
-    known = set(catalog["item_id"])
-    log(JOB, f"source {described}; catalog {catalog_stats['rows_kept']} items")
+    run = start_run(cfg)
+    out = run.out
+    known = set(run.catalog["item_id"])
+    log(JOB, f"source {run.described}; catalog {run.catalog_stats['rows_kept']} items")
 
     valid_parts, read_parts = [], []
-    for n, unit in enumerate(plan_read_units(events_src, cfg.rows_per_read_task)):
-        valid, bad, stats = validate_unit(unit, known, cfg)
+    for n, unit in enumerate(plan_read_units(run.events_src, cfg.rows_per_read_task)):
+        valid, bad, stats = validate_unit(unit, known, cfg, run.read)
         write_part(out, "quarantine/events", n, bad)
         valid_parts.append(valid)
         read_parts.append(stats)
     events = pa.concat_tables(valid_parts) if valid_parts else pa.table({})
     read_stats = merge_stats(read_parts)
-    log(JOB, f"validated {read_stats['rows_in']} rows in {time.perf_counter() - started:.1f}s")
+    log(JOB, f"validated {read_stats['rows_in']} rows in {time.perf_counter() - run.started:.1f}s")
 
     cutoffs = time_cutoffs(events.column("timestamp").cast(pa.int64()).to_numpy(), cfg)
     users = process_users(events, cfg, cutoffs)
@@ -55,16 +51,13 @@ def run_reference(cfg: PreprocessConfig) -> dict:
     for name in ("events", "dropped", "sequences", "windows"):
         write_part(out, name, 0, users[name])
     popularity = sum_item_counts([users["item_counts"]])
-    log(JOB, f"sequences for {users['stats']['users']} users in {time.perf_counter() - started:.1f}s")
+    log(JOB, f"sequences for {users['stats']['users']} users in {time.perf_counter() - run.started:.1f}s")
 
-    item_ids, probs = negative_distribution(catalog["item_id"].to_numpy(), dict(zip(popularity["item_id"],
-                                            popularity["count"])), cfg.ranking.negative_sampling,
-                                            cfg.ranking.popularity_alpha)
-    examples = ExampleMaker(catalog, item_ids, np.asarray(probs), cfg)(users["sequences"])
+    item_ids, probs = negative_sampling_table(run.catalog, popularity, cfg)
+    examples = ExampleMaker(run.catalog, item_ids, probs, cfg)(users["sequences"])
     for name in ("train_pairs", "ranking_examples"):
         if name in examples:
             write_part(out, name, 0, examples[name])
-    summary = finish(out, version, described, cfg, started, catalog_stats, read_stats, users["stats"],
-                     examples["stats"], popularity, cutoffs, len(catalog))
+    summary = finish(run, cfg, read_stats, users["stats"], examples["stats"], popularity, cutoffs)
     log(JOB, f"done in {summary['seconds']}s: {out}")
     return summary

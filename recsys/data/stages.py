@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -23,13 +24,13 @@ import pyarrow.parquet as pq
 
 from recsys.data.clean import clean_user_events
 from recsys.data.config import PreprocessConfig
-from recsys.data.examples import make_training_pairs, ranking_examples
+from recsys.data.examples import make_training_pairs, negative_distribution, ranking_examples
 from recsys.data.histograms import merge_histograms, sequence_length_histogram
 from recsys.data.sequences import build_user_sequences, item_counts, training_windows
 from recsys.data.sources import ReadUnit, read_raw_table, read_unit
 from recsys.data.text import catalog_texts
 from recsys.data.validate import validate_catalog, validate_events
-from recsys.schema import CATALOG_COLUMNS, CATALOG_SCHEMA, EVENT_COLUMNS, EVENTS_SCHEMA
+from recsys.schema import CATALOG_COLUMNS, EVENT_COLUMNS, EVENTS_SCHEMA
 
 DROPPED_SCHEMA = pa.schema([*EVENTS_SCHEMA, ("reason", pa.string())])
 QUARANTINE_SCHEMA = pa.schema([("source", pa.string()), ("line", pa.int64()), ("reason", pa.string()),
@@ -54,12 +55,14 @@ def read_renamed(read, source, columns: tuple[str, ...], names: Mapping[str, str
     return raw.rename(columns={t: c for t, c in zip(theirs, columns) if t != c})
 
 
-def source_options(cfg: PreprocessConfig) -> tuple[dict[str, str], dict[str, str], str]:
-    """(event column names, catalog column names, timestamp unit) for reading: the user's settings
-    apply to their own files only; synthetic data and data set adapters are written in our schema."""
-    if cfg.source.is_generic_files():
-        return dict(cfg.source.columns), dict(cfg.source.catalog_columns), cfg.source.timestamp_unit
-    return {}, {}, "auto"
+@dataclass(frozen=True)
+class ReadOptions:
+    """How to read the input: the user's column names and timestamp unit. Synthetic data and data
+    set adapters are written in our schema, so they read with the defaults."""
+
+    event_columns: Mapping[str, str] = field(default_factory=dict)
+    catalog_columns: Mapping[str, str] = field(default_factory=dict)
+    timestamp_unit: str = "auto"
 
 
 def prepare_catalog(catalog_src: str, names: Mapping[str, str]) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
@@ -72,15 +75,11 @@ def prepare_catalog(catalog_src: str, names: Mapping[str, str]) -> tuple[pd.Data
                           "quarantined_by_reason": dict(Counter(bad["reason"])), "titles_filled": filled}
 
 
-def catalog_table(catalog: pd.DataFrame) -> pa.Table:
-    return to_table(catalog, CATALOG_SCHEMA)
-
-
-def validate_unit(unit: ReadUnit, known_items: set[str], cfg: PreprocessConfig) -> tuple[pa.Table, pa.Table, dict]:
+def validate_unit(unit: ReadUnit, known_items: set[str], cfg: PreprocessConfig,
+                  read: ReadOptions) -> tuple[pa.Table, pa.Table, dict]:
     """One read unit -> (valid events, quarantine rows, stats)."""
-    names, _, timestamp_unit = source_options(cfg)
-    raw = read_renamed(read_unit, unit, EVENT_COLUMNS, names)
-    clean, bad = validate_events(raw, known_items, cfg.cleaning.event_type_aliases, timestamp_unit)
+    raw = read_renamed(read_unit, unit, EVENT_COLUMNS, read.event_columns)
+    clean, bad = validate_events(raw, known_items, cfg.cleaning.event_type_aliases, read.timestamp_unit)
     stats = {"rows_in": len(raw), "rows_valid": len(clean), "quarantined_by_reason": dict(Counter(bad["reason"]))}
     return to_table(clean, EVENTS_SCHEMA), to_table(bad, QUARANTINE_SCHEMA), stats
 
@@ -113,6 +112,14 @@ def process_users(events: pa.Table, cfg: PreprocessConfig, cutoffs: tuple[int, i
     }
     return {"events": to_table(kept, EVENTS_SCHEMA), "dropped": to_table(dropped, DROPPED_SCHEMA),
             "sequences": sequences, "windows": windows, "item_counts": counts, "stats": stats}
+
+
+def negative_sampling_table(catalog: pd.DataFrame, popularity: pd.DataFrame,
+                            cfg: PreprocessConfig) -> tuple[np.ndarray, np.ndarray]:
+    """(catalog item ids, sampling probabilities) from the training popularity, as cfg.ranking says."""
+    counts = dict(zip(popularity["item_id"], popularity["count"]))
+    return negative_distribution(catalog["item_id"].to_numpy(), counts, cfg.ranking.negative_sampling,
+                                 cfg.ranking.popularity_alpha)
 
 
 class ExampleMaker:
