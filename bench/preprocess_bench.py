@@ -23,13 +23,9 @@ import sys
 import time
 from pathlib import Path
 
-GIB = 1024 ** 3
-CHILD_ENV = {"OMP_NUM_THREADS": "1", "RAY_AUTH_MODE": "disabled", "HF_HUB_OFFLINE": "1"}
+from common import CHILD_ENV, GIB, say
+
 PIPELINE_LOG = re.compile(r"^\[\d\d:\d\d:\d\d\] \[")   # recsys.runtime.log lines: phases worth echoing
-
-
-def say(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] [bench] {message}", flush=True)
 
 
 def child(which: str, config_json: str, result_path: str) -> None:

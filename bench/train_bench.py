@@ -26,15 +26,10 @@ import threading
 import time
 from pathlib import Path
 
-GIB = 1024 ** 3
-CHILD_ENV = {"OMP_NUM_THREADS": "1", "RAY_AUTH_MODE": "disabled", "HF_HUB_OFFLINE": "1",
-             "TOKENIZERS_PARALLELISM": "false"}
+from common import CHILD_ENV, GIB, say
+
 ECHO = re.compile(r"\[(bench|train)\]")   # child lines worth showing live: ours and the trainer's progress
 ANSI = re.compile(r"\x1b\[[0-9;]*m")       # Ray colours its worker prefixes
-
-
-def say(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] [bench] {message}", flush=True)
 
 
 def make_pairs(n_pairs: int, seed: int = 0) -> None:

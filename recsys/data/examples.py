@@ -125,7 +125,6 @@ def ranking_examples(sequences: pa.Table, item_ids: np.ndarray, probs: np.ndarra
     flat_items = pc.list_flatten(sequences.column("items")).to_numpy(zero_copy_only=False)
     users = sequences.column("user_id").to_numpy(zero_copy_only=False)
     pos_items = flat_items[offsets[owner] + position] if len(owner) else np.array([], dtype=object)
-    prob_of = dict(zip(item_ids, probs))
 
     # A one-item catalog has no item that can be a negative for its only positive.
     k = negatives_per_positive if len(item_ids) > 1 else 0
@@ -146,7 +145,10 @@ def ranking_examples(sequences: pa.Table, item_ids: np.ndarray, probs: np.ndarra
         "label": np.concatenate([np.ones(len(pos_owner), np.int8), np.zeros(len(idx), np.int8)]),
         "weight": np.concatenate([np.full(len(pos_owner), pos_weight), np.ones(len(idx))]).astype(np.float32),
     })
-    frame["sample_prob"] = frame["item_id"].map(prob_of).fillna(0.0).astype(np.float64)
+    # Negatives carry their draw's probability; positives look theirs up (0 if not in the catalog).
+    prob_of = pd.Series(np.asarray(probs, dtype=np.float64), index=item_ids)
+    pos_prob = prob_of.reindex(pos_items_out).fillna(0.0).to_numpy()
+    frame["sample_prob"] = np.concatenate([pos_prob, prob_of.to_numpy()[idx]])
     frame = frame.sort_values(["user_id", "position", "label", "item_id"], ascending=[True, True, False, True],
                               kind="stable")
     return pa.Table.from_pandas(frame[list(RANKING_COLUMNS)], preserve_index=False)

@@ -115,11 +115,6 @@ def build_user_sequences(events: pd.DataFrame, max_length: int = 200,
     })
 
 
-def has_holdout(test_item) -> bool:
-    """A sequence row holds out a test target when test_item is set (null reads back as None or NaN)."""
-    return isinstance(test_item, str)
-
-
 def training_items(items: list[str] | np.ndarray, n_train: int) -> list[str]:
     """The part of a sequence training may see (before the valid/test targets)."""
     return list(items)[:n_train]

@@ -82,8 +82,8 @@ def _flag(reasons: pd.Series, details: pd.Series, mask: pd.Series, code: str, de
           values: pd.Series | None = None) -> None:
     """Record the first failing check per row (earlier checks win).
 
-    `detail` may hold "{value}", filled with the row's repr(values) — only for the flagged
-    rows, so clean rows cost no string building.
+    `detail` is a format string over the row's value ("{value!r}" quotes it), built only for the
+    flagged rows so clean rows cost no string building.
     """
     new = mask & reasons.isna()
     if not new.any():
@@ -92,7 +92,7 @@ def _flag(reasons: pd.Series, details: pd.Series, mask: pd.Series, code: str, de
     if values is None:
         details[new] = detail
     else:
-        details[new] = [detail.format(value=v if detail == "{value}" else repr(v)) for v in values[new].astype(str)]
+        details[new] = [detail.format(value=v) for v in values[new].astype(str)]
 
 
 # Events outside these years are clock errors (epoch 0, year 3000), not behaviour.
@@ -117,22 +117,22 @@ def validate_events(raw: pd.DataFrame, known_items: set[str] | None = None,
     if aliases:
         event_type = event_type.replace(dict(aliases))
     _flag(reasons, details, ~event_type.isin(EVENT_TYPES), "unknown_event_type",
-          f"event_type={{value}} is not one of {list(EVENT_TYPES)}", raw["event_type"])
+          f"event_type={{value!r}} is not one of {list(EVENT_TYPES)}", raw["event_type"])
     timestamps = parse_timestamps(raw["timestamp"], timestamp_unit)
     _flag(reasons, details, timestamps.isna(), "bad_timestamp",
-          "timestamp={value} is not epoch seconds/ms or ISO-8601", raw["timestamp"])
+          "timestamp={value!r} is not epoch seconds/ms or ISO-8601", raw["timestamp"])
     _flag(reasons, details, (timestamps < EARLIEST_EVENT) | (timestamps >= LATEST_EVENT), "timestamp_out_of_range",
-          f"timestamp={{value}} is before {EARLIEST_EVENT.date()} or after {LATEST_EVENT.date()}",
+          f"timestamp={{value!r}} is before {EARLIEST_EVENT.date()} or after {LATEST_EVENT.date()}",
           raw["timestamp"])
     item_missing = _blank(raw["item_id"])
     _flag(reasons, details, event_type.isin(ITEM_EVENT_TYPES) & item_missing, "missing_item_id",
-          "item_id is empty for event_type={value}", event_type)
+          "item_id is empty for event_type={value!r}", event_type)
     _flag(reasons, details, (event_type == "search") & _blank(raw["query"]), "missing_query",
           "query is empty for a search event")
     if known_items is not None:
         unknown = ~item_missing & ~raw["item_id"].astype(str).str.strip().isin(known_items)
         _flag(reasons, details, unknown, "item_not_in_catalog",
-              "item_id={value} is not in the catalog", raw["item_id"])
+              "item_id={value!r} is not in the catalog", raw["item_id"])
 
     ok = reasons.isna()
     clean = pd.DataFrame({
@@ -167,14 +167,14 @@ def validate_catalog(raw: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     price = pd.to_numeric(raw["price"], errors="coerce")
     bad_price = (~_blank(raw["price"]) & price.isna()) | (price < 0)
     _flag(reasons, details, bad_price, "bad_price",
-          "price={value} is not a non-negative number", raw["price"])
+          "price={value!r} is not a non-negative number", raw["price"])
     in_stock, bad_stock = _parse_bool(raw["in_stock"])
     _flag(reasons, details, bad_stock, "bad_in_stock",
-          "in_stock={value} is not true/false", raw["in_stock"])
+          "in_stock={value!r} is not true/false", raw["in_stock"])
     item_id = raw["item_id"].astype(str).str.strip()
     dup = item_id.duplicated(keep="first") & reasons.isna()
     _flag(reasons, details, dup, "duplicate_item_id",
-          "item_id={value} already appeared earlier", item_id)
+          "item_id={value!r} already appeared earlier", item_id)
 
     ok = reasons.isna()
     text = {c: raw.loc[ok, c].fillna("").astype(str).str.strip() for c in ("title", "brand", "category",

@@ -12,6 +12,8 @@ import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+import pandas as pd
+
 METRICS_FILE = "metrics.jsonl"
 TENSORBOARD_DIR = "tensorboard"
 
@@ -50,16 +52,6 @@ def read_metrics(path: str | Path) -> list[dict]:
     return records
 
 
-def _smooth(values: Sequence[float], window: int) -> list[float]:
-    out, total = [], 0.0
-    for i, v in enumerate(values):
-        total += v
-        if i >= window:
-            total -= values[i - window]
-        out.append(total / min(i + 1, window))
-    return out
-
-
 def plot_training_curves(records: Sequence[Mapping], png_path: str | Path, title: str = "training") -> Path:
     """Loss (raw + moving average), learning rate and throughput against step, one panel each."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -80,7 +72,8 @@ def plot_training_curves(records: Sequence[Mapping], png_path: str | Path, title
         ax.plot(steps, values, color="tab:blue", alpha=0.35 if key == "loss" else 1.0, linewidth=1)
         if key == "loss" and len(values) > 5:
             window = max(2, len(values) // 20)
-            ax.plot(steps, _smooth(values, window), color="tab:blue", linewidth=2, label=f"mean of {window}")
+            smooth = pd.Series(values).rolling(window, min_periods=1).mean()
+            ax.plot(steps, smooth, color="tab:blue", linewidth=2, label=f"mean of {window}")
             ax.legend(loc="upper right")
     fig.suptitle(title)
     png_path = Path(png_path)

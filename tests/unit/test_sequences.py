@@ -9,7 +9,6 @@ import pytest
 from event_frames import T0, build
 
 from recsys.data.sequences import (
-    has_holdout,
     item_counts,
     training_items,
     training_windows,
@@ -239,12 +238,6 @@ def test_training_items() -> None:
     assert training_items(["a", "b"], 2) == ["a", "b"]
     assert training_items(["a", "b"], 0) == []
     assert training_items(pd.array(["a", "b", "c"], dtype=object).to_numpy(), 1) == ["a"]
-
-
-def test_has_holdout() -> None:
-    assert has_holdout("c")
-    assert not has_holdout(None)
-    assert not has_holdout(float("nan"))
 
 
 # ---------------------------------------------------------------- training windows
