@@ -87,6 +87,9 @@ class SplitConfig(JobConfig):
                                       "time: global cut-offs at quantiles of event time")
     valid_fraction: float = Field(0.05, gt=0, lt=0.5, description="time split: share of events in the valid window")
     test_fraction: float = Field(0.05, gt=0, lt=0.5, description="time split: share of events in the test window")
+    search_holdout_fraction: float = Field(
+        0.2, ge=0, lt=1, description="share of distinct query strings held out of training (a stable hash of the "
+                                     "exact query, recsys.data.holdout) for search evaluation; 0 keeps every query")
 
 
 class RetrievalPairsConfig(JobConfig):

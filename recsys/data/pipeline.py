@@ -32,6 +32,7 @@ from recsys.data.stages import (
     merge_stats,
     negative_sampling_table,
     process_users,
+    report_search_holdout,
     sum_item_counts,
     time_cutoffs,
     validate_unit,
@@ -158,6 +159,7 @@ def run_preprocess(cfg: PreprocessConfig) -> dict:
                    staging / "negatives.parquet")
     example_stats = _run_stage([{"bucket": b} for b in buckets], make_examples, num_cpus=1,
                                fn_kwargs={"out": str(out), "cfg": cfg})
+    example_stats = report_search_holdout(example_stats, user_stats)
     log(JOB, f"4/4 training sets: pairs {example_stats.get('train_pairs', {})}, ranking "
              f"{example_stats.get('ranking_examples', {})} ({time.perf_counter() - started:.0f}s)")
 

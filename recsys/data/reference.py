@@ -19,6 +19,7 @@ from recsys.data.stages import (
     merge_stats,
     negative_sampling_table,
     process_users,
+    report_search_holdout,
     sum_item_counts,
     time_cutoffs,
     validate_unit,
@@ -58,6 +59,7 @@ def run_reference(cfg: PreprocessConfig) -> dict:
     for name in ("train_pairs", "ranking_examples"):
         if name in examples:
             write_part(out, name, 0, examples[name])
-    summary = finish(run, cfg, read_stats, users["stats"], examples["stats"], popularity, cutoffs)
+    summary = finish(run, cfg, read_stats, users["stats"], report_search_holdout(examples["stats"], users["stats"]),
+                     popularity, cutoffs)
     log(JOB, f"done in {summary['seconds']}s: {out}")
     return summary

@@ -14,6 +14,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from recsys.data.holdout import held_out_mask
 from recsys.schema import EVENT_STRENGTH, ITEM_EVENT_TYPES
 
 
@@ -58,16 +59,26 @@ def _split_indexes(n: np.ndarray, step_ts: np.ndarray,
     return before_valid, valid_index, test_index
 
 
+def training_searches(events: pd.DataFrame, cutoffs: tuple[int, int] | None = None,
+                      search_holdout_fraction: float = 0.0) -> pd.DataFrame:
+    """Searches that led to a click and that training may see: before the valid window of a time
+    split, and not a held-out query string (holdout.is_held_out_query; search evaluation uses those)."""
+    searches = events[(events["event_type"] == "search") & events["item_id"].notna()]
+    if cutoffs is not None:
+        searches = searches[searches["timestamp"].astype("int64") < cutoffs[0]]
+    if search_holdout_fraction > 0 and len(searches):
+        searches = searches[~held_out_mask(searches["query"].fillna(""), search_holdout_fraction)]
+    return searches
+
+
 def build_user_sequences(events: pd.DataFrame, max_length: int = 200,
                          event_weights: Mapping[str, float] | None = None,
-                         cutoffs: tuple[int, int] | None = None) -> pa.Table:
-    """Sessionised events -> one row per user with an item event or a search that led to a click
-    (SEQUENCE_COLUMNS + search lists; a search-only user has an empty item sequence)."""
+                         cutoffs: tuple[int, int] | None = None, search_holdout_fraction: float = 0.0) -> pa.Table:
+    """Sessionised events -> one row per user with an item event or a training search that led to a
+    click (SEQUENCE_COLUMNS + search lists; a search-only user has an empty item sequence)."""
     weights_by_type = dict(event_weights or {t: 1.0 for t in ITEM_EVENT_TYPES})
     item_events = events[events["event_type"].isin(ITEM_EVENT_TYPES)]
-    searches = events[(events["event_type"] == "search") & events["item_id"].notna()]
-    if cutoffs is not None:   # a time split trains only on searches before the valid window
-        searches = searches[searches["timestamp"].astype("int64") < cutoffs[0]]
+    searches = training_searches(events, cutoffs, search_holdout_fraction)
     steps = _steps(item_events)
     users = np.unique(np.concatenate([steps["user"], searches["user_id"].to_numpy(dtype=object)]).astype(object))
     counts = np.bincount(pd.Index(users).get_indexer(steps["user"]), minlength=len(users))

@@ -26,6 +26,7 @@ from recsys.data.clean import clean_user_events
 from recsys.data.config import PreprocessConfig
 from recsys.data.examples import make_training_pairs, negative_distribution, ranking_examples
 from recsys.data.histograms import merge_histograms, sequence_length_histogram
+from recsys.data.holdout import held_out_mask
 from recsys.data.sequences import build_user_sequences, item_counts, training_windows
 from recsys.data.sources import ReadUnit, read_raw_table, read_unit
 from recsys.data.text import catalog_texts
@@ -99,7 +100,7 @@ def process_users(events: pa.Table, cfg: PreprocessConfig, cutoffs: tuple[int, i
     c, s = cfg.cleaning, cfg.sequences
     kept, dropped = clean_user_events(events.to_pandas(), c.rapid_repeat_seconds, s.session_gap_minutes,
                                       c.bot_max_events_per_minute, c.bot_max_session_events)
-    sequences = build_user_sequences(kept, s.max_length, s.event_weights, cutoffs)
+    sequences = build_user_sequences(kept, s.max_length, s.event_weights, cutoffs, cfg.split.search_holdout_fraction)
     windows = training_windows(sequences, s.window_length, s.window_stride)
     counts = item_counts(sequences)
     lengths = pc.list_value_length(sequences.column("items")).to_numpy()
@@ -109,9 +110,26 @@ def process_users(events: pa.Table, cfg: PreprocessConfig, cutoffs: tuple[int, i
         "users_with_valid": int((sequences.column("valid_index").to_numpy() >= 0).sum()),
         "users_with_test": int((sequences.column("test_index").to_numpy() >= 0).sum()),
         "windows": windows.num_rows, "length_histogram": sequence_length_histogram(lengths),
+        "search_holdout": search_holdout_counts(kept, cfg.split.search_holdout_fraction),
     }
     return {"events": to_table(kept, EVENTS_SCHEMA), "dropped": to_table(dropped, DROPPED_SCHEMA),
             "sequences": sequences, "windows": windows, "item_counts": counts, "stats": stats}
+
+
+def search_holdout_counts(events: pd.DataFrame, fraction: float) -> dict[str, int]:
+    """Searches with a click whose query is held out: events, and distinct (user, query) pairs.
+    Both add up over user partitions, unlike distinct query strings."""
+    searches = events[(events["event_type"] == "search") & events["item_id"].notna()]
+    held = searches[held_out_mask(searches["query"].fillna(""), fraction)]
+    return {"held_out_search_clicks": len(held),
+            "held_out_user_queries": int(len(held.drop_duplicates(["user_id", "query"])))}
+
+
+def report_search_holdout(example_stats: dict, user_stats: dict) -> dict:
+    """summary.json lists held-out searches beside the training pairs by kind ("search" = pairs
+    written; held_out_* = clicks whose query training must not see, kept for search evaluation)."""
+    pairs = {**example_stats.get("train_pairs", {}), **user_stats.get("search_holdout", {})}
+    return {**example_stats, "train_pairs": pairs}
 
 
 def negative_sampling_table(catalog: pd.DataFrame, popularity: pd.DataFrame,
