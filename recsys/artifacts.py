@@ -1,6 +1,7 @@
 """Versioned artifacts: `$RECSYS_HOME/artifacts/<kind>/<version>/` plus a LATEST pointer.
 
-kinds: data (preprocess output), models (HF dirs), indexes (Faiss + id map), eval (reports).
+kinds: data (preprocess output), models (HF dirs), indexes (Faiss + id map), eval (reports),
+rankers (cross-encoder CTR models, HF dirs).
 Everything is Parquet, safetensors, Faiss files or JSON; nothing is ever unpickled.
 """
 
@@ -15,7 +16,7 @@ from typing import Any
 
 from recsys.config import recsys_home
 
-KINDS = ("data", "models", "indexes", "eval")
+KINDS = ("data", "models", "indexes", "eval", "rankers")
 MANIFEST = "manifest.json"
 
 

@@ -1,15 +1,46 @@
-"""TrainConfig -> DeepSpeed config dict (pure; unit-tested without DeepSpeed or Ray)."""
+"""Training config -> DeepSpeed config dict (pure; unit-tested without DeepSpeed or Ray).
+
+Any config with the fields of `DeepSpeedSettings` works: the two-tower TrainConfig and the
+ranker's RankerTrainConfig share this one translation.
+"""
 
 from __future__ import annotations
 
-from typing import Any
-
-from recsys.train.config import TrainConfig
+from typing import Any, Protocol
 
 CPU_BUCKET = 10_000_000
 
 
-def build_deepspeed_config(cfg: TrainConfig, world_size: int, total_steps: int) -> dict[str, Any]:
+class DeepSpeedSettings(Protocol):
+    """The fields build_deepspeed_config / plan_total_steps read (read-only, so pydantic fields match)."""
+
+    @property
+    def zero_stage(self) -> int: ...
+    @property
+    def use_gpu(self) -> bool: ...
+    @property
+    def use_bf16(self) -> bool: ...
+    @property
+    def offload_optimizer(self) -> bool: ...
+    @property
+    def offload_param(self) -> bool: ...
+    @property
+    def micro_batch_size(self) -> int: ...
+    @property
+    def grad_accum_steps(self) -> int: ...
+    @property
+    def lr(self) -> float: ...
+    @property
+    def weight_decay(self) -> float: ...
+    @property
+    def warmup_steps(self) -> int: ...
+    @property
+    def max_steps(self) -> int | None: ...
+    @property
+    def epochs(self) -> float: ...
+
+
+def build_deepspeed_config(cfg: DeepSpeedSettings, world_size: int, total_steps: int) -> dict[str, Any]:
     zero: dict[str, Any] = {"stage": cfg.zero_stage}
     if cfg.zero_stage >= 2:
         zero.update({"overlap_comm": cfg.use_gpu, "contiguous_gradients": True})
@@ -47,7 +78,7 @@ def build_deepspeed_config(cfg: TrainConfig, world_size: int, total_steps: int) 
     }
 
 
-def plan_total_steps(cfg: TrainConfig, n_pairs: int, world_size: int) -> int:
+def plan_total_steps(cfg: DeepSpeedSettings, n_pairs: int, world_size: int) -> int:
     """Optimizer steps to run: max_steps, or `epochs` passes over the pairs."""
     per_step = cfg.micro_batch_size * cfg.grad_accum_steps * world_size
     if n_pairs < per_step:
