@@ -1,7 +1,8 @@
-"""Full-ranking metrics for next-item evaluation with one relevant item per user.
+"""Full-ranking metrics: next-item evaluation with one relevant item per user, and search
+evaluation with graded (query, item, relevance) judgments.
 
-Every user's target is ranked against the whole catalog (no sampled negatives), because
-sampled metrics reorder methods relative to the full ranking. Ranks are 0-based.
+Every target is ranked against the whole catalog (no sampled negatives), because sampled
+metrics reorder methods relative to the full ranking. Ranks are 0-based.
 """
 
 from __future__ import annotations
@@ -135,3 +136,84 @@ def format_markdown_table(rows: dict[str, dict[str, float]], columns: list[str])
                 cells.append(f"{float(value):.4f}")
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- graded judgments (search)
+def judged_ranks(scores: np.ndarray, rows: np.ndarray, items: np.ndarray) -> np.ndarray:
+    """0-based rank of judged item items[p] among all items of score row rows[p].
+
+    scores: [Q, N] float, higher is better; rows, items: [P] int. Ties are broken by item
+    position (the lower position ranks first, as a stable sort would), so a rank never depends
+    on which items are judged. Pessimistic ties (as target_ranks) would sink every judged item
+    that ties with unjudged ones; BM25 ties constantly and neural scores almost never, so that
+    convention would favour the encoders. Returns [P] int64.
+    """
+    scores, rows, items = np.asarray(scores), np.asarray(rows, dtype=np.int64), np.asarray(items, dtype=np.int64)
+    if scores.ndim != 2:
+        raise ValueError(f"scores must be 2-D [queries, items], got shape {scores.shape}")
+    n_rows, n_items = scores.shape
+    if rows.shape != items.shape or rows.ndim != 1:
+        raise ValueError(f"rows and items must be 1-D of one length, got {rows.shape} and {items.shape}")
+    if rows.size and (rows.min() < 0 or rows.max() >= n_rows or items.min() < 0 or items.max() >= n_items):
+        raise ValueError(f"rows must lie in [0, {n_rows}) and items in [0, {n_items})")
+    own = scores[rows, items]
+    if np.isnan(own).any():
+        raise ValueError(f"score of a judged item is NaN in score row {int(rows[np.isnan(own)][0])}")
+    ranks = np.empty(rows.size, dtype=np.int64)
+    position = np.arange(n_items)
+    step = max(1, _CHUNK_ELEMENTS // max(n_items, 1))
+    for start in range(0, rows.size, step):
+        block, s = scores[rows[start:start + step]], own[start:start + step, None]
+        before = position[None, :] < items[start:start + step, None]
+        ranks[start:start + step] = (block > s).sum(axis=1) + ((block == s) & before).sum(axis=1)
+    return ranks
+
+
+def _by_query(query: np.ndarray, n_queries: int, *arrays: np.ndarray) -> list[np.ndarray]:
+    query = np.asarray(query, dtype=np.int64)
+    if query.ndim != 1 or any(np.shape(a) != query.shape for a in arrays):
+        raise ValueError("query and the per-pair arrays must be 1-D of one length")
+    if query.size and (query.min() < 0 or query.max() >= n_queries):
+        raise ValueError(f"query indexes must lie in [0, {n_queries})")
+    return [query, *(np.asarray(a) for a in arrays)]
+
+
+def graded_ndcg_at_k(query: np.ndarray, gain: np.ndarray, rank: np.ndarray, k: int, n_queries: int) -> np.ndarray:
+    """Per-query NDCG@k with graded gains -> [n_queries] float.
+
+    One entry per judged pair p: its query index, gain (>= 0) and 0-based rank in that query's
+    ranking of the whole catalog. DCG@k = sum of gain / log2(rank + 2) over judged items ranked
+    below k (unjudged items gain 0); IDCG@k = the same sum with the query's judged gains sorted
+    best first. A query whose judged gains are all 0 has no ideal ranking: leave it out (it raises).
+    """
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    query, gain, rank = _by_query(query, n_queries, gain, rank)
+    gain = gain.astype(np.float64)
+    if (gain < 0).any() or np.isnan(gain).any():
+        raise ValueError(f"gains must be >= 0, got {gain[(gain < 0) | np.isnan(gain)][0]}")
+    dcg = np.bincount(query, weights=np.where(rank < k, gain / np.log2(rank + 2.0), 0.0), minlength=n_queries)
+    order = np.lexsort((-gain, query))        # per query, best gain first
+    counts = np.bincount(query, minlength=n_queries)
+    ideal_rank = np.arange(query.size) - np.repeat(np.cumsum(counts) - counts, counts)
+    sorted_gain = gain[order]
+    idcg = np.bincount(query[order], weights=np.where(ideal_rank < k, sorted_gain / np.log2(ideal_rank + 2.0), 0.0),
+                       minlength=n_queries)
+    if (idcg <= 0).any():
+        raise ValueError(f"query {int(np.flatnonzero(idcg <= 0)[0])} has no judged item with a gain > 0: "
+                         "leave such queries out before computing NDCG")
+    return dcg / idcg
+
+
+def relevant_recall_at_k(query: np.ndarray, relevant: np.ndarray, rank: np.ndarray, k: int,
+                         n_queries: int) -> np.ndarray:
+    """Per query: share of its relevant judged items ranked below k -> [n_queries]; NaN for a
+    query with no relevant item (average with np.nanmean and report how many had one)."""
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    query, relevant, rank = _by_query(query, n_queries, relevant, rank)
+    relevant = relevant.astype(bool)
+    found = np.bincount(query, weights=relevant & (rank < k), minlength=n_queries)
+    total = np.bincount(query, weights=relevant, minlength=n_queries)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(total > 0, found / np.maximum(total, 1), np.nan)

@@ -1,0 +1,51 @@
+"""BM25 over catalog texts: the lexical baseline that search evaluation must beat.
+
+bm25s (sparse-matrix BM25) was picked over rank_bm25 by speed on the 54,667 Home Depot
+titles: 0.08 ms vs 60 ms per query for a full score vector (indexing 4.4 s vs 1.4 s).
+Titles and queries go through the same tokenizer (lower-case, words of 2+ characters,
+optional English stopwords and Snowball stemming), so a query word that never occurs in
+the catalog simply scores nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+
+class BM25Index:
+    """Every catalog text indexed once; `scores(queries)` -> float32 [Q, N] over all N items."""
+
+    def __init__(self, texts: Sequence[str], k1: float = 1.5, b: float = 0.75, stopwords: str | None = "en",
+                 stemmer: str | None = "english"):
+        import bm25s
+        from bm25s.tokenization import Tokenizer
+
+        if not len(texts):
+            raise ValueError("BM25Index needs at least one catalog text")
+        stem = None
+        if stemmer is not None:
+            import Stemmer  # PyStemmer: Snowball stemmers in C
+
+            stem = Stemmer.Stemmer(stemmer)
+        self.n_items = len(texts)
+        self.tokenizer = Tokenizer(stopwords=stopwords or [], stemmer=stem)
+        corpus = self.tokenizer.tokenize(list(texts), return_as="tuple", show_progress=False)
+        self.model = bm25s.BM25(k1=k1, b=b)
+        self.model.index(corpus, show_progress=False)
+        # bm25s gives texts with no token an empty token "" and maps unknown query words to it;
+        # left in, a query word the catalog lacks would score exactly the empty titles.
+        self.empty_token = self.tokenizer.get_vocab_dict().get("")
+
+    def query_token_ids(self, queries: Sequence[str]) -> list[list[int]]:
+        ids = self.tokenizer.tokenize(list(queries), update_vocab=False, return_as="ids", show_progress=False)
+        return [[int(t) for t in q if t != self.empty_token] for q in ids]
+
+    def scores(self, queries: Sequence[str]) -> np.ndarray:
+        """float32 [len(queries), n_items]; a query with no catalog word scores 0 everywhere."""
+        out = np.zeros((len(queries), self.n_items), dtype=np.float32)
+        for row, ids in enumerate(self.query_token_ids(queries)):
+            if ids:
+                out[row] = self.model.get_scores_from_ids(ids)
+        return out

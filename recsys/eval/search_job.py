@@ -1,0 +1,115 @@
+"""evaluate_search stage: held-out search queries ranked over the whole catalog, per method.
+
+Every method ranks all catalog items for the same held-out queries in the same run: the
+fine-tuned model (shared query/item encoder), its base encoder zero-shot, and BM25 over the
+same item texts. Encoders embed through Ray Data actors (recsys.index.embed); everything
+else is the pure logic in recsys.eval.search.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+from recsys.artifacts import mark_latest, new_version_dir, read_manifest, resolve_artifact, write_json
+from recsys.eval.bm25 import BM25Index
+from recsys.eval.metrics import format_markdown_table
+from recsys.eval.search import EvalQueries, held_out_judgments, rank_judged_items, read_judgments, summarize_search
+from recsys.eval.search_config import SearchEvalConfig
+from recsys.index.build import load_item_texts, resolve_model
+from recsys.index.embed import embed_texts
+from recsys.models.encoder import resolve_model_path
+from recsys.runtime import log
+
+JOB = "evaluate_search"
+
+
+def holdout_fraction(data_manifest: dict) -> float:
+    """The split.search_holdout_fraction the data version was preprocessed with."""
+    fraction = data_manifest.get("config", {}).get("split", {}).get("search_holdout_fraction")
+    if fraction is None:
+        raise ValueError(f"data version {data_manifest.get('version')} has no split.search_holdout_fraction in its "
+                         "manifest (preprocessed before the search holdout existed): its training pairs may hold "
+                         "every query, so re-run jobs/preprocess.py and evaluate the new version")
+    return float(fraction)
+
+
+def encoder_for(method: str, model_ref: str) -> tuple[str, str, dict]:
+    """(model path, label, model manifest) for fine_tuned or zero_shot (the model's base encoder)."""
+    model_path, version, manifest = resolve_model(model_ref)
+    if method == "zero_shot":
+        model_path = manifest.get("base_model", resolve_model_path("default"))
+        # The packaged MiniLM lives in a folder named 'model'; name its package instead.
+        base = Path(model_path)
+        version = f"zero-shot:{base.parent.name if base.name == 'model' else base.name}"
+    return model_path, version, manifest
+
+
+def embed_queries_and_items(model_path: str, manifest: dict, queries: list[str], item_ids: list[str],
+                            item_texts: list[str], cfg: SearchEvalConfig) -> tuple[np.ndarray, np.ndarray]:
+    """-> (query vectors [Q, D], item vectors [N, D]) at the model's own query/item max lengths."""
+    q_len, i_len = int(manifest.get("query_max_length", 96)), int(manifest.get("item_max_length", 48))
+    items = embed_texts(item_ids, item_texts, model_path, i_len, cfg.embed_batch_size, cfg.embed_concurrency)
+    query_vectors = embed_texts([str(i) for i in range(len(queries))], queries, model_path, q_len,
+                                cfg.embed_batch_size, cfg.embed_concurrency)
+    return query_vectors, items
+
+
+def method_ranks(method: str, ev: EvalQueries, item_ids: list[str], item_texts: list[str],
+                 cfg: SearchEvalConfig) -> tuple[np.ndarray, str]:
+    """Rank of every judged pair under one method, and what ranked them (model version / BM25 settings)."""
+    if method == "bm25":
+        bm25 = BM25Index(item_texts, **cfg.bm25.model_dump())
+        label = "bm25s(" + ", ".join(f"{k}={v}" for k, v in cfg.bm25.model_dump().items()) + ")"
+        return rank_judged_items(lambda a, b: bm25.scores(ev.queries[a:b]), ev, len(item_ids)), label
+    model_path, label, manifest = encoder_for(method, cfg.model)
+    queries, items = embed_queries_and_items(model_path, manifest, ev.queries, item_ids, item_texts, cfg)
+    return rank_judged_items(lambda a, b: queries[a:b] @ items.T, ev, len(item_ids)), label
+
+
+def run_search_evaluation(cfg: SearchEvalConfig) -> dict:
+    started = time.perf_counter()
+    data_dir = resolve_artifact("data", cfg.data)
+    data_manifest = read_manifest(data_dir)
+    fraction = holdout_fraction(data_manifest)
+    item_ids, _, item_texts = load_item_texts(data_dir)
+    judgments, judgment_stats = read_judgments(cfg.judgments)
+    ev = held_out_judgments(judgments, {item: i for i, item in enumerate(item_ids)}, fraction, cfg.relevance_floor,
+                            cfg.relevant_threshold, cfg.max_queries, cfg.seed)
+    n_queries, n_items = len(ev.queries), len(item_ids)
+    log(JOB, f"{n_queries} held-out queries ({ev.counts}) x {n_items} items, holdout fraction {fraction}, "
+             f"methods {cfg.methods}")
+
+    results: dict[str, dict] = {}
+    models: dict[str, str] = {}
+    for method in cfg.methods:
+        t0 = time.perf_counter()
+        ranks, models[method] = method_ranks(method, ev, item_ids, item_texts, cfg)
+        results[method] = {**summarize_search(ev, ranks, cfg.ks), "seconds": round(time.perf_counter() - t0, 1)}
+        log(JOB, f"{method}: " + ", ".join(f"{k}={v:.4f}" for k, v in results[method].items()
+                                           if k.startswith(("ndcg", "recall"))) + f" ({results[method]['seconds']}s)")
+
+    columns = [f"ndcg@{k}" for k in cfg.ks] + [f"recall@{k}" for k in cfg.ks] + ["queries"]
+    table = format_markdown_table(results, columns)
+    version, out = new_version_dir("eval")
+    report = {"version": version, "kind": "search", "data_version": data_manifest["version"],
+              "source": data_manifest.get("source"), "judgments": str(Path(cfg.judgments).expanduser().resolve()),
+              "search_holdout_fraction": fraction, "items": n_items, "models": models,
+              "queries": ev.counts, "judgments_read": judgment_stats, "metrics": results,
+              "protocol": {"gain": f"max(relevance - {cfg.relevance_floor}, 0) on judged pairs, 0 unjudged",
+                           "ties": "broken by catalog position", "recall": f"pairs with relevance >= "
+                                                                           f"{cfg.relevant_threshold}"},
+              "config": cfg.model_dump()}
+    write_json(out / "metrics.json", report)
+    seconds = ", ".join(f"{m} {r['seconds']}s" for m, r in results.items())
+    (out / "report.md").write_text(
+        f"# Search evaluation {version}\n\ndata {data_manifest['version']} ({data_manifest.get('source')}), "
+        f"{n_queries} held-out queries (holdout fraction {fraction}; {ev.counts}), full retrieval over "
+        f"{n_items} items; gain = relevance - {cfg.relevance_floor} on judged pairs, 0 unjudged; ties broken by "
+        f"catalog position; recall over pairs with relevance >= {cfg.relevant_threshold}; models {models}\n\n"
+        f"{table}\n\nseconds per method: {seconds}\n")
+    mark_latest("eval", version)
+    log(JOB, f"report -> {out / 'report.md'} ({time.perf_counter() - started:.1f}s)\n{table}")
+    return {"version": version, "path": str(out), "queries": ev.counts, "metrics": results}
