@@ -28,9 +28,10 @@ class SearchEvalConfig(JobConfig):
     data: str = Field("latest", description="data version: its catalog is ranked and its manifest's "
                                             "split.search_holdout_fraction says which queries training never saw")
     judgments: str = Field(
-        ..., description="graded (query, item, relevance) judgments: the Home Depot data set directory "
-                         "(train.csv: search_term, product_uid, relevance), or a .csv/.parquet file with columns "
-                         "query, item_id, relevance")
+        "../shared/data/homedepot", description="graded (query, item, relevance) judgments: the Home Depot data set "
+                                                "directory (train.csv: search_term, product_uid, relevance), or a "
+                                                ".csv/.parquet file with columns query, item_id, relevance; relative "
+                                                "paths are from the working directory")
     methods: list[SearchMethod] = Field(default_factory=lambda: list(SEARCH_METHODS),
                                         description="what to rank with, all in the same run over the same queries")
     ks: list[int] = Field(default_factory=lambda: [10, 20, 50], description="cut-offs for NDCG@K and Recall@K")

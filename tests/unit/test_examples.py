@@ -110,6 +110,33 @@ def test_pairs_end_to_end_from_events() -> None:
     assert pair_values(pairs, "kind", "positive_item_id") == [["next_item", "b"], ["search", "b"]]
 
 
+def test_held_out_queries_make_no_training_pairs_and_are_counted() -> None:
+    """search_holdout_fraction=0.2: "bee" and "dee" are held-out query strings, "red boots" and "blue shoe"
+    are not (pinned in test_search_eval). A user whose only searches are held out has no sequence row."""
+    from recsys.data.config import PreprocessConfig
+    from recsys.data.stages import process_users
+    from recsys.schema import EVENTS_SCHEMA
+    from tests.event_frames import events
+
+    rows = [("u1", i, "view", n * 60) for n, i in enumerate("abcd")] + [
+        ("u1", "a", "search", 1, "red boots"), ("u1", "c", "search", 121, "bee"),
+        ("u2", "b", "search", 0, "bee"), ("u2", "c", "search", 5, "dee"), ("u2", "a", "search", 9, "dee"),
+        ("u3", "b", "search", 0, "blue shoe"), ("u3", None, "search", 1, "dee")]       # no click: not counted
+    everything = build(rows)
+    assert sorted(q for qs in everything.column("search_queries").to_pylist() for q in qs) == [
+        "bee", "bee", "blue shoe", "dee", "dee", "red boots"]
+    seqs = build(rows, search_holdout_fraction=0.2)
+    assert {r["user_id"]: r["search_queries"] for r in seqs.to_pylist()} == {"u1": ["red boots"], "u3": ["blue shoe"]}
+    search = make_training_pairs(seqs, TEXTS, TITLES).query("kind == 'search'")
+    assert sorted(search["anchor_text"]) == ["blue shoe", "red boots"]
+
+    cfg = PreprocessConfig(split={"search_holdout_fraction": 0.2})
+    table = pa.Table.from_pandas(events(rows), schema=EVENTS_SCHEMA, preserve_index=False)
+    stats = process_users(table, cfg, None)["stats"]
+    assert stats["search_holdout"] == {"held_out_search_clicks": 4, "held_out_user_queries": 3}
+    assert stats["users"] == 2
+
+
 def test_pairs_from_built_sequences_keep_users_without_holdout() -> None:
     seqs = build([
         ("u1", "a", "view", 0), ("u1", "b", "view", 1),                           # no hold-out
