@@ -99,13 +99,20 @@ def load_config(cls: type[C], path: str | Path | None, overrides: list[str] | No
 
 
 def parse_job_args(cls: type[C], description: str, argv: list[str] | None = None) -> C:
-    """The command line every job shares: --config FILE and repeated --set key=value."""
+    """The command line every job shares: --config FILE and repeated --set key=value
+    (plus --resume [VERSION] where the config has a `resume` field)."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--config", help="YAML config file (defaults apply when omitted)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override one field, e.g. --set max_steps=50 (repeatable)")
+    if "resume" in cls.model_fields:   # jobs whose config can continue a stopped run (train)
+        parser.add_argument("--resume", nargs="?", const="latest", metavar="VERSION",
+                            help="continue a stopped run: the latest one, or the given model version")
     args = parser.parse_args(argv)
+    overrides = list(args.overrides)
+    if getattr(args, "resume", None) is not None:
+        overrides.append(f"resume={json.dumps(args.resume)}")   # quoted: a version is always a string
     try:
-        return load_config(cls, args.config, args.overrides)
+        return load_config(cls, args.config, overrides)
     except ConfigError as exc:
         parser.exit(2, f"error: {exc}\n")

@@ -8,6 +8,8 @@ from pydantic import Field, model_validator
 
 from recsys.config import JobConfig
 
+EvalMetric = Literal["recall@10", "ndcg@10"]
+
 
 class LoraSettings(JobConfig):
     enabled: bool = Field(False, description="train low-rank adapters instead of every weight")
@@ -45,11 +47,41 @@ class TrainConfig(JobConfig):
     lora: LoraSettings = Field(default_factory=LoraSettings, description="optional LoRA fine-tuning")
     log_every: int = Field(10, ge=1, description="print loss every N steps")
     seed: int = Field(0, description="torch seed on every worker")
+    # Fault tolerance: DeepSpeed checkpoints persisted by Ray Train; a failed worker group restarts from the latest.
+    checkpoint_every: int | None = Field(0, ge=0, description="save a DeepSpeed checkpoint (model, optimizer, "
+                                                              "lr schedule) every N optimizer steps; 0/null = "
+                                                              "only the exported model at the end")
+    checkpoints_to_keep: int = Field(2, ge=1, description="checkpoints Ray Train keeps (the latest and, with "
+                                                          "evaluation, the best are always among them)")
+    max_failures: int = Field(2, ge=-1, description="worker-group restarts from the latest checkpoint after a "
+                                                    "failure (-1 = unlimited)")
+    resume: str | None = Field(None, description="continue a stopped run: 'latest' or its model version "
+                                                 "(jobs/train.py --resume [VERSION])")
+    # In-training validation on the data version's valid split, and early stopping on it.
+    eval_every: int | None = Field(0, ge=0, description="rank the catalog for validation users every N optimizer "
+                                                        "steps and at the end; 0/null = no evaluation")
+    eval_max_users: int | None = Field(1000, ge=1, description="seeded sample of validation users (null = all)")
+    eval_metric: EvalMetric = Field("ndcg@10", description="validation metric that picks the best model")
+    eval_batch_size: int = Field(64, ge=1, description="texts per forward pass while evaluating")
+    early_stopping_patience: int | None = Field(0, ge=0, description="stop after N evaluations without a "
+                                                                     "better eval_metric; 0/null = never")
 
     @model_validator(mode="after")
     def _check_offload(self) -> TrainConfig:
         if self.offload_param and self.zero_stage != 3:
             raise ValueError(f"offload_param needs zero_stage=3, got zero_stage={self.zero_stage}")
+        return self
+
+    @model_validator(mode="after")
+    def _check_evaluation(self) -> TrainConfig:
+        if self.early_stopping_patience and not self.eval_every:
+            raise ValueError(f"early_stopping_patience={self.early_stopping_patience} needs eval_every > 0, "
+                             f"got eval_every={self.eval_every}")
+        # With evaluation on, Ray Train ranks checkpoints by the validation metric: every checkpoint
+        # must carry a fresh one, so checkpoints fall on evaluation steps.
+        if self.eval_every and self.checkpoint_every and self.checkpoint_every % self.eval_every:
+            raise ValueError(f"checkpoint_every={self.checkpoint_every} must be a multiple of "
+                             f"eval_every={self.eval_every} when evaluating")
         return self
 
     @property

@@ -19,15 +19,26 @@ TENSORBOARD_DIR = "tensorboard"
 
 
 class MetricsWriter:
-    """One record per step: JSON line (flushed, so a crash keeps what was written) + TensorBoard scalars."""
+    """One record per step: JSON line (flushed, so a crash keeps what was written) + TensorBoard scalars.
 
-    def __init__(self, log_dir: str | Path):
+    `resume_step`: training restarts after that step (from a checkpoint, or 0 = from scratch), so
+    records of later steps, written before the restart, are dropped from the JSON lines and hidden
+    in TensorBoard (purge_step): a resumed run's logs have every step once.
+    """
+
+    def __init__(self, log_dir: str | Path, resume_step: int = 0):
         from torch.utils.tensorboard import SummaryWriter
 
         self.dir = Path(log_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
-        self._jsonl = (self.dir / METRICS_FILE).open("a", encoding="utf-8")
-        self._tb = SummaryWriter(log_dir=str(self.dir / TENSORBOARD_DIR))
+        path = self.dir / METRICS_FILE
+        if path.exists():
+            kept = [r for r in read_metrics(path) if r.get("step", 0) <= resume_step]
+            tmp = path.with_suffix(".jsonl.tmp")
+            tmp.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
+            tmp.replace(path)
+        self._jsonl = path.open("a", encoding="utf-8")
+        self._tb = SummaryWriter(log_dir=str(self.dir / TENSORBOARD_DIR), purge_step=resume_step + 1)
 
     def write(self, step: int, scalars: Mapping[str, float]) -> None:
         record = {"step": step, **{k: float(v) for k, v in scalars.items()}}
@@ -53,15 +64,27 @@ def read_metrics(path: str | Path) -> list[dict]:
 
 
 def plot_training_curves(records: Sequence[Mapping], png_path: str | Path, title: str = "training") -> Path:
-    """Loss (raw + moving average), learning rate and throughput against step, one panel each."""
+    """Loss (raw + moving average), learning rate, throughput and (when evaluated) validation
+    metrics against step, one panel each."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     panels = [("loss", "loss"), ("lr", "learning rate"), ("samples_per_s", "samples/s")]
-    fig = Figure(figsize=(12.0, 3.6), dpi=100, layout="constrained")
+    val_keys = sorted({k for r in records for k in r if k.startswith("val_")})
+    if val_keys:
+        panels.append(("val_", "validation"))
+    fig = Figure(figsize=(4.0 * len(panels), 3.6), dpi=100, layout="constrained")
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, len(panels))
     for ax, (key, label) in zip(axes, panels):
+        if key == "val_":   # evaluation steps only: markers, one line per metric
+            ax.set_title(label)
+            ax.set_xlabel("step")
+            for name in val_keys:
+                points = [(r["step"], r[name]) for r in records if name in r and math.isfinite(r[name])]
+                ax.plot(*zip(*points), marker="o", linewidth=1, label=name[len("val_"):])
+            ax.legend(loc="lower right")
+            continue
         points = [(r["step"], r[key]) for r in records if key in r and math.isfinite(r[key])]
         ax.set_title(label)
         ax.set_xlabel("step")

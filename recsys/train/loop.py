@@ -1,14 +1,16 @@
 """`train_loop_per_worker`: DeepSpeed two-tower fine-tuning inside a Ray Train worker.
 
 Every worker runs the same number of steps (equal dataset shards, one shared step
-budget) so ZeRO's collectives never wait on a rank that has stopped.
+budget) so ZeRO's collectives never wait on a rank that has stopped; evaluation, early
+stopping and checkpoints happen at the same optimizer steps on every rank for the same reason.
+After a failure Ray Train restarts the workers and the loop continues from the latest
+checkpoint (recsys/train/checkpoints.py) to the same step budget.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import tempfile
 import time
 import zlib
 from typing import Any
@@ -20,9 +22,12 @@ from recsys.models.encoder import TextEncoder, load_hf_encoder
 from recsys.models.lora import apply_lora, merge_lora
 from recsys.models.losses import in_batch_softmax_loss
 from recsys.models.towers import TwoTowerModel, tokenize_pairs
+from recsys.train.checkpoints import TrainState, load_best_weights, report_checkpoint, report_final, restore_checkpoint
 from recsys.train.config import TrainConfig
 from recsys.train.curves import MetricsWriter
 from recsys.train.deepspeed_config import build_deepspeed_config
+from recsys.train.evaluator import agree_any, evaluate_retrieval
+from recsys.train.validation import EarlyStopping, ValidationSet, is_due
 
 logger = logging.getLogger("recsys.train")
 
@@ -59,10 +64,23 @@ def export_encoder(engine, cfg: TrainConfig, tokenizer, out_dir: str, rank: int)
     return True
 
 
+def train_step(engine, tokenizer, batch: dict, cfg: TrainConfig) -> float:
+    """One micro-batch: forward both towers in one pass, in-batch softmax loss, backward, step."""
+    tok = tokenize_pairs(tokenizer, batch["anchor_text"], batch["positive_text"],
+                         cfg.query_max_length, cfg.item_max_length)
+    query, item = engine(tok["input_ids"].to(engine.device), tok["attention_mask"].to(engine.device),
+                         n_queries=len(batch["anchor_text"]))
+    loss = in_batch_softmax_loss(query.float(), item.float(),
+                                 item_keys(batch["positive_item_id"]).to(engine.device), cfg.temperature)
+    engine.backward(loss)
+    engine.step()
+    return float(loss.detach())
+
+
 def train_loop_per_worker(config: dict) -> None:
     import deepspeed
+    import ray
     import ray.train
-    from ray.train import Checkpoint
 
     cfg = TrainConfig.model_validate(config["cfg"])
     total_steps: int = config["total_steps"]
@@ -78,53 +96,107 @@ def train_loop_per_worker(config: dict) -> None:
     params = [p for p in model.parameters() if p.requires_grad]
     engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=params,
                                            config=build_deepspeed_config(cfg, world, total_steps))
-    device = engine.device
-    shard = ray.train.get_dataset_shard("train")
+    restored = ray.train.get_checkpoint()    # set after a worker-group restart or a resumed run
+    state = restore_checkpoint(engine, restored) if restored is not None else TrainState()
+    if state.finished:
+        logger.info("[train] this run already exported its model; nothing left to train")
+        return
     micro_steps = total_steps * cfg.grad_accum_steps
+    if rank == 0 and state.step:
+        logger.info(f"[train] resumed from the checkpoint at step {state.step}/{micro_steps}")
+    vset = ray.get(config["validation"]) if config.get("validation") is not None else None
+    stopper = EarlyStopping(**{**state.early_stopping, "patience": cfg.early_stopping_patience or 0})
+    shard = ray.train.get_dataset_shard("train")
+    writer = MetricsWriter(config["log_dir"], resume_step=state.step) if rank == 0 and config.get("log_dir") else None
     losses: list[float] = []
-    writer = MetricsWriter(config["log_dir"]) if rank == 0 and config.get("log_dir") else None
+    prior_elapsed, start_step = state.elapsed_s, state.step
     started = last = time.perf_counter()
-    step = 0
-    while step < micro_steps:
+    stop = stopper.should_stop
+    while state.step < micro_steps and not stop:
         seen_in_epoch = 0
         for batch in shard.iter_batches(batch_size=cfg.micro_batch_size, batch_format="numpy", drop_last=True,
                                         local_shuffle_buffer_size=cfg.shuffle_buffer or None,
-                                        local_shuffle_seed=cfg.seed + step + rank):
-            tok = tokenize_pairs(tokenizer, batch["anchor_text"], batch["positive_text"],
-                                 cfg.query_max_length, cfg.item_max_length)
-            query, item = engine(tok["input_ids"].to(device), tok["attention_mask"].to(device),
-                                 n_queries=len(batch["anchor_text"]))
-            loss = in_batch_softmax_loss(query.float(), item.float(),
-                                         item_keys(batch["positive_item_id"]).to(device), cfg.temperature)
-            engine.backward(loss)
-            engine.step()
-            losses.append(float(loss.detach()))
-            step += 1
+                                        local_shuffle_seed=cfg.seed + state.step + rank):
+            losses.append(train_step(engine, tokenizer, batch, cfg))
+            state.step += 1
             seen_in_epoch += 1
-            if writer is not None:
-                now = time.perf_counter()
-                writer.write(step, {"loss": losses[-1], "lr": float(engine.get_lr()[0]),
-                                    "samples_per_s": cfg.micro_batch_size * world / max(now - last, 1e-9),
-                                    "elapsed_s": now - started})
-                last = now
-            if rank == 0 and (step % cfg.log_every == 0 or step == micro_steps):
-                elapsed = time.perf_counter() - started
+            now = time.perf_counter()
+            state.elapsed_s = prior_elapsed + now - started
+            scalars = {"loss": losses[-1], "lr": float(engine.get_lr()[0]),
+                       "samples_per_s": cfg.micro_batch_size * world / max(now - last, 1e-9),
+                       "elapsed_s": state.elapsed_s}
+            last_step = state.step >= micro_steps
+            if state.step % cfg.grad_accum_steps == 0:
+                stop = after_optimizer_step(engine, tokenizer, cfg, state, stopper, vset, scalars, writer,
+                                            last_step, rank, world)
+            elif writer is not None:
+                writer.write(state.step, scalars)
+            last = time.perf_counter()
+            if rank == 0 and (state.step % cfg.log_every == 0 or last_step):
+                done = state.step - start_step
                 # A logger, not print: Ray Train patches print() to log AND echo, doubling lines.
-                logger.info(f"[train] step {step}/{micro_steps} loss {np.mean(losses[-cfg.log_every:]):.4f} "
-                            f"{step / elapsed:.2f} steps/s eta {(micro_steps - step) * elapsed / step:.0f}s")
-            if step >= micro_steps:
+                logger.info(f"[train] step {state.step}/{micro_steps} loss {np.mean(losses[-cfg.log_every:]):.4f} "
+                            f"{done / (now - started):.2f} steps/s "
+                            f"eta {(micro_steps - state.step) * (now - started) / done:.0f}s")
+            if last_step or stop:
                 break
         if seen_in_epoch == 0:
             raise RuntimeError(f"worker {rank} got no full batch of {cfg.micro_batch_size} pairs")
 
     if writer is not None:
         writer.close()
-    elapsed = time.perf_counter() - started
-    window = max(1, min(10, len(losses) // 4))
-    metrics = {"steps": total_steps, "loss_first": float(np.mean(losses[:window])),
-               "loss_last": float(np.mean(losses[-window:])), "train_seconds": round(elapsed, 1),
-               "pairs_per_second": round(step * cfg.micro_batch_size * world / elapsed, 2),
-               "loss_curve": [round(x, 4) for x in losses]}
-    with tempfile.TemporaryDirectory() as tmp:
-        saved = export_encoder(engine, cfg, tokenizer, tmp, rank)
-        ray.train.report(metrics, checkpoint=Checkpoint.from_directory(tmp) if saved else None)
+    steps_done = state.step // cfg.grad_accum_steps
+    if stopper.best_step is not None and stopper.best_step != steps_done and state.best_checkpoint:
+        if rank == 0:
+            logger.info(f"[train] exporting the best model: step {stopper.best_step} "
+                        f"({cfg.eval_metric} {stopper.best:.4f})")
+        load_best_weights(engine, state.best_checkpoint)
+    seconds = time.perf_counter() - started
+    metrics = {"steps": steps_done, "stopped_early": steps_done < total_steps,
+               "resumed_from_step": state.resumed_from // cfg.grad_accum_steps,
+               "train_seconds": round(state.elapsed_s, 1),
+               "pairs_per_second": round((state.step - start_step) * cfg.micro_batch_size * world / seconds, 2),
+               **({"best_step": stopper.best_step, **state.best_metrics,
+                   "checkpoint_score": stopper.best if stopper.best is not None else -1.0} if vset else {})}
+    report_final(state, metrics, rank, lambda out_dir: export_encoder(engine, cfg, tokenizer, out_dir, rank))
+
+
+def after_optimizer_step(engine, tokenizer, cfg: TrainConfig, state: TrainState, stopper: EarlyStopping,
+                         vset: ValidationSet | None, scalars: dict[str, float], writer: MetricsWriter | None,
+                         last_step: bool, rank: int, world: int) -> bool:
+    """Evaluate, log, checkpoint and report as due after an optimizer step; True = stop early (all ranks)."""
+    import ray.train
+
+    step = state.step // cfg.grad_accum_steps
+    evaluate = vset is not None and (is_due(step, cfg.eval_every) or last_step)
+    improved = stop = False
+    if evaluate:
+        assert vset is not None
+        val = evaluate_retrieval(engine, tokenizer, vset, cfg.query_max_length, cfg.item_max_length,
+                                 cfg.eval_batch_size, rank, world)
+        improved = stopper.update(val[f"val_{cfg.eval_metric}"], step)
+        if improved:
+            state.best_metrics = val
+        stop = agree_any(stopper.should_stop, engine.device)
+        state.early_stopping = stopper.to_dict()
+        scalars = {**scalars, **{k: v for k, v in val.items() if k != "val_users"}}
+        if rank == 0:
+            logger.info(f"[train] step {step} validation ({val['val_users']} users): "
+                        f"recall@10 {val['val_recall@10']:.4f} ndcg@10 {val['val_ndcg@10']:.4f}"
+                        f"{' (best)' if improved else ''}{' -> early stop' if stop else ''}")
+    if writer is not None:
+        writer.write(state.step, scalars)     # before the checkpoint: a resume keeps steps <= its step
+    if last_step or stop:
+        return stop                           # the final report exports the model
+    metrics = {"step": step, "loss": scalars["loss"], **{k: v for k, v in scalars.items() if k.startswith("val_")}}
+    if is_due(step, cfg.checkpoint_every) or improved:
+        if vset is not None:
+            # Ray Train keeps the top checkpoints by this score: only a new best carries its metric,
+            # so ties with an older best can never push the best checkpoint out.
+            metrics["checkpoint_score"] = scalars[f"val_{cfg.eval_metric}"] if improved else -1.0
+        persisted = report_checkpoint(engine, state, metrics, rank)
+        if improved:
+            state.best_checkpoint = persisted.path
+    elif evaluate:
+        ray.train.report(metrics)
+    return stop

@@ -1,72 +1,142 @@
-"""Assemble and run the Ray Train TorchTrainer; turn its checkpoint into a model artifact."""
+"""Assemble and run the Ray Train TorchTrainer; turn its checkpoint into a model artifact.
+
+Fault tolerance is Ray Train's: the loop reports DeepSpeed checkpoints, RunConfig keeps
+`checkpoints_to_keep` of them under $RECSYS_HOME/ray_results/train-<version>/ and restarts a
+failed worker group from the latest one up to `max_failures` times. A run that still stops
+(Ctrl-C, killed driver, lost cluster) keeps its model version directory; `resume` re-runs it
+under the same Ray run name, so Ray Train restores the same checkpoints (recsys/train/runs.py).
+"""
 
 from __future__ import annotations
 
 import json
-import shutil
 import time
+from pathlib import Path
 
 import ray
 
-from recsys.artifacts import mark_latest, new_version_dir, read_manifest, resolve_artifact, write_manifest
+from recsys.artifacts import (
+    ArtifactNotFound,
+    mark_latest,
+    new_version_dir,
+    read_manifest,
+    resolve_artifact,
+    write_manifest,
+)
 from recsys.config import recsys_home
 from recsys.models.encoder import resolve_model_path
 from recsys.runtime import log
+from recsys.train.checkpoints import TRAIN_STATE_FILE
 from recsys.train.config import TrainConfig
 from recsys.train.curves import METRICS_FILE, plot_training_curves, read_metrics
 from recsys.train.deepspeed_config import plan_total_steps
 from recsys.train.loop import train_loop_per_worker
+from recsys.train.runs import config_for_resume, find_run_to_resume, has_checkpoint, write_run_record
+from recsys.train.validation import load_validation_set
 
 JOB = "train"
 
 
+def start_or_resume_run(cfg: TrainConfig) -> tuple[TrainConfig, str, Path, dict]:
+    """A new model version + run record, or the stopped run named by cfg.resume -> (cfg, version, dir, record)."""
+    if cfg.resume is None:
+        data_dir = resolve_artifact("data", cfg.data)
+        version, model_dir = new_version_dir("models")
+        record = {"version": version, "run_name": f"train-{version}",
+                  "storage_path": str(recsys_home() / "ray_results"),
+                  "data_version": read_manifest(data_dir)["version"], "data_path": str(data_dir),
+                  "config": cfg.model_dump(exclude={"resume"})}
+        write_run_record(model_dir, record)
+        return cfg, version, model_dir, record
+    version, model_dir, record = find_run_to_resume(cfg.resume)
+    cfg = config_for_resume(cfg, record["config"])
+    where = "its latest checkpoint" if has_checkpoint(record) else \
+        "step 0: it stopped before its first checkpoint"
+    log(JOB, f"resuming run {record['run_name']} (model {version}) from {where}")
+    return cfg, version, model_dir, record
+
+
 def run_training(cfg: TrainConfig) -> dict:
-    from ray.train import RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    data_dir = resolve_artifact("data", cfg.data)
-    data_version = read_manifest(data_dir)["version"]
+    cfg, version, model_dir, record = start_or_resume_run(cfg)
     base_model = resolve_model_path(cfg.model_name_or_path)   # fail fast, before workers start
+    data_dir, data_version = Path(record["data_path"]), record["data_version"]
+    if not (data_dir / "train_pairs").is_dir():
+        raise ArtifactNotFound(f"data {data_version} of run {record['run_name']} is gone: {data_dir / 'train_pairs'}")
     pairs = ray.data.read_parquet(str(data_dir / "train_pairs"))
     n_pairs = pairs.count()
     total_steps = plan_total_steps(cfg, n_pairs, cfg.num_workers)
     log(JOB, f"data {data_version}: {n_pairs} pairs; {total_steps} steps x {cfg.num_workers} workers x "
              f"{cfg.micro_batch_size} pairs; ZeRO-{cfg.zero_stage}{' + LoRA' if cfg.lora.enabled else ''}, "
              f"{'GPU/NCCL' if cfg.use_gpu else 'CPU/gloo'}, bf16={cfg.use_bf16}")
-
-    version, model_dir = new_version_dir("models")
+    validation = None
+    if cfg.eval_every:
+        vset, why_not = load_validation_set(data_dir, read_manifest(data_dir), cfg.eval_max_users, cfg.seed)
+        if vset is None:
+            log(JOB, f"no validation during training: data {data_version} has no validation targets ({why_not})")
+        else:
+            log(JOB, f"validation every {cfg.eval_every} steps: {len(vset)} users x {len(vset.item_ids)} items, "
+                     f"best {cfg.eval_metric} is exported"
+                     + (f", early stop after {cfg.early_stopping_patience} evals without a better one"
+                        if cfg.early_stopping_patience else ""))
+            validation = ray.put(vset)
+    # Ray Train keeps the best checkpoints by `checkpoint_score` (set only on a new best) and always the latest.
+    keep = CheckpointConfig(num_to_keep=cfg.checkpoints_to_keep,
+                            checkpoint_score_attribute="checkpoint_score" if validation is not None else None,
+                            checkpoint_score_order="max")
     resources = {"CPU": cfg.cpus_per_worker} | ({"GPU": 1} if cfg.use_gpu else {})
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"cfg": cfg.model_dump(), "total_steps": total_steps,
-                           "log_dir": str(model_dir / "logs")},
+                           "log_dir": str(model_dir / "logs"), "validation": validation},
         scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
                                      resources_per_worker=resources),
         torch_config=TorchConfig(backend="nccl" if cfg.use_gpu else "gloo"),
         datasets={"train": pairs},
-        run_config=RunConfig(name=f"train-{version}", storage_path=str(recsys_home() / "ray_results")),
+        run_config=RunConfig(name=record["run_name"], storage_path=record["storage_path"],
+                             failure_config=FailureConfig(max_failures=cfg.max_failures), checkpoint_config=keep),
     )
-    log(JOB, f"step metrics -> {model_dir / 'logs' / METRICS_FILE} (tensorboard --logdir {model_dir / 'logs'})")
+    log(JOB, f"step metrics -> {model_dir / 'logs' / METRICS_FILE} (tensorboard --logdir {model_dir / 'logs'}); "
+             f"checkpoints -> {Path(record['storage_path']) / record['run_name']}")
     started = time.perf_counter()
-    result = trainer.fit()
+    stopped = f"run {record['run_name']} stopped; continue it with: python jobs/train.py --resume {version}"
+    try:
+        result = trainer.fit()
+    except BaseException:
+        log(JOB, stopped)
+        raise
     if result.checkpoint is None:
-        shutil.rmtree(model_dir, ignore_errors=True)
-        raise RuntimeError(f"training finished without a checkpoint (error: {result.error})")
+        raise RuntimeError(f"training finished without a checkpoint (error: {result.error}); {stopped}")
     result.checkpoint.to_directory(str(model_dir))   # next to logs/, which rank 0 wrote while training
-    metrics_path = model_dir / "logs" / METRICS_FILE
-    if metrics_path.exists():
-        plot_training_curves(read_metrics(metrics_path), model_dir / "training_curves.png",
-                             title=f"train {version} ({data_version})")
-    metrics = {k: v for k, v in (result.metrics or {}).items() if k != "loss_curve"}
+    (model_dir / TRAIN_STATE_FILE).unlink(missing_ok=True)
+    return finish_model(cfg, version, model_dir, data_version, base_model, n_pairs, result.metrics or {},
+                        time.perf_counter() - started)
+
+
+def finish_model(cfg: TrainConfig, version: str, model_dir: Path, data_version: str, base_model: str,
+                 n_pairs: int, run_metrics: dict, seconds: float) -> dict:
+    """Curves, loss summary (from the whole run's metrics.jsonl, resumed attempts included), manifest."""
+    records = read_metrics(model_dir / "logs" / METRICS_FILE) if (model_dir / "logs" / METRICS_FILE).exists() else []
+    curve = [round(r["loss"], 4) for r in records if "loss" in r]
+    window = max(1, min(10, len(curve) // 4))
+    metrics = dict(run_metrics)
+    if curve:
+        metrics |= {"loss_first": round(sum(curve[:window]) / window, 4),
+                    "loss_last": round(sum(curve[-window:]) / window, 4)}
+        plot_training_curves(records, model_dir / "training_curves.png", title=f"train {version} ({data_version})")
+    metrics.pop("checkpoint_score", None)
     write_manifest(model_dir, {
         "kind": "model", "version": version, "data_version": data_version, "base_model": base_model,
         "config": cfg.model_dump(), "metrics": metrics, "n_pairs": n_pairs,
         "query_max_length": cfg.query_max_length, "item_max_length": cfg.item_max_length,
-        "wall_seconds": round(time.perf_counter() - started, 1),
+        "wall_seconds": round(seconds, 1),
     })
-    (model_dir / "loss_curve.json").write_text(json.dumps((result.metrics or {}).get("loss_curve", [])))
+    (model_dir / "loss_curve.json").write_text(json.dumps(curve))
     mark_latest("models", version)
     log(JOB, f"model {version} -> {model_dir}: loss {metrics.get('loss_first', float('nan')):.4f} -> "
-             f"{metrics.get('loss_last', float('nan')):.4f}")
+             f"{metrics.get('loss_last', float('nan')):.4f} in {metrics.get('steps')} steps"
+             + (f", best {cfg.eval_metric} {metrics[f'val_{cfg.eval_metric}']:.4f} at step {metrics['best_step']}"
+                if f"val_{cfg.eval_metric}" in metrics else ""))
     return {"version": version, "path": str(model_dir), "data_version": data_version, **metrics}
-

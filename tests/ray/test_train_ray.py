@@ -20,10 +20,12 @@ COLOURS = ["red", "blue", "green", "black", "white", "yellow", "pink", "grey"]
 THINGS = ["shoe", "sock", "jacket", "bottle"]
 
 
-def make_pair_data(home) -> str:
+def make_pair_data(home, catalog_items: int | None = None) -> str:
     """192 pairs where the anchor names the positive item's colour and kind: learnable fast.
 
-    Big enough that 24 steps of 2 x 8 pairs are ~2 epochs (each epoch restarts the data stream)."""
+    Big enough that 24 steps of 2 x 8 pairs are ~2 epochs (each epoch restarts the data stream).
+    catalog_items: also write catalog.parquet (the first N colour-kind items) and sequences/ whose
+    validation target is the user's last history item, for in-training evaluation."""
     version, out = new_version_dir("data")
     rows = [("next_item", f"{c} {t} | seen {k}", f"{c}-{t}", f"{c} {t}. Brand. Category")
             for c in COLOURS for t in THINGS for k in range(6)]
@@ -31,7 +33,20 @@ def make_pair_data(home) -> str:
     table = pa.table({k: [r[i] for r in rows] for i, k in
                       enumerate(["kind", "anchor_text", "positive_item_id", "positive_text"])})
     pq.write_table(table, out / "train_pairs" / "part-0.parquet")
-    write_manifest(out, {"kind": "data", "version": version})
+    if catalog_items:
+        items = [(f"{c}-{t}", f"{c} {t}") for c in COLOURS for t in THINGS][:catalog_items]
+        pq.write_table(pa.table({"item_id": [i for i, _ in items], "title": [t for _, t in items],
+                                 "brand": ["Brand"] * len(items), "category": ["Category"] * len(items)}),
+                       out / "catalog.parquet")
+        # items [other, target, target]: valid_index 2, the history text names the target first.
+        users = [[items[(u + 1) % len(items)][0], items[u % len(items)][0], items[u % len(items)][0]]
+                 for u in range(3 * len(items))]
+        (out / "sequences").mkdir()
+        pq.write_table(pa.table({"user_id": [f"u{u}" for u in range(len(users))], "items": users,
+                                 "n_train": [2] * len(users), "valid_index": [2] * len(users),
+                                 "test_index": [-1] * len(users)}), out / "sequences" / "part-0.parquet")
+    write_manifest(out, {"kind": "data", "version": version,
+                         "config": {"retrieval_pairs": {"max_history_items": 8}}})
     mark_latest("data", version)
     return version
 

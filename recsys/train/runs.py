@@ -1,0 +1,78 @@
+"""Training runs that can be resumed: `run.json` in the model version directory.
+
+A run writes `run.json` (Ray run name, storage path, data version, config, step budget) into
+its model version directory before training starts, and `manifest.json` once the model is
+exported. A directory with the first and not the second is a stopped run: `--resume` reuses
+its run name and storage path, so Ray Train finds the run's checkpoint snapshot and every
+worker starts from the latest checkpoint; the model lands in the same version directory.
+Pure file logic (no Ray), unit-tested.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from recsys.artifacts import MANIFEST, ArtifactNotFound, artifacts_root, write_json
+from recsys.train.config import TrainConfig
+
+RUN_FILE = "run.json"
+RAY_SNAPSHOT = "checkpoint_manager_snapshot.json"   # Ray Train V2 writes it with the first checkpoint
+# Fields a resumed run may change: how it is scheduled and logged, not what it trains.
+RESUME_MAY_CHANGE = frozenset({"resume", "max_failures", "log_every", "cpus_per_worker", "checkpoints_to_keep"})
+
+
+def write_run_record(model_dir: Path, record: dict[str, Any]) -> Path:
+    return write_json(Path(model_dir) / RUN_FILE, record)
+
+
+def read_run_record(model_dir: Path) -> dict[str, Any]:
+    return json.loads((Path(model_dir) / RUN_FILE).read_text())
+
+
+def find_run_to_resume(ref: str, models_dir: Path | None = None) -> tuple[str, Path, dict[str, Any]]:
+    """'latest' (the most recently started run) or a model version -> (version, model dir, run record).
+
+    Raises ArtifactNotFound when there is no such run or it already finished.
+    """
+    models_dir = Path(models_dir or artifacts_root() / "models")
+    if ref == "latest":
+        runs = sorted(p for p in models_dir.glob("*") if (p / RUN_FILE).is_file()) if models_dir.is_dir() else []
+        if not runs:
+            raise ArtifactNotFound(f"resume='latest': no training run to resume under {models_dir} "
+                                   f"(start one with python jobs/train.py)")
+        model_dir = runs[-1]
+    else:
+        model_dir = models_dir / ref
+        if not (model_dir / RUN_FILE).is_file():
+            known = sorted(p.name for p in models_dir.glob("*") if (p / RUN_FILE).is_file()) if \
+                models_dir.is_dir() else []
+            raise ArtifactNotFound(f"resume={ref!r}: no training run with that model version under {models_dir} "
+                                   f"(runs: {known[-5:] or 'none'})")
+    if (model_dir / MANIFEST).is_file():
+        raise ArtifactNotFound(f"resume={ref!r}: run {model_dir.name} already finished ({model_dir / MANIFEST} "
+                               f"exists); nothing to resume")
+    return model_dir.name, model_dir, read_run_record(model_dir)
+
+
+def config_for_resume(given: TrainConfig, stored: dict[str, Any]) -> TrainConfig:
+    """The stopped run's config, with the few operational fields the command line set.
+
+    A field set on the command line (YAML or --set) that would change what is trained is an error,
+    naming the field and both values: a resumed run continues the same training, or it is a new run.
+    """
+    original = TrainConfig.model_validate(stored)
+    conflicts = [f"{name}={getattr(given, name)!r} (the run has {getattr(original, name)!r})"
+                 for name in sorted(given.model_fields_set - RESUME_MAY_CHANGE)
+                 if getattr(given, name) != getattr(original, name)]
+    if conflicts:
+        raise ValueError("cannot resume with a different training config: " + ", ".join(conflicts)
+                         + "; resume with the run's own config (--resume alone) or start a new run")
+    changes = {name: getattr(given, name) for name in given.model_fields_set & RESUME_MAY_CHANGE}
+    return original.model_copy(update=changes)
+
+
+def has_checkpoint(record: dict[str, Any]) -> bool:
+    """Whether Ray Train persisted at least one checkpoint for the run (local or mounted storage)."""
+    return (Path(record["storage_path"]) / record["run_name"] / RAY_SNAPSHOT).is_file()

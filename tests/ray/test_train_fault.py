@@ -1,0 +1,147 @@
+"""Fault tolerance of training: a SIGKILLed worker, a stopped run resumed, evaluation + early stopping.
+
+Real Ray Train + DeepSpeed with 2 CPU workers and the tiny BERT; a killer thread watches the run's
+storage for its first persisted checkpoint and then SIGKILLs one training worker process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+import torch
+from safetensors.torch import load_file
+from test_train_ray import make_pair_data
+from transformers import AutoModel
+
+from recsys.train.checkpoints import DEEPSPEED_TAG, TRAIN_STATE_FILE
+from recsys.train.config import TrainConfig
+from recsys.train.curves import read_metrics
+from recsys.train.runs import RAY_SNAPSHOT
+from recsys.train.trainer import run_training
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(420)]
+
+
+def tiny_config(model_dir: Path, **overrides) -> TrainConfig:
+    base = dict(model_name_or_path=str(model_dir), num_workers=2, zero_stage=2, micro_batch_size=8, max_steps=30,
+                lr=2e-3, warmup_steps=2, temperature=0.1, query_max_length=16, item_max_length=16,
+                shuffle_buffer=0, log_every=5, checkpoint_every=4)
+    return TrainConfig(**(base | overrides))
+
+
+def train_worker_pids() -> list[int]:
+    """RayTrainWorker processes of THIS test's Ray node (its descendants: other Ray clusters may run here)."""
+    pids = []
+    for proc in psutil.Process(os.getpid()).children(recursive=True):
+        try:
+            if "RayTrainWorker" in " ".join(proc.cmdline()):
+                pids.append(proc.pid)
+        except psutil.Error:
+            continue
+    return pids
+
+
+def checkpoints(home: Path) -> list[Path]:
+    """Persisted checkpoint directories (DeepSpeed ones and the final export) of every run under home."""
+    return sorted(p.parent for p in (home / "ray_results").glob(f"train-*/checkpoint_*/{TRAIN_STATE_FILE}"))
+
+
+def kill_after_first_checkpoint(home: Path, killed: list) -> threading.Thread:
+    """Background thread: once Ray registered a checkpoint (its snapshot lists one), SIGKILL one worker."""
+    def watch() -> None:
+        deadline = time.time() + 300
+        while time.time() < deadline:
+            snapshots = list((home / "ray_results").glob(f"train-*/{RAY_SNAPSHOT}"))
+            pids = train_worker_pids()
+            if snapshots and checkpoints(home) and pids:
+                os.kill(pids[-1], signal.SIGKILL)
+                killed.append((pids[-1], [json.loads((c / TRAIN_STATE_FILE).read_text())["step"]
+                                          for c in checkpoints(home)]))
+                return
+            time.sleep(0.05)
+
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    return thread
+
+
+def assert_complete_run(model_dir: Path, steps: int, resumed_from: int) -> None:
+    """All planned steps logged exactly once, the resume visible in the manifest, a loadable HF model."""
+    records = read_metrics(model_dir / "logs" / "metrics.jsonl")
+    assert [r["step"] for r in records] == list(range(1, steps + 1))
+    manifest = json.loads((model_dir / "manifest.json").read_text())
+    assert manifest["metrics"]["steps"] == steps and manifest["metrics"]["resumed_from_step"] == resumed_from
+    assert len(json.loads((model_dir / "loss_curve.json").read_text())) == steps
+    assert AutoModel.from_pretrained(model_dir).config.hidden_size == 32
+    assert not (model_dir / TRAIN_STATE_FILE).exists()
+
+
+def test_killed_worker_resumes_from_last_checkpoint(ray_cluster, recsys_home, tiny_model_dir):
+    make_pair_data(recsys_home)
+    killed: list = []
+    watcher = kill_after_first_checkpoint(recsys_home, killed)
+    result = run_training(tiny_config(tiny_model_dir, max_failures=2))
+    watcher.join(timeout=1)
+    assert killed, "the run finished before a worker could be killed"
+    resumed = result["resumed_from_step"]
+    # Restarted from a persisted checkpoint (the first, or a later one that landed before the kill), not step 0.
+    assert resumed > 0 and resumed % 4 == 0 and resumed >= min(killed[0][1])
+    model_dir = Path(result["path"])
+    assert_complete_run(model_dir, 30, resumed)
+    # Ray merged both ranks' DeepSpeed files into each checkpoint: rank 0's model states and each rank's ZeRO shard.
+    kept = [c for c in checkpoints(recsys_home) if (c / DEEPSPEED_TAG).is_dir()]
+    assert kept, "no DeepSpeed checkpoint kept"
+    files = {p.name for p in (kept[-1] / DEEPSPEED_TAG).iterdir()}
+    assert {"mp_rank_00_model_states.pt", "zero_pp_rank_0_mp_rank_00_optim_states.pt",
+            "zero_pp_rank_1_mp_rank_00_optim_states.pt"} <= files
+
+
+def test_stopped_run_resumes_in_the_same_model_version(ray_cluster, recsys_home, tiny_model_dir):
+    make_pair_data(recsys_home)
+    killed: list = []
+    watcher = kill_after_first_checkpoint(recsys_home, killed)
+    with pytest.raises(Exception, match=r"(?i)worker|actor|died|fail"):
+        run_training(tiny_config(tiny_model_dir, max_failures=0))
+    watcher.join(timeout=1)
+    (stopped,) = list((recsys_home / "artifacts" / "models").iterdir())
+    assert (stopped / "run.json").is_file() and not (stopped / "manifest.json").exists()
+    # --resume alone: the stored config wins; a field that changes what is trained is refused.
+    with pytest.raises(ValueError, match=r"lr=0\.1 \(the run has 0\.002\)"):
+        run_training(TrainConfig(resume="latest", lr=0.1))
+    result = run_training(TrainConfig(resume="latest", max_failures=0))
+    assert result["version"] == stopped.name and result["resumed_from_step"] > 0
+    assert_complete_run(stopped, 30, result["resumed_from_step"])
+    with pytest.raises(FileNotFoundError, match="already finished"):
+        run_training(TrainConfig(resume=stopped.name))
+
+
+def test_evaluation_early_stopping_exports_the_best_model(ray_cluster, recsys_home, tiny_model_dir):
+    """ZeRO-3 with a 9-item catalog: recall@10 is 1.0 at every evaluation, so the first one stays the
+    best and patience 2 stops the run two evaluations later; the export must be the step-2 weights."""
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    make_pair_data(recsys_home, catalog_items=9)
+    cfg = tiny_config(tiny_model_dir, zero_stage=3, checkpoint_every=0, eval_every=2, eval_metric="recall@10",
+                      early_stopping_patience=2, eval_batch_size=2, warmup_steps=1, lr=5e-3)
+    result = run_training(cfg)
+    assert result["steps"] == 6 and result["stopped_early"] and result["best_step"] == 2
+    assert result["val_recall@10"] == 1.0 and result["val_users"] == 27
+    model_dir = Path(result["path"])
+    records = read_metrics(model_dir / "logs" / "metrics.jsonl")
+    assert [r["step"] for r in records] == list(range(1, 7))
+    assert [r["step"] for r in records if "val_recall@10" in r] == [2, 4, 6]
+    assert len({round(r["val_ndcg@10"], 6) for r in records if "val_ndcg@10" in r}) > 1   # the model did change
+    (best,) = [c for c in checkpoints(recsys_home) if (c / DEEPSPEED_TAG).is_dir()]
+    assert json.loads((best / TRAIN_STATE_FILE).read_text())["step"] == 2
+    best_weights = get_fp32_state_dict_from_zero_checkpoint(str(best), tag=DEEPSPEED_TAG)
+    exported = load_file(model_dir / "model.safetensors")
+    assert exported.keys() == {k.removeprefix("encoder.backbone.") for k in best_weights}
+    for name, tensor in best_weights.items():
+        torch.testing.assert_close(exported[name.removeprefix("encoder.backbone.")], tensor)
