@@ -45,16 +45,17 @@ class RankerTrainConfig(JobConfig):
                                                            "retriever's top-k for the positive's context")
     hard_negative_weight: float = Field(1.0, gt=0, description="BCE weight of a hard negative (sampled "
                                                                "negatives weigh 1)")
-    # ---- validation (after training, on the driver + Ray Data scoring actors)
+    # ---- validation (after training: the Train workers score, the driver computes the metrics)
     eval_max_users: int | None = Field(300, ge=1, description="validation users sampled (null = all with "
                                                               "a validation target)")
     eval_negatives_per_positive: int = Field(4, ge=1, description="sampled negatives per validation positive "
                                                                   "for AUC (the data version's sampler)")
     rerank_candidates: int = Field(50, ge=1, description="retriever top-k re-ranked per validation user")
     eval_k: int = Field(10, ge=1, description="cut-off of NDCG@k / Recall@k before and after re-ranking")
-    inference_batch_size: int = Field(64, ge=1, description="texts / pairs per forward in mining and scoring")
-    inference_concurrency: int = Field(2, ge=1, description="Ray Data actors that embed contexts (mining) "
-                                                            "and score pairs (validation)")
+    eval_batch_size: int = Field(64, ge=1, description="pairs per forward when the workers score validation")
+    embed_batch_size: int = Field(64, ge=1, description="texts per forward when embedding contexts for the "
+                                                        "retriever (hard negatives, validation lists)")
+    embed_concurrency: int = Field(1, ge=1, description="Ray Data actors embedding contexts for the retriever")
     log_every: int = Field(10, ge=1, description="print loss every N steps")
     seed: int = Field(0, description="seed of example selection, hard-negative draws, shuffling and torch")
 

@@ -1,23 +1,23 @@
-"""Ranker validation (pure numpy/faiss; no Ray): AUC on the validation positive vs sampled
+"""Ranker validation (pure pandas/numpy/faiss; no Ray): AUC on the validation positive vs sampled
 negatives, and NDCG@k / Recall@k of the retriever's top-K list before and after re-ranking.
 
-The embedding and scoring functions come from the caller, so the same code runs on the driver
-with Ray Data actors behind them (ranker_trainer) or in-process in tests.
+The driver builds the pairs (build_validation_pairs), the Train workers score them with the model
+they just trained (ranker_loop), and the driver turns the scores into metrics (validation_metrics).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from recsys.eval.metrics import format_markdown_table, ndcg_at_k, recall_at_k
 from recsys.index.faiss_index import ItemIndex
 from recsys.train.ranker_data import RankingInputs, ValidationUsers, validation_auc_examples
 
-ScoreFn = Callable[[list[str], list[str]], np.ndarray]   # (contexts [N], item texts [N]) -> logits [N]
-EmbedFn = Callable[[list[str]], np.ndarray]              # texts [N] -> unit vectors [N, D]
+VALIDATION_COLUMNS = ["kind", "user", "item_id", "label", "retriever_rank", "context_text", "item_text"]
 
 
 def roc_auc(labels: Sequence[float] | np.ndarray, scores: Sequence[float] | np.ndarray) -> float:
@@ -65,31 +65,54 @@ def retrieve_candidates(index: ItemIndex, query_vectors: np.ndarray, histories: 
     return [[i for i in row if i not in set(history)][:n] for row, history in zip(ids, histories)]
 
 
-def validate_ranker(inputs: RankingInputs, users: ValidationUsers, score_fn: ScoreFn, index: ItemIndex | None,
-                    embed_fn: EmbedFn | None, negatives_per_positive: int, n_candidates: int, k: int,
-                    seed: int) -> dict[str, Any]:
-    """-> {"auc": {...}, "rerank": {"retriever": {...}, "reranked": {...}} or None, "table": markdown}."""
-    if not users.user_ids:
-        raise ValueError(f"data version {inputs.data_version} has no users with a validation target in the catalog")
-    auc_rows = validation_auc_examples(inputs, users, negatives_per_positive, seed)
-    scores = score_fn(auc_rows["context_text"].tolist(), [inputs.texts[i] for i in auc_rows["item_id"]])
-    popularity = [inputs.popularity.get(i, 0) for i in auc_rows["item_id"]]
-    auc = {"auc": roc_auc(auc_rows["label"], scores), "auc_popularity": roc_auc(auc_rows["label"], popularity),
-           "positives": int(auc_rows["label"].sum()), "negatives": int((auc_rows["label"] == 0).sum())}
-    result: dict[str, Any] = {"auc": auc, "rerank": None}
-    if index is not None and embed_fn is not None:
-        candidates = retrieve_candidates(index, embed_fn(users.contexts), users.histories, n_candidates)
-        flat_contexts = [c for c, items in zip(users.contexts, candidates) for _ in items]
-        flat_scores = score_fn(flat_contexts, [inputs.texts[i] for items in candidates for i in items])
-        splits = np.cumsum([len(items) for items in candidates])[:-1]
-        reranked = rerank_lists(candidates, np.split(flat_scores, splits))
-        result["rerank"] = {
-            "retriever": list_metrics(target_positions(candidates, users.targets, n_candidates), k, n_candidates),
-            "reranked": list_metrics(target_positions(reranked, users.targets, n_candidates), k, n_candidates)}
-    result["table"] = format_validation_table(result, k, n_candidates)
-    return result
+def build_validation_pairs(inputs: RankingInputs, users: ValidationUsers, negatives_per_positive: int,
+                           candidates: Sequence[Sequence[str]] | None, seed: int) -> pd.DataFrame:
+    """The (context, item) pairs validation scores, one frame (VALIDATION_COLUMNS):
+
+    kind "auc": each user's validation positive + sampled negatives (label 1 / 0);
+    kind "rerank": each user's retrieved candidates in retriever order (label 1 on the target).
+    """
+    user_index = {u: i for i, u in enumerate(users.user_ids)}
+    auc = validation_auc_examples(inputs, users, negatives_per_positive, seed)
+    frames = [pd.DataFrame({"kind": "auc", "user": auc["user_id"].map(user_index).astype(np.int64),
+                            "item_id": auc["item_id"], "label": auc["label"].astype(np.int8),
+                            "retriever_rank": np.int64(-1), "context_text": auc["context_text"]})]
+    if candidates is not None:
+        rows = [(u, item, int(item == users.targets[u]), r, users.contexts[u])
+                for u, items in enumerate(candidates) for r, item in enumerate(items)]
+        frames.append(pd.DataFrame(rows, columns=["user", "item_id", "label", "retriever_rank", "context_text"])
+                      .assign(kind="rerank").astype({"label": np.int8, "user": np.int64, "retriever_rank": np.int64}))
+    pairs = pd.concat(frames, ignore_index=True)
+    pairs["item_text"] = pairs["item_id"].map(inputs.texts)
+    return pairs[VALIDATION_COLUMNS]
 
 
+def validation_metrics(scored: pd.DataFrame, popularity: dict[str, int], n_users: int, n_candidates: int,
+                       k: int, with_rerank: bool) -> dict[str, Any]:
+    """Scored validation pairs (VALIDATION_COLUMNS + score) -> {"auc": {...}, "rerank": {...} | None}.
+
+    A user whose target was not retrieved (or who got no candidates) is a miss before and after.
+    """
+    auc_rows = scored[scored["kind"] == "auc"]
+    labels = auc_rows["label"].to_numpy()
+    auc = {"auc": roc_auc(labels, auc_rows["score"]),
+           "auc_popularity": roc_auc(labels, [popularity.get(i, 0) for i in auc_rows["item_id"]]),
+           "positives": int(labels.sum()), "negatives": int((labels == 0).sum())}
+    if not with_rerank:
+        return {"auc": auc, "rerank": None}
+    rerank = scored[scored["kind"] == "rerank"].sort_values(["user", "retriever_rank"], kind="stable")
+    lists: list[list[str]] = [[] for _ in range(n_users)]
+    scores: list[list[float]] = [[] for _ in range(n_users)]
+    targets = ["" for _ in range(n_users)]
+    for user, item, label, score in zip(rerank["user"], rerank["item_id"], rerank["label"], rerank["score"]):
+        lists[user].append(item)
+        scores[user].append(score)
+        if label:
+            targets[user] = item
+    reranked = rerank_lists(lists, [np.asarray(s) for s in scores])
+    return {"auc": auc, "rerank": {
+        "retriever": list_metrics(target_positions(lists, targets, n_candidates), k, n_candidates),
+        "reranked": list_metrics(target_positions(reranked, targets, n_candidates), k, n_candidates)}}
 def format_validation_table(result: dict[str, Any], k: int, n_candidates: int) -> str:
     auc = result["auc"]
     lines = [f"AUC (validation positive vs {auc['negatives']} sampled negatives over {auc['positives']} users): "

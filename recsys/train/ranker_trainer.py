@@ -5,7 +5,9 @@ Hard negatives are mined once, before training: contexts are embedded by Ray Dat
 existing embed_texts pool, which scales out with the cluster and runs on GPUs there), and the
 Faiss search runs on the driver, where the one index copy already is (a Flat search of thousands
 of contexts over the catalog takes seconds; shipping the index to every actor would not pay).
-Only as many (user, position) groups as `max_steps` will read are mined.
+Only as many (user, position) groups as `max_steps` will read are mined, and the same embedding
+pass gives the validation users' retrieval lists. After training, the Train workers score the
+validation pairs with the model they hold, and the driver turns the scores into metrics.
 """
 
 from __future__ import annotations
@@ -15,7 +17,6 @@ import math
 import shutil
 import time
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -25,7 +26,6 @@ from recsys.artifacts import mark_latest, new_version_dir, resolve_artifact, wri
 from recsys.config import recsys_home
 from recsys.index.embed import embed_texts
 from recsys.index.faiss_index import ItemIndex, load_item_index
-from recsys.models.cross_encoder import CrossEncoderScorer
 from recsys.models.encoder import resolve_model_path
 from recsys.runtime import log
 from recsys.train.curves import METRICS_FILE, plot_training_curves, read_metrics
@@ -33,6 +33,7 @@ from recsys.train.deepspeed_config import plan_total_steps
 from recsys.train.ranker_config import RankerTrainConfig
 from recsys.train.ranker_data import (
     RankingInputs,
+    ValidationUsers,
     build_training_frame,
     load_ranking_inputs,
     pick_hard_negatives,
@@ -40,94 +41,88 @@ from recsys.train.ranker_data import (
     select_example_groups,
     select_validation_users,
 )
-from recsys.train.ranker_eval import retrieve_candidates, validate_ranker
+from recsys.train.ranker_eval import (
+    build_validation_pairs,
+    format_validation_table,
+    retrieve_candidates,
+    validation_metrics,
+)
 from recsys.train.ranker_loop import ranker_train_loop
 
 JOB = "train_ranker"
+VALIDATION_PAIRS = "validation_pairs.parquet"     # written by the driver before training
+VALIDATION_SCORES = "validation_scores.parquet"   # the same rows + `score`, written by rank 0 after it
 
 
-class ScorePairs:
-    """map_batches actor: {'key', 'context', 'item'} -> {'key', 'score'} with one ranker replica."""
-
-    def __init__(self, model_path: str, max_length: int, item_max_length: int, batch_size: int):
-        self.scorer = CrossEncoderScorer(model_path, max_length, item_max_length, batch_size)
-
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return {"key": batch["key"], "score": self.scorer.score(list(batch["context"]), list(batch["item"]))}
-
-
-def score_pairs_on_cluster(model_path: str, contexts: list[str], items: list[str],
-                           cfg: RankerTrainConfig) -> np.ndarray:
-    """Ranker logits [N] for (context, item) pairs, scored by an actor pool; returned in input order."""
-    if not contexts:
-        return np.zeros(0, dtype=np.float32)
-    rows = [{"key": i, "context": c, "item": t} for i, (c, t) in enumerate(zip(contexts, items))]
-    blocks = max(1, min(len(rows) // cfg.inference_batch_size, 4 * cfg.inference_concurrency))
-    out = ray.data.from_items(rows, override_num_blocks=blocks).map_batches(
-        ScorePairs, fn_constructor_kwargs={"model_path": model_path, "max_length": cfg.max_length,
-                                           "item_max_length": cfg.item_max_length,
-                                           "batch_size": cfg.inference_batch_size},
-        batch_size=cfg.inference_batch_size * 4, batch_format="numpy", num_gpus=1 if cfg.use_gpu else 0,
-        compute=ray.data.ActorPoolStrategy(size=cfg.inference_concurrency))
-    scores = np.zeros(len(rows), dtype=np.float32)
-    for batch in out.iter_batches(batch_format="numpy", batch_size=4096):
-        scores[batch["key"].astype(np.int64)] = batch["score"]
-    return scores
-
-
-def load_retriever(cfg: RankerTrainConfig, data_version: str) -> tuple[ItemIndex | None, Any]:
-    """(index, embed function for its query side), or (None, None) with retriever_index: null."""
+def load_retriever(cfg: RankerTrainConfig, data_version: str) -> ItemIndex | None:
+    """The index that mines hard negatives and gives the lists to re-rank; None with retriever_index: null."""
     if cfg.retriever_index is None:
-        return None, None
+        return None
     index = load_item_index(resolve_artifact("indexes", cfg.retriever_index))
     if index.manifest.get("data_version") != data_version:
         raise ValueError(f"retriever_index={cfg.retriever_index!r} (index {index.version}) was built on data "
                          f"{index.manifest.get('data_version')!r}, not on data={data_version!r}: build an index "
                          f"for this data version or set retriever_index: null")
-    model_path = str(index.manifest["model_path"])
-    query_len = int(index.manifest.get("query_max_length", 96))
-
-    def embed(texts: list[str]) -> np.ndarray:   # the query side must use the index's own model
-        return embed_texts([str(i) for i in range(len(texts))], texts, model_path, query_len,
-                           cfg.inference_batch_size, cfg.inference_concurrency, num_gpus=1 if cfg.use_gpu else 0)
-    return index, embed
+    if not index.manifest.get("model_path"):
+        raise ValueError(f"index {index.version} has no model_path in its manifest: cannot embed contexts")
+    return index
 
 
-def mine_hard_negatives(examples: pd.DataFrame, inputs: RankingInputs, index: ItemIndex, embed,
-                        cfg: RankerTrainConfig) -> dict[tuple[str, int], list[str]]:
-    """(user, position) of every positive -> hard negatives from the retriever's top-k for its context."""
-    positives = examples[examples["label"] > 0][["user_id", "position"]].drop_duplicates()
-    keys = [(u, int(p)) for u, p in zip(positives["user_id"], positives["position"])]
+def embed_contexts(index: ItemIndex, texts: list[str], cfg: RankerTrainConfig) -> np.ndarray:
+    """Context texts -> query vectors [N, D] with the index's own model (Ray Data actor pool)."""
+    started = time.perf_counter()
+    vectors = embed_texts([str(i) for i in range(len(texts))], texts, str(index.manifest["model_path"]),
+                          int(index.manifest.get("query_max_length", 96)), cfg.embed_batch_size,
+                          cfg.embed_concurrency, num_gpus=1 if cfg.use_gpu else 0)
+    log(JOB, f"embedded {len(texts)} contexts with the retriever in {time.perf_counter() - started:.1f}s")
+    return vectors
+
+
+def select_training_examples(cfg: RankerTrainConfig, data_dir: Path, with_hard: bool) -> tuple[pd.DataFrame, int]:
+    """(the ranking examples training will read, groups available). max_steps reads a fixed number of
+    rows, so only that many (user, position) groups are kept, and mined."""
+    examples = read_ranking_examples(data_dir)
+    n_groups = len(examples[["user_id", "position"]].drop_duplicates())
+    max_groups = None
+    if cfg.max_steps is not None and n_groups:
+        rows_needed = cfg.max_steps * cfg.micro_batch_size * cfg.grad_accum_steps * cfg.num_workers
+        rows_per_group = len(examples) / n_groups + (cfg.hard_negatives_per_positive if with_hard else 0)
+        max_groups = math.ceil(rows_needed / rows_per_group)
+    return select_example_groups(examples, max_groups, cfg.seed), n_groups
+
+
+def hard_negatives_for(examples: pd.DataFrame, inputs: RankingInputs, index: ItemIndex, vectors: np.ndarray,
+                       keys: list[tuple[str, int]], cfg: RankerTrainConfig) -> dict[tuple[str, int], list[str]]:
+    """(user, position) of each positive -> hard negatives from the retriever's top-k for its context."""
     group_items = examples.groupby(["user_id", "position"])["item_id"].agg(set).to_dict()
     # Never a hard negative: any of the user's own items (held-out targets too) or a row already in the group.
     excluded = [set(inputs.user_items[u]) | group_items[(u, p)] for u, p in keys]
-    vectors = embed([inputs.context_text(u, p) for u, p in keys])
     candidates = retrieve_candidates(index, vectors, [list(e) for e in excluded], cfg.hard_negative_top_k)
-    picked = pick_hard_negatives(candidates, excluded, cfg.hard_negatives_per_positive, cfg.seed)
-    return dict(zip(keys, picked))
+    return dict(zip(keys, pick_hard_negatives(candidates, excluded, cfg.hard_negatives_per_positive, cfg.seed)))
 
 
-def prepare_training_rows(cfg: RankerTrainConfig, data_dir: Path, inputs: RankingInputs,
-                          index: ItemIndex | None, embed) -> tuple[pd.DataFrame, dict[str, int]]:
-    examples = read_ranking_examples(data_dir)
-    n_groups = len(examples[["user_id", "position"]].drop_duplicates())
-    hard_per_group = cfg.hard_negatives_per_positive if index is not None else 0
-    max_groups = None
-    if cfg.max_steps is not None and n_groups:
-        # max_steps reads a fixed number of rows: select (and mine) only that many groups.
-        rows_needed = cfg.max_steps * cfg.micro_batch_size * cfg.grad_accum_steps * cfg.num_workers
-        max_groups = math.ceil(rows_needed / (len(examples) / n_groups + hard_per_group))
-    examples = select_example_groups(examples, max_groups, cfg.seed)
+def prepare_rows(cfg: RankerTrainConfig, data_dir: Path, inputs: RankingInputs, index: ItemIndex | None,
+                 users: ValidationUsers) -> tuple[pd.DataFrame, dict[str, int], pd.DataFrame]:
+    """-> (training rows, counts per kind, validation pairs). One embedding pass serves both the
+    hard-negative contexts and the validation users' retrieval lists."""
+    with_hard = index is not None and cfg.hard_negatives_per_positive > 0
+    examples, n_groups = select_training_examples(cfg, data_dir, with_hard)
+    positives = examples[examples["label"] > 0][["user_id", "position"]].drop_duplicates()
+    keys = [(u, int(p)) for u, p in zip(positives["user_id"], positives["position"])] if with_hard else []
     hard: dict[tuple[str, int], list[str]] = {}
-    if hard_per_group:
-        started = time.perf_counter()
-        hard = mine_hard_negatives(examples, inputs, index, embed, cfg)   # type: ignore[arg-type]
-        log(JOB, f"mined {sum(map(len, hard.values()))} hard negatives for {len(hard)} contexts "
-                 f"from the top-{cfg.hard_negative_top_k} ({time.perf_counter() - started:.1f}s)")
+    candidates = None
+    if index is not None:
+        vectors = embed_contexts(index, [inputs.context_text(u, p) for u, p in keys] + users.contexts, cfg)
+        if keys:
+            hard = hard_negatives_for(examples, inputs, index, vectors[:len(keys)], keys, cfg)
+            log(JOB, f"mined {sum(map(len, hard.values()))} hard negatives for {len(keys)} positives "
+                     f"from the retriever's top-{cfg.hard_negative_top_k}")
+        candidates = retrieve_candidates(index, vectors[len(keys):], users.histories, cfg.rerank_candidates)
     frame, counts = build_training_frame(examples, inputs, hard, cfg.hard_negative_weight, cfg.seed)
     counts["groups_used"] = len(examples[["user_id", "position"]].drop_duplicates())
     counts["groups_available"] = n_groups
-    return frame, counts
+    pairs = build_validation_pairs(inputs, users, cfg.eval_negatives_per_positive, candidates, cfg.seed)
+    return frame, counts, pairs
 
 
 def run_ranker_training(cfg: RankerTrainConfig) -> dict:
@@ -138,19 +133,28 @@ def run_ranker_training(cfg: RankerTrainConfig) -> dict:
     data_dir = resolve_artifact("data", cfg.data)
     base_model = resolve_model_path(cfg.model_name_or_path)   # fail fast, before workers start
     inputs = load_ranking_inputs(data_dir)
-    index, embed = load_retriever(cfg, inputs.data_version)
-    log(JOB, f"data {inputs.data_version}; retriever index {index.version if index else None}"
+    index = load_retriever(cfg, inputs.data_version)
+    index_version = index.version if index else None
+    log(JOB, f"data {inputs.data_version}; retriever index {index_version}"
              + ("" if index else " (no hard negatives, AUC-only validation)"))
-    frame, counts = prepare_training_rows(cfg, data_dir, inputs, index, embed)
+    users = select_validation_users(inputs, cfg.eval_max_users, cfg.seed)
+    if not users.user_ids:
+        raise ValueError(f"data {inputs.data_version} has no user with a validation target in the catalog")
+    frame, counts, pairs = prepare_rows(cfg, data_dir, inputs, index, users)
     total_steps = plan_total_steps(cfg, len(frame), cfg.num_workers)
     log(JOB, f"{len(frame)} rows {counts}; {total_steps} steps x {cfg.num_workers} workers x "
-             f"{cfg.micro_batch_size} rows; ZeRO-{cfg.zero_stage}, {'GPU/NCCL' if cfg.use_gpu else 'CPU/gloo'}")
+             f"{cfg.micro_batch_size} rows; ZeRO-{cfg.zero_stage}, {'GPU/NCCL' if cfg.use_gpu else 'CPU/gloo'}; "
+             f"then {len(pairs)} validation pairs for {len(users.user_ids)} users")
 
     version, out = new_version_dir("rankers")
+    # Workers read the pairs and rank 0 writes the scores here: RECSYS_HOME is storage every node sees.
+    pairs.to_parquet(out / VALIDATION_PAIRS, index=False)
     resources = {"CPU": cfg.cpus_per_worker} | ({"GPU": 1} if cfg.use_gpu else {})
     trainer = TorchTrainer(
         ranker_train_loop,
-        train_loop_config={"cfg": cfg.model_dump(), "total_steps": total_steps, "log_dir": str(out / "logs")},
+        train_loop_config={"cfg": cfg.model_dump(), "total_steps": total_steps, "log_dir": str(out / "logs"),
+                           "validation_pairs": str(out / VALIDATION_PAIRS),
+                           "validation_scores": str(out / VALIDATION_SCORES)},
         scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
                                      resources_per_worker=resources),
         torch_config=TorchConfig(backend="nccl" if cfg.use_gpu else "gloo"),
@@ -168,21 +172,16 @@ def run_ranker_training(cfg: RankerTrainConfig) -> dict:
                              title=f"ranker {version} ({inputs.data_version})")
     metrics = {k: v for k, v in (result.metrics or {}).items() if k != "loss_curve"}
     (out / "loss_curve.json").write_text(json.dumps((result.metrics or {}).get("loss_curve", [])))
-    log(JOB, f"trained: bce {metrics.get('loss_first', float('nan')):.4f} -> "
-             f"{metrics.get('loss_last', float('nan')):.4f}")
 
-    t0 = time.perf_counter()
-    users = select_validation_users(inputs, cfg.eval_max_users, cfg.seed)
-    validation = validate_ranker(
-        inputs, users, lambda c, i: score_pairs_on_cluster(str(out), c, i, cfg), index, embed,
-        cfg.eval_negatives_per_positive, cfg.rerank_candidates, cfg.eval_k, cfg.seed)
-    table = validation.pop("table")
-    log(JOB, f"validation on {len(users.user_ids)} users ({time.perf_counter() - t0:.1f}s):\n{table}")
+    validation = validation_metrics(pd.read_parquet(out / VALIDATION_SCORES), inputs.popularity,
+                                    len(users.user_ids), cfg.rerank_candidates, cfg.eval_k, index is not None)
+    table = format_validation_table(validation, cfg.eval_k, cfg.rerank_candidates)
+    log(JOB, f"bce {metrics.get('loss_first', float('nan')):.4f} -> {metrics.get('loss_last', float('nan')):.4f}; "
+             f"validation on {len(users.user_ids)} users:\n{table}")
     (out / "report.md").write_text(f"# Ranker {version}\n\ndata {inputs.data_version}, retriever index "
-                                   f"{index.version if index else None}\n\n{table}\n")
+                                   f"{index_version}, base model {base_model}\n\n{table}\n")
     write_manifest(out, {
-        "kind": "ranker", "version": version, "data_version": inputs.data_version,
-        "index_version": index.version if index else None,
+        "kind": "ranker", "version": version, "data_version": inputs.data_version, "index_version": index_version,
         "retriever_model_version": index.manifest.get("model_version") if index else None,
         "base_model": base_model, "config": cfg.model_dump(), "metrics": metrics, "validation": validation,
         "rows": counts, "max_length": cfg.max_length, "item_max_length": cfg.item_max_length,
@@ -191,4 +190,4 @@ def run_ranker_training(cfg: RankerTrainConfig) -> dict:
     mark_latest("rankers", version)
     log(JOB, f"ranker {version} -> {out}")
     return {"version": version, "path": str(out), "data_version": inputs.data_version,
-            "index_version": index.version if index else None, **metrics, "validation": validation}
+            "index_version": index_version, **metrics, "validation": validation}

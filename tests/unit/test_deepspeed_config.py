@@ -109,3 +109,15 @@ def test_cpu_workers_get_small_buckets_gpu_workers_keep_deepspeed_defaults() -> 
     assert "reduce_bucket_size" not in ds(zero_stage=0)["zero_optimization"]
     gpu = ds(zero_stage=3, use_gpu=True)["zero_optimization"]
     assert "reduce_bucket_size" not in gpu and "stage3_prefetch_bucket_size" not in gpu
+
+
+def test_ranker_config_translates_like_train_config() -> None:
+    """Any config with the DeepSpeedSettings fields works; the ranker's gives the same blocks."""
+    from recsys.train.ranker_config import RankerTrainConfig
+
+    shared = {"zero_stage": 3, "offload_optimizer": True, "micro_batch_size": 8, "grad_accum_steps": 2, "lr": 1e-4,
+              "warmup_steps": 5, "weight_decay": 0.0, "max_steps": 40}
+    ranker = build_deepspeed_config(RankerTrainConfig(**shared), world_size=2, total_steps=40)
+    assert ranker == build_deepspeed_config(TrainConfig(**shared), world_size=2, total_steps=40)
+    assert ranker["train_batch_size"] == 32 and ranker["zero_optimization"]["stage"] == 3
+    assert plan_total_steps(RankerTrainConfig(max_steps=None, epochs=1.0, micro_batch_size=8), 100, 2) == 6
