@@ -101,7 +101,7 @@ def load_config(cls: type[C], path: str | Path | None, overrides: list[str] | No
 def parse_job_args(cls: type[C], description: str, argv: list[str] | None = None) -> C:
     """The command line every job shares: --config FILE and repeated --set key=value
     (plus --resume [VERSION] where the config has a `resume` field)."""
-    parser = argparse.ArgumentParser(description=description)
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", help="YAML config file (defaults apply when omitted)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override one field, e.g. --set max_steps=50 (repeatable)")

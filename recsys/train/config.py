@@ -48,7 +48,7 @@ class TrainConfig(JobConfig):
     log_every: int = Field(10, ge=1, description="print loss every N steps")
     seed: int = Field(0, description="torch seed on every worker")
     # Fault tolerance: DeepSpeed checkpoints persisted by Ray Train; a failed worker group restarts from the latest.
-    checkpoint_every: int | None = Field(0, ge=0, description="save a DeepSpeed checkpoint (model, optimizer, "
+    checkpoint_every: int | None = Field(50, ge=0, description="save a DeepSpeed checkpoint (model, optimizer, "
                                                               "lr schedule) every N optimizer steps; 0/null = "
                                                               "only the exported model at the end")
     checkpoints_to_keep: int = Field(2, ge=1, description="checkpoints Ray Train keeps (the latest and, with "
@@ -58,7 +58,7 @@ class TrainConfig(JobConfig):
     resume: str | None = Field(None, description="continue a stopped run: 'latest' or its model version "
                                                  "(jobs/train.py --resume [VERSION])")
     # In-training validation on the data version's valid split, and early stopping on it.
-    eval_every: int | None = Field(0, ge=0, description="rank the catalog for validation users every N optimizer "
+    eval_every: int | None = Field(50, ge=0, description="rank the catalog for validation users every N optimizer "
                                                         "steps and at the end; 0/null = no evaluation")
     eval_max_users: int | None = Field(1000, ge=1, description="seeded sample of validation users (null = all)")
     eval_metric: EvalMetric = Field("ndcg@10", description="validation metric that picks the best model")

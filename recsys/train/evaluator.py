@@ -42,44 +42,45 @@ def _gather_rows(local: torch.Tensor, per: int, n: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def _embed_slice(engine, tokenizer, texts: Sequence[str], per: int, max_length: int, batch_size: int) -> torch.Tensor:
+def _embed_slice(model, device, tokenizer, texts: Sequence[str], per: int, max_length: int,
+                 batch_size: int) -> torch.Tensor:
     """This rank's texts -> [len(texts), H] unit vectors, in ceil(per / batch_size) forward passes."""
     vectors = []
     for start in range(0, per, batch_size):
         chunk = [str(t) for t in texts[start:start + batch_size]]
         tok = tokenizer(chunk or [""], padding=True, truncation=True, max_length=max_length, return_tensors="pt")
-        query, _ = engine(tok["input_ids"].to(engine.device), tok["attention_mask"].to(engine.device),
-                          n_queries=len(chunk or [""]))
-        if chunk:   # an empty chunk ran a dummy forward only to keep ZeRO-3's collectives in step
-            vectors.append(query.float())
-    if not vectors:
-        return torch.zeros((0, engine.module.encoder.dim), device=engine.device)
+        query, _ = model(tok["input_ids"].to(device), tok["attention_mask"].to(device), n_queries=len(chunk or [""]))
+        # An empty chunk ran a dummy forward only to keep ZeRO-3's collectives in step: keep 0 of its rows.
+        vectors.append(query.float()[:len(chunk)])
     return torch.cat(vectors)
 
 
-def evaluate_retrieval(engine, tokenizer, vset: ValidationSet, query_max_length: int, item_max_length: int,
-                       batch_size: int, rank: int, world: int) -> dict[str, float]:
+def evaluate_retrieval(model, tokenizer, vset: ValidationSet, query_max_length: int, item_max_length: int,
+                       batch_size: int, rank: int = 0, world: int = 1) -> dict[str, float]:
     """Full-catalog ranking of the validation users -> {'val_recall@10', 'val_ndcg@10', 'val_mrr', 'val_users'},
-    identical on every rank."""
-    was_training = engine.module.training
-    engine.eval()
+    identical on every rank. `model`: the DeepSpeed engine (collective) or a plain TwoTowerModel."""
+    module = getattr(model, "module", model)
+    device = getattr(model, "device", None) or next(module.parameters()).device
+    was_training = module.training
+    model.eval()
     try:
         n_items, n_users = len(vset.item_ids), len(vset)
         i0, i1, items_per = slice_bounds(n_items, rank, world)
-        local_items = _embed_slice(engine, tokenizer, vset.item_texts[i0:i1], items_per, item_max_length, batch_size)
+        local_items = _embed_slice(model, device, tokenizer, vset.item_texts[i0:i1], items_per, item_max_length,
+                                   batch_size)
         items = _gather_rows(local_items, items_per, n_items).cpu().numpy()        # [N, H]
         u0, u1, users_per = slice_bounds(n_users, rank, world)
-        queries = _embed_slice(engine, tokenizer, vset.query_texts[u0:u1], users_per, query_max_length,
+        queries = _embed_slice(model, device, tokenizer, vset.query_texts[u0:u1], users_per, query_max_length,
                                batch_size).cpu().numpy()                           # [u1 - u0, H]
     finally:
-        engine.train(was_training)
+        model.train(was_training)
     local_ranks = []
     for start in range(0, len(queries), USER_CHUNK):
         stop = min(start + USER_CHUNK, len(queries))
         hidden = [np.asarray(h, dtype=np.int64) for h in vset.histories[u0 + start:u0 + stop]]
         local_ranks.append(target_ranks(queries[start:stop] @ items.T, vset.targets[u0 + start:u0 + stop], hidden))
     mine = torch.as_tensor(np.concatenate(local_ranks) if local_ranks else np.zeros(0, np.int64))
-    ranks = _gather_rows(mine.to(engine.device), users_per, n_users).cpu().numpy()
+    ranks = _gather_rows(mine.to(device), users_per, n_users).cpu().numpy()
     summary = summarize_ranks(ranks, ks=(K,))
     return {f"val_{name}": value for name, value in summary.items()}
 

@@ -10,8 +10,10 @@ from pydantic import Field
 from recsys.config import ConfigError, JobConfig, apply_overrides, load_config, parse_job_args
 from recsys.data.config import PreprocessConfig
 from recsys.eval.config import EvalConfig
+from recsys.eval.search_config import SearchEvalConfig
 from recsys.index.config import IndexConfig
 from recsys.train.config import TrainConfig
+from recsys.train.ranker_config import RankerTrainConfig
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CONFIG_DIR = REPO_ROOT / "jobs" / "configs"
@@ -20,6 +22,8 @@ CONFIG_CLASSES: dict[str, type[JobConfig]] = {
     "train": TrainConfig,
     "build_index": IndexConfig,
     "evaluate": EvalConfig,
+    "evaluate_search": SearchEvalConfig,
+    "train_ranker": RankerTrainConfig,
 }
 
 
@@ -200,6 +204,18 @@ def test_train_config_lora_list_override() -> None:
         load_config(TrainConfig, None, ["lora.dropout=1.0"])
 
 
+def test_train_config_checkpoint_and_evaluation_rules() -> None:
+    cfg = load_config(TrainConfig, None, ["checkpoint_every=100", "eval_every=50", "early_stopping_patience=3"])
+    assert (cfg.checkpoint_every, cfg.eval_every, cfg.early_stopping_patience) == (100, 50, 3)
+    with pytest.raises(ConfigError, match="checkpoint_every=30 must be a multiple of eval_every=20"):
+        load_config(TrainConfig, None, ["checkpoint_every=30", "eval_every=20"])
+    with pytest.raises(ConfigError, match="early_stopping_patience=2 needs eval_every > 0, got eval_every=0"):
+        load_config(TrainConfig, None, ["eval_every=0", "early_stopping_patience=2"])
+    with pytest.raises(ConfigError, match=r"eval_metric='mrr'"):
+        load_config(TrainConfig, None, ["eval_metric=mrr"])
+    assert load_config(TrainConfig, None, ["checkpoint_every=null", "eval_every=0"]).checkpoint_every is None
+
+
 def test_index_and_eval_configs_validate() -> None:
     assert load_config(IndexConfig, None, ["factory=HNSW32"]).factory == "HNSW32"
     with pytest.raises(ConfigError, match=r"embed_batch_size=0: "):
@@ -246,8 +262,7 @@ def test_preprocess_source_columns_must_name_our_columns() -> None:
 def test_every_shipped_job_config_validates(path: Path) -> None:
     """The YAML files users start from must load with their job's config class (unknown keys are errors)."""
     job = path.name.split(".")[0]
-    cls = {"preprocess": PreprocessConfig, "train": TrainConfig, "build_index": IndexConfig,
-           "evaluate": EvalConfig}[job]
+    cls = CONFIG_CLASSES[job]
     cfg = load_config(cls, str(path), [])
     if path.name == "train.gpu.yaml":
         assert cfg.use_gpu and cfg.use_bf16 and cfg.num_workers > 1
