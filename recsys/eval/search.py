@@ -74,6 +74,16 @@ def read_judgments(path: str | Path) -> tuple[pd.DataFrame, dict[str, int]]:
     return merged, {"rows": len(frame), "duplicate_pairs_averaged": len(frame) - len(merged)}
 
 
+def holdout_fraction(data_manifest: dict) -> float:
+    """The split.search_holdout_fraction the data version was preprocessed with."""
+    fraction = data_manifest.get("config", {}).get("split", {}).get("search_holdout_fraction")
+    if fraction is None:
+        raise ValueError(f"data version {data_manifest.get('version')} has no split.search_holdout_fraction in its "
+                         "manifest (preprocessed before the search holdout existed): its training pairs may hold "
+                         "every query, so re-run jobs/preprocess.py and evaluate the new version")
+    return float(fraction)
+
+
 @dataclass
 class EvalQueries:
     """The evaluated queries and their judged pairs, sorted by query then catalog position."""

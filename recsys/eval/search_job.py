@@ -16,7 +16,14 @@ import numpy as np
 from recsys.artifacts import mark_latest, new_version_dir, read_manifest, resolve_artifact, write_json
 from recsys.eval.bm25 import BM25Index
 from recsys.eval.metrics import format_markdown_table
-from recsys.eval.search import EvalQueries, held_out_judgments, rank_judged_items, read_judgments, summarize_search
+from recsys.eval.search import (
+    EvalQueries,
+    held_out_judgments,
+    holdout_fraction,
+    rank_judged_items,
+    read_judgments,
+    summarize_search,
+)
 from recsys.eval.search_config import SearchEvalConfig
 from recsys.index.build import load_item_texts, resolve_model
 from recsys.index.embed import embed_texts
@@ -24,16 +31,6 @@ from recsys.models.encoder import resolve_model_path
 from recsys.runtime import log
 
 JOB = "evaluate_search"
-
-
-def holdout_fraction(data_manifest: dict) -> float:
-    """The split.search_holdout_fraction the data version was preprocessed with."""
-    fraction = data_manifest.get("config", {}).get("split", {}).get("search_holdout_fraction")
-    if fraction is None:
-        raise ValueError(f"data version {data_manifest.get('version')} has no split.search_holdout_fraction in its "
-                         "manifest (preprocessed before the search holdout existed): its training pairs may hold "
-                         "every query, so re-run jobs/preprocess.py and evaluate the new version")
-    return float(fraction)
 
 
 def encoder_for(method: str, model_ref: str) -> tuple[str, str, dict]:
@@ -57,14 +54,15 @@ def embed_queries_and_items(model_path: str, manifest: dict, queries: list[str],
     return query_vectors, items
 
 
-def method_ranks(method: str, ev: EvalQueries, item_ids: list[str], item_texts: list[str],
-                 cfg: SearchEvalConfig) -> tuple[np.ndarray, str]:
-    """Rank of every judged pair under one method, and what ranked them (model version / BM25 settings)."""
-    if method == "bm25":
+def method_ranks(method: str, encoder: tuple[str, str, dict] | None, ev: EvalQueries, item_ids: list[str],
+                 item_texts: list[str], cfg: SearchEvalConfig) -> tuple[np.ndarray, str]:
+    """Rank of every judged pair under one method, and what ranked them (model version / BM25 settings).
+    encoder: (model path, label, manifest) for fine_tuned / zero_shot; None for bm25."""
+    if encoder is None:
         bm25 = BM25Index(item_texts, **cfg.bm25.model_dump())
         label = "bm25s(" + ", ".join(f"{k}={v}" for k, v in cfg.bm25.model_dump().items()) + ")"
         return rank_judged_items(lambda a, b: bm25.scores(ev.queries[a:b]), ev, len(item_ids)), label
-    model_path, label, manifest = encoder_for(method, cfg.model)
+    model_path, label, manifest = encoder
     queries, items = embed_queries_and_items(model_path, manifest, ev.queries, item_ids, item_texts, cfg)
     return rank_judged_items(lambda a, b: queries[a:b] @ items.T, ev, len(item_ids)), label
 
@@ -74,6 +72,8 @@ def run_search_evaluation(cfg: SearchEvalConfig) -> dict:
     data_dir = resolve_artifact("data", cfg.data)
     data_manifest = read_manifest(data_dir)
     fraction = holdout_fraction(data_manifest)
+    # Resolve every model before any work, so a wrong model version fails in seconds.
+    encoders: dict[str, tuple[str, str, dict]] = {m: encoder_for(m, cfg.model) for m in cfg.methods if m != "bm25"}
     item_ids, _, item_texts = load_item_texts(data_dir)
     judgments, judgment_stats = read_judgments(cfg.judgments)
     ev = held_out_judgments(judgments, {item: i for i, item in enumerate(item_ids)}, fraction, cfg.relevance_floor,
@@ -86,7 +86,7 @@ def run_search_evaluation(cfg: SearchEvalConfig) -> dict:
     models: dict[str, str] = {}
     for method in cfg.methods:
         t0 = time.perf_counter()
-        ranks, models[method] = method_ranks(method, ev, item_ids, item_texts, cfg)
+        ranks, models[method] = method_ranks(method, encoders.get(method), ev, item_ids, item_texts, cfg)
         results[method] = {**summarize_search(ev, ranks, cfg.ks), "seconds": round(time.perf_counter() - t0, 1)}
         log(JOB, f"{method}: " + ", ".join(f"{k}={v:.4f}" for k, v in results[method].items()
                                            if k.startswith(("ndcg", "recall"))) + f" ({results[method]['seconds']}s)")

@@ -15,7 +15,13 @@ from recsys.config import load_config
 from recsys.data.holdout import held_out_mask, is_held_out_query, query_bucket
 from recsys.eval.bm25 import BM25Index
 from recsys.eval.metrics import graded_ndcg_at_k, judged_ranks, relevant_recall_at_k
-from recsys.eval.search import held_out_judgments, rank_judged_items, read_judgments, summarize_search
+from recsys.eval.search import (
+    held_out_judgments,
+    holdout_fraction,
+    rank_judged_items,
+    read_judgments,
+    summarize_search,
+)
 from recsys.eval.search_config import SearchEvalConfig
 from tests.conftest import REPO_ROOT
 
@@ -171,6 +177,12 @@ def test_held_out_judgments_keep_only_held_out_queries_and_count_the_rest() -> N
         held_out_judgments(judgments, {"a": 0}, 0.0)
     with pytest.raises(ValueError, match="no held-out query has a judged catalog item"):
         held_out_judgments(judgments[judgments["query"].isin(kept + ["dee"])], {"a": 0, "b": 1}, 0.2)
+
+
+def test_holdout_fraction_comes_from_the_data_manifest() -> None:
+    assert holdout_fraction({"version": "v1", "config": {"split": {"search_holdout_fraction": 0.25}}}) == 0.25
+    with pytest.raises(ValueError, match="data version v0 has no split.search_holdout_fraction"):
+        holdout_fraction({"version": "v0", "config": {"split": {"method": "leave_last_out"}}})
 
 
 # ---------------------------------------------------------------- BM25 and the config
