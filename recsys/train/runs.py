@@ -11,6 +11,7 @@ Pure file logic (no Ray), unit-tested.
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -76,3 +77,25 @@ def config_for_resume(given: TrainConfig, stored: dict[str, Any]) -> TrainConfig
 def has_checkpoint(record: dict[str, Any]) -> bool:
     """Whether Ray Train persisted at least one checkpoint for the run (local or mounted storage)."""
     return (Path(record["storage_path"]) / record["run_name"] / RAY_SNAPSHOT).is_file()
+
+
+def remove_unregistered_checkpoints(record: dict[str, Any]) -> list[str]:
+    """Delete checkpoint directories Ray Train never registered: uploaded by a worker group that died
+    before every rank had reported, they are never restored, listed or cleaned up by `num_to_keep`.
+
+    Reads Ray's snapshot of registered checkpoints; when it cannot be understood, deletes nothing.
+    Call only while no trainer runs for this run. Returns the deleted directory names.
+    """
+    run_dir = Path(record["storage_path"]) / record["run_name"]
+    registered: set[str] = set()
+    if (run_dir / RAY_SNAPSHOT).is_file():
+        try:
+            snapshot = json.loads((run_dir / RAY_SNAPSHOT).read_text())
+            results = snapshot["checkpoint_results"] + [snapshot.get("latest_checkpoint_result") or {}]
+            registered = {r["checkpoint_dir_name"] for r in results if r}
+        except (ValueError, KeyError, TypeError):
+            return []
+    orphans = sorted(p for p in run_dir.glob("checkpoint_*") if p.is_dir() and p.name not in registered)
+    for path in orphans:
+        shutil.rmtree(path, ignore_errors=True)
+    return [p.name for p in orphans]

@@ -26,12 +26,18 @@ from recsys.artifacts import (
 from recsys.config import recsys_home
 from recsys.models.encoder import resolve_model_path
 from recsys.runtime import log
-from recsys.train.checkpoints import TRAIN_STATE_FILE
+from recsys.train.checkpoints import TRAIN_STATE_FILE, read_train_state
 from recsys.train.config import TrainConfig
 from recsys.train.curves import METRICS_FILE, plot_training_curves, read_metrics
 from recsys.train.deepspeed_config import plan_total_steps
 from recsys.train.loop import train_loop_per_worker
-from recsys.train.runs import config_for_resume, find_run_to_resume, has_checkpoint, write_run_record
+from recsys.train.runs import (
+    config_for_resume,
+    find_run_to_resume,
+    has_checkpoint,
+    remove_unregistered_checkpoints,
+    write_run_record,
+)
 from recsys.train.validation import load_validation_set
 
 JOB = "train"
@@ -50,6 +56,7 @@ def start_or_resume_run(cfg: TrainConfig) -> tuple[TrainConfig, str, Path, dict]
         return cfg, version, model_dir, record
     version, model_dir, record = find_run_to_resume(cfg.resume)
     cfg = config_for_resume(cfg, record["config"])
+    remove_unregistered_checkpoints(record)
     where = "its latest checkpoint" if has_checkpoint(record) else \
         "step 0: it stopped before its first checkpoint"
     log(JOB, f"resuming run {record['run_name']} (model {version}) from {where}")
@@ -107,9 +114,15 @@ def run_training(cfg: TrainConfig) -> dict:
     except BaseException:
         log(JOB, stopped)
         raise
-    if result.checkpoint is None:
+    if result.checkpoint is None or result.error is not None:
         raise RuntimeError(f"training finished without a checkpoint (error: {result.error}); {stopped}")
+    with result.checkpoint.as_directory() as last:
+        if not read_train_state(last).finished:   # e.g. aborted between a DeepSpeed checkpoint and the export
+            raise RuntimeError(f"the run's last checkpoint is not an exported model; {stopped}")
     result.checkpoint.to_directory(str(model_dir))   # next to logs/, which rank 0 wrote while training
+    orphans = remove_unregistered_checkpoints(record)
+    if orphans:
+        log(JOB, f"removed {len(orphans)} checkpoint(s) of failed attempts that Ray Train never registered")
     (model_dir / TRAIN_STATE_FILE).unlink(missing_ok=True)
     return finish_model(cfg, version, model_dir, data_version, base_model, n_pairs, result.metrics or {},
                         time.perf_counter() - started)

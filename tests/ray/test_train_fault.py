@@ -116,6 +116,10 @@ def test_killed_worker_restarts_from_checkpoint_and_stopped_run_resumes(ray_clus
     assert kept, "no DeepSpeed checkpoint kept"
     assert {"mp_rank_00_model_states.pt", "zero_pp_rank_0_mp_rank_00_optim_states.pt",
             "zero_pp_rank_1_mp_rank_00_optim_states.pt"} <= {p.name for p in (kept[-1] / DEEPSPEED_TAG).iterdir()}
+    # Only checkpoints Ray Train registered remain (uploads of killed attempts are removed).
+    snapshot = json.loads(next((recsys_home / "ray_results").glob(f"train-*/{RAY_SNAPSHOT}")).read_text())
+    registered = {r["checkpoint_dir_name"] for r in snapshot["checkpoint_results"]}
+    assert {c.name for c in checkpoints(recsys_home)} == registered
     with pytest.raises(FileNotFoundError, match="already finished"):
         run_training(TrainConfig(resume=stopped.name))
 

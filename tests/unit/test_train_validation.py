@@ -21,7 +21,14 @@ from recsys.train.config import TrainConfig
 from recsys.train.curves import METRICS_FILE, MetricsWriter, read_metrics
 from recsys.train.evaluator import evaluate_retrieval, slice_bounds
 from recsys.train.loop import build_model
-from recsys.train.runs import RUN_FILE, config_for_resume, find_run_to_resume, write_run_record
+from recsys.train.runs import (
+    RAY_SNAPSHOT,
+    RUN_FILE,
+    config_for_resume,
+    find_run_to_resume,
+    remove_unregistered_checkpoints,
+    write_run_record,
+)
 from recsys.train.validation import EarlyStopping, is_due, load_validation_set, validation_users
 
 IDS = ["a", "b", "c", "d"]
@@ -180,6 +187,25 @@ def test_config_for_resume_keeps_the_run_config_and_refuses_changes() -> None:
     assert config_for_resume(same_yaml, stored).max_steps == 300
     with pytest.raises(ValueError, match=r"max_steps=20 \(the run has 300\), zero_stage=3 \(the run has 2\)"):
         config_for_resume(TrainConfig(resume="latest", max_steps=20, zero_stage=3), stored)
+
+
+def test_remove_unregistered_checkpoints_keeps_what_ray_registered(tmp_path) -> None:
+    record = {"storage_path": str(tmp_path), "run_name": "train-v1"}
+    run = tmp_path / "train-v1"
+    names = ["checkpoint_1", "checkpoint_2", "checkpoint_3"]
+    for name in names:
+        (run / name).mkdir(parents=True)
+    assert remove_unregistered_checkpoints(record) == names                  # none registered yet
+    for name in names:
+        (run / name).mkdir()
+    (run / RAY_SNAPSHOT).write_text(json.dumps({
+        "checkpoint_results": [{"checkpoint_dir_name": "checkpoint_1", "metrics": {}}],
+        "latest_checkpoint_result": {"checkpoint_dir_name": "checkpoint_2", "metrics": {}}}))
+    assert remove_unregistered_checkpoints(record) == ["checkpoint_3"]
+    assert sorted(p.name for p in run.glob("checkpoint_*") if p.is_dir()) == ["checkpoint_1", "checkpoint_2"]
+    (run / RAY_SNAPSHOT).write_text('{"unexpected": 1}')           # a format we do not know: delete nothing
+    (run / "checkpoint_4").mkdir()
+    assert remove_unregistered_checkpoints(record) == [] and (run / "checkpoint_4").is_dir()
 
 
 def test_resume_flag_on_the_command_line() -> None:
