@@ -31,7 +31,7 @@ class RankerTrainConfig(JobConfig):
     grad_accum_steps: int = Field(1, ge=1, description="micro-batches per optimizer step")
     max_steps: int | None = Field(80, ge=1, description="optimizer steps; null = run `epochs` full epochs")
     epochs: float = Field(1.0, gt=0, description="passes over the training rows when max_steps is null")
-    lr: float = Field(3e-5, gt=0, description="peak learning rate (AdamW)")
+    lr: float = Field(5e-5, gt=0, description="peak learning rate (AdamW)")
     weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay")
     warmup_steps: int = Field(8, ge=0, description="linear warm-up steps, then linear decay (0 acts as 1)")
     max_length: int = Field(128, ge=16, description="tokens of the whole [CLS] context [SEP] item [SEP] pair")

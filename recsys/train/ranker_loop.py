@@ -64,7 +64,11 @@ def score_validation_pairs(engine, tokenizer, cfg: RankerTrainConfig, pairs_path
     n_batches = math.ceil(math.ceil(len(pairs) / world) / cfg.eval_batch_size)
     engine.eval()
     local: list[np.ndarray] = []
+    started = time.perf_counter()
     for b in range(n_batches):
+        if rank == 0 and b and b % max(1, n_batches // 10) == 0:
+            elapsed = time.perf_counter() - started
+            logger.info(f"[train_ranker] validation batch {b}/{n_batches}, eta {(n_batches - b) * elapsed / b:.0f}s")
         rows = mine[b * cfg.eval_batch_size:(b + 1) * cfg.eval_batch_size]
         take = rows if len(rows) else np.zeros(1, dtype=np.int64)
         tok = tokenize_ranking_pairs(tokenizer, list(contexts[take]), list(items[take]), cfg.max_length,
