@@ -77,11 +77,6 @@ class TrainConfig(JobConfig):
         if self.early_stopping_patience and not self.eval_every:
             raise ValueError(f"early_stopping_patience={self.early_stopping_patience} needs eval_every > 0, "
                              f"got eval_every={self.eval_every}")
-        # With evaluation on, Ray Train ranks checkpoints by the validation metric: every checkpoint
-        # must carry a fresh one, so checkpoints fall on evaluation steps.
-        if self.eval_every and self.checkpoint_every and self.checkpoint_every % self.eval_every:
-            raise ValueError(f"checkpoint_every={self.checkpoint_every} must be a multiple of "
-                             f"eval_every={self.eval_every} when evaluating")
         return self
 
     @property

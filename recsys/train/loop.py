@@ -106,6 +106,8 @@ def train_loop_per_worker(config: dict) -> None:
         logger.info(f"[train] resumed from the checkpoint at step {state.step}/{micro_steps}")
     vset = ray.get(config["validation"]) if config.get("validation") is not None else None
     stopper = EarlyStopping(**{**state.early_stopping, "patience": cfg.early_stopping_patience or 0})
+    if restored is not None and stopper.best_step == state.step // cfg.grad_accum_steps:
+        state.best_checkpoint = restored.path   # saved as the new best: its own path was not known yet
     shard = ray.train.get_dataset_shard("train")
     writer = MetricsWriter(config["log_dir"], resume_step=state.step) if rank == 0 and config.get("log_dir") else None
     losses: list[float] = []
@@ -146,7 +148,9 @@ def train_loop_per_worker(config: dict) -> None:
     if writer is not None:
         writer.close()
     steps_done = state.step // cfg.grad_accum_steps
-    if stopper.best_step is not None and stopper.best_step != steps_done and state.best_checkpoint:
+    if stopper.best_step is not None and stopper.best_step != steps_done:
+        if state.best_checkpoint is None:
+            raise RuntimeError(f"the best model (step {stopper.best_step}) has no checkpoint to export it from")
         if rank == 0:
             logger.info(f"[train] exporting the best model: step {stopper.best_step} "
                         f"({cfg.eval_metric} {stopper.best:.4f})")
@@ -191,8 +195,8 @@ def after_optimizer_step(engine, tokenizer, cfg: TrainConfig, state: TrainState,
     metrics = {"step": step, "loss": scalars["loss"], **{k: v for k, v in scalars.items() if k.startswith("val_")}}
     if is_due(step, cfg.checkpoint_every) or improved:
         if vset is not None:
-            # Ray Train keeps the top checkpoints by this score: only a new best carries its metric,
-            # so ties with an older best can never push the best checkpoint out.
+            # Ray Train keeps the top checkpoints by this score: only a new best carries its metric (others,
+            # evaluated or not, get -1), so ties with an older best can never push the best checkpoint out.
             metrics["checkpoint_score"] = scalars[f"val_{cfg.eval_metric}"] if improved else -1.0
         persisted = report_checkpoint(engine, state, metrics, rank)
         if improved:

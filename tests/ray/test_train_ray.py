@@ -42,9 +42,14 @@ def make_pair_data(home, catalog_items: int | None = None) -> str:
         users = [[items[(u + 1) % len(items)][0], items[u % len(items)][0], items[u % len(items)][0]]
                  for u in range(3 * len(items))]
         (out / "sequences").mkdir()
-        pq.write_table(pa.table({"user_id": [f"u{u}" for u in range(len(users))], "items": users,
-                                 "n_train": [2] * len(users), "valid_index": [2] * len(users),
-                                 "test_index": [-1] * len(users)}), out / "sequences" / "part-0.parquet")
+        n = len(users)   # the columns of recsys.data.sequences.build_user_sequences
+        pq.write_table(pa.table({
+            "user_id": [f"u{u}" for u in range(n)], "items": users, "event_types": [["view"] * 3] * n,
+            "weights": pa.array([[1.0] * 3] * n, pa.list_(pa.float32())),
+            "timestamps": [[1_700_000_000 + 60 * k for k in range(3)]] * n, "n_sessions": [1] * n,
+            "n_train": [2] * n, "valid_index": [2] * n, "test_index": [-1] * n, "valid_item": [u[2] for u in users],
+            "test_item": pa.nulls(n, pa.string()), "search_queries": pa.array([[]] * n, pa.list_(pa.string())),
+            "search_items": pa.array([[]] * n, pa.list_(pa.string()))}), out / "sequences" / "part-0.parquet")
     write_manifest(out, {"kind": "data", "version": version,
                          "config": {"retrieval_pairs": {"max_history_items": 8}}})
     mark_latest("data", version)
