@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow.dataset as pads
+import torch
 
 from recsys.artifacts import mark_latest, new_version_dir, read_manifest, resolve_artifact, write_json
 from recsys.data.sequences import training_items
@@ -22,7 +23,9 @@ from recsys.eval.metrics import format_markdown_table, summarize_ranks, target_r
 from recsys.index.build import load_item_texts, resolve_model
 from recsys.index.embed import embed_texts
 from recsys.models.encoder import resolve_model_path
+from recsys.models.sequence_tower import USER_TOWER_DIR, WEIGHTS_FILE, item_matrix_for_catalog, load_user_tower
 from recsys.runtime import log
+from recsys.train.user_tower_data import held_out_rows, read_sequences
 
 JOB = "evaluate"
 USER_CHUNK = 2048
@@ -58,11 +61,28 @@ def rank_by_scores(score_fn, targets: np.ndarray, histories: list[list[int]], ex
 
 
 def encoder_ranks(model_path: str, query_len: int, item_len: int, item_ids: list[str], item_texts: list[str],
-                  history_texts: list[str], targets, histories, cfg: EvalConfig) -> np.ndarray:
+                  history_texts: list[str], targets, histories, cfg: EvalConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Text user tower: -> (ranks, the item tower's [N, D] catalog vectors)."""
     items = embed_texts(item_ids, item_texts, model_path, item_len, cfg.embed_batch_size, cfg.embed_concurrency)
     keys = [str(i) for i in range(len(history_texts))]
     queries = embed_texts(keys, history_texts, model_path, query_len, cfg.embed_batch_size, cfg.embed_concurrency)
-    return rank_by_scores(lambda a, b: queries[a:b] @ items.T, targets, histories, cfg.exclude_history)
+    return rank_by_scores(lambda a, b: queries[a:b] @ items.T, targets, histories, cfg.exclude_history), items
+
+
+def sequence_tower_ranks(tower_dir: Path, data_dir: Path, cfg: EvalConfig, users: list[str], item_ids: list[str],
+                         item_vectors: np.ndarray, targets: np.ndarray, histories: list[list[int]]) -> np.ndarray:
+    """Sequence user tower over the same users, scored against its item vectors for this catalog."""
+    tower, vocabulary, _ = load_user_tower(tower_dir)
+    rows = held_out_rows(read_sequences(data_dir), {item: k for k, item in enumerate(vocabulary)},
+                         tower.spec.max_length, cfg.split, set(users))
+    if len(rows) != len(users):
+        raise ValueError(f"the user tower in {tower_dir} knows the items of {len(rows)} of {len(users)} held-out "
+                         f"users: it was trained on another catalog; evaluate it on its own data version")
+    matrix = item_matrix_for_catalog(tower, vocabulary, item_ids, item_vectors)
+    with torch.no_grad():
+        user_vectors = tower.user_vectors(*(torch.from_numpy(a) for a in (rows.items, rows.events, rows.gaps)))
+    return rank_by_scores(lambda a, b: user_vectors[a:b].numpy() @ matrix.T, targets, histories,
+                          cfg.exclude_history)
 
 
 def baseline_ranks(method: str, train_seqs: list[list[int]], n_items: int, targets: np.ndarray,
@@ -103,9 +123,17 @@ def run_evaluation(cfg: EvalConfig) -> dict:
                 base = Path(model_path)
                 model_version = f"zero-shot:{base.parent.name if base.name == 'model' else base.name}"
             q_len, i_len = int(manifest.get("query_max_length", 96)), int(manifest.get("item_max_length", 48))
-            ranks = encoder_ranks(model_path, q_len, i_len, item_ids, item_texts, history_texts, targets,
-                                  histories, cfg)
+            ranks, item_vectors = encoder_ranks(model_path, q_len, i_len, item_ids, item_texts, history_texts,
+                                                targets, histories, cfg)
             model_info[method] = model_version
+            tower_dir = Path(model_path) / USER_TOWER_DIR
+            if method == "fine_tuned" and (tower_dir / WEIGHTS_FILE).is_file():
+                # Both user towers of the model side by side; `fine_tuned` is the one the model serves.
+                towers = {"text": ranks, "sequence": sequence_tower_ranks(
+                    tower_dir, data_dir, cfg, users, item_ids, item_vectors, targets, histories)}
+                for kind, kind_ranks in towers.items():
+                    results[f"fine_tuned ({kind} tower)"] = summarize_ranks(kind_ranks, tuple(cfg.ks))
+                ranks = towers[manifest.get("user_tower", {}).get("kind", "text")]
         else:
             ranks = baseline_ranks(method, train_seqs, len(item_ids), targets, histories, cfg.exclude_history)
         results[method] = summarize_ranks(ranks, tuple(cfg.ks))

@@ -13,6 +13,7 @@ from recsys.index.config import IndexConfig
 from recsys.index.embed import embed_texts
 from recsys.index.faiss_index import build_faiss_index, save_item_index
 from recsys.models.encoder import resolve_model_path
+from recsys.models.sequence_tower import USER_TOWER_DIR, item_matrix_for_catalog, load_user_tower
 from recsys.runtime import log
 
 JOB = "build_index"
@@ -45,12 +46,18 @@ def run_build_index(cfg: IndexConfig) -> dict:
                           cfg.embed_concurrency, num_gpus=1 if cfg.use_gpu else 0)
     log(JOB, f"embedded in {time.perf_counter() - started:.1f}s; building Faiss '{cfg.factory}'")
     index = build_faiss_index(vectors, cfg.factory)
+    user_tower = str(model_manifest.get("user_tower", {}).get("kind", "text"))
+    recommend_index = None
+    if user_tower == "sequence":
+        tower, vocabulary, _ = load_user_tower(Path(model_path) / USER_TOWER_DIR)
+        recommend_index = build_faiss_index(item_matrix_for_catalog(tower, vocabulary, item_ids, vectors), cfg.factory)
+        log(JOB, f"sequence user tower: recommendation index over its item vectors ({len(vocabulary)} trained items)")
     version, out = new_version_dir("indexes")
     save_item_index(out, index, item_ids, {
         "kind": "index", "version": version, "model_path": model_path, "model_version": model_version,
         "data_version": data_version, "factory": cfg.factory, "item_max_length": item_max_length,
-        "query_max_length": int(model_manifest.get("query_max_length", 96)),
-    })
+        "query_max_length": int(model_manifest.get("query_max_length", 96)), "user_tower": user_tower,
+    }, recommend_index)
     mark_latest("indexes", version)
     seconds = round(time.perf_counter() - started, 1)
     log(JOB, f"index {version} -> {out}: {index.ntotal} items, dim {index.d}, {seconds}s")

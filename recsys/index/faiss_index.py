@@ -19,6 +19,9 @@ import pyarrow.parquet as pq
 from recsys.artifacts import read_manifest, write_manifest
 
 INDEX_FILE = "index.faiss"
+# Item vectors of the sequence user tower (text vector + learned residual), same rows as INDEX_FILE;
+# only when the model serves that tower. Search and similar-items keep the pure text vectors.
+RECOMMEND_FILE = "recommend.faiss"
 IDS_FILE = "item_ids.parquet"
 
 
@@ -56,24 +59,30 @@ class ItemIndex:
     index: faiss.Index
     item_ids: np.ndarray          # [N] object array of str
     manifest: dict[str, Any]
+    recommend_index: faiss.Index | None = None
 
     @property
     def version(self) -> str:
         return str(self.manifest.get("version", "unknown"))
 
-    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, list[list[str]]]:
-        """queries [Q, D] -> (scores [Q, k'], ids per query) with k' = min(k, N); -1 slots dropped."""
+    def search(self, queries: np.ndarray, k: int, recommend: bool = False) -> tuple[np.ndarray, list[list[str]]]:
+        """queries [Q, D] -> (scores [Q, k'], ids per query) with k' = min(k, N); -1 slots dropped.
+
+        recommend=True searches the sequence user tower's item vectors (user vectors from that tower)."""
         k = min(k, len(self.item_ids))
-        scores, positions = self.index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
+        index = self.recommend_index if recommend and self.recommend_index is not None else self.index
+        scores, positions = index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
         ids = [[str(self.item_ids[p]) for p in row if p >= 0] for row in positions]
         return scores, ids
 
 
 def save_item_index(directory: Path, index: faiss.Index, item_ids: list[str],
-                    manifest: dict[str, Any]) -> None:
+                    manifest: dict[str, Any], recommend_index: faiss.Index | None = None) -> None:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     faiss.write_index(index, str(directory / INDEX_FILE))
+    if recommend_index is not None:
+        faiss.write_index(recommend_index, str(directory / RECOMMEND_FILE))
     pq.write_table(pa.table({"item_id": pa.array(item_ids, pa.string())}), directory / IDS_FILE)
     write_manifest(directory, {**manifest, "n_items": len(item_ids), "dim": index.d})
 
@@ -85,4 +94,7 @@ def load_item_index(directory: Path) -> ItemIndex:
     ids = pq.read_table(directory / IDS_FILE).column("item_id").to_numpy(zero_copy_only=False)
     if len(ids) != index.ntotal:
         raise ValueError(f"{directory}: id map has {len(ids)} rows but the index holds {index.ntotal}")
-    return ItemIndex(index=index, item_ids=ids, manifest=manifest)
+    recommend = faiss.read_index(str(directory / RECOMMEND_FILE)) if (directory / RECOMMEND_FILE).is_file() else None
+    if recommend is not None and recommend.ntotal != index.ntotal:
+        raise ValueError(f"{directory}: {RECOMMEND_FILE} holds {recommend.ntotal} items, {INDEX_FILE} {index.ntotal}")
+    return ItemIndex(index=index, item_ids=ids, manifest=manifest, recommend_index=recommend)

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, Field
 from torch import nn
 
+USER_TOWER_DIR = "user_tower"   # inside a model version dir
 WEIGHTS_FILE = "user_tower.safetensors"
 SPEC_FILE = "user_tower.json"
 VOCAB_FILE = "item_ids.txt"
@@ -104,6 +105,21 @@ class SequenceUserTower(nn.Module):
         return self.forward(items, events, gaps)[torch.arange(len(items)), last]
 
 
+def item_matrix_for_catalog(tower: SequenceUserTower, vocabulary: list[str], item_ids: list[str],
+                            text_vectors: np.ndarray) -> np.ndarray:
+    """[N, D] float32 vectors to score catalog `item_ids` against user vectors: the tower's item vector
+    for items it was trained with, the item tower's text vector (unit) for items it never saw."""
+    out = np.asarray(text_vectors, dtype=np.float32).copy()
+    out /= np.clip(np.linalg.norm(out, axis=1, keepdims=True), 1e-12, None)
+    known = {item: k for k, item in enumerate(vocabulary)}
+    rows = [(p, known[item]) for p, item in enumerate(item_ids) if item in known]
+    if rows:
+        with torch.no_grad():
+            trained = tower.item_vectors().numpy()
+        out[[p for p, _ in rows]] = trained[[k for _, k in rows]]
+    return out
+
+
 def save_user_tower(directory: Path, tower: SequenceUserTower, item_ids: list[str], extra: dict) -> None:
     from safetensors.torch import save_file
 
@@ -127,3 +143,26 @@ def load_user_tower(directory: Path) -> tuple[SequenceUserTower, list[str], dict
     tower.load_state_dict(state, strict=False)   # causal_mask is rebuilt, not stored
     item_ids = (directory / VOCAB_FILE).read_text().split("\n")
     return tower.eval(), item_ids, meta
+
+
+class SequenceTowerInput:
+    """Serving side of the tower: item ids of a history (oldest first) -> one user vector.
+
+    Histories from the storefront carry no event types or times yet, so every step gets the
+    training data's most common event and time-gap bucket (both saved with the tower)."""
+
+    def __init__(self, directory: Path):
+        self.tower, vocabulary, meta = load_user_tower(directory)
+        self.position = {item: k + 1 for k, item in enumerate(vocabulary)}
+        self.event = int(event_ids([meta.get("default_event", "purchase")])[0])
+        self.gap = int(meta.get("default_gap_bucket", 0))
+
+    def user_vector(self, history: list[str]) -> np.ndarray | None:
+        items = [self.position[i] for i in history if i in self.position][-self.tower.spec.max_length:]
+        if not items:
+            return None
+        steps = torch.tensor([items])
+        with torch.no_grad():
+            vector = self.tower.user_vectors(steps, torch.full_like(steps, self.event),
+                                             torch.full_like(steps, self.gap))
+        return vector[0].numpy()

@@ -16,6 +16,7 @@ from ray import serve
 from recsys.data.text import history_text_for_items
 from recsys.index.faiss_index import ItemIndex, load_item_index
 from recsys.models.encoder import TextEmbedder
+from recsys.models.sequence_tower import USER_TOWER_DIR, SequenceTowerInput
 from recsys.serve.catalog import CatalogLookup
 
 logger = logging.getLogger("ray.serve")
@@ -37,6 +38,9 @@ class RetrievalModel:
                              f"{index_dir} holds {self.index.index.d}-d vectors")
         self.catalog = CatalogLookup.from_parquet(catalog_path)
         self.max_history_items = max_history_items
+        self.user_tower = None
+        if self.index.recommend_index is not None:
+            self.user_tower = SequenceTowerInput(Path(model_path) / USER_TOWER_DIR)
 
     @property
     def size(self) -> int:
@@ -50,8 +54,21 @@ class RetrievalModel:
         """texts [Q] -> per text, up to k (item_id, cosine score) pairs, best first."""
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
-        vectors = self.embedder.embed(texts)                     # [Q, D] unit rows
-        scores, ids = self.index.search(vectors, k)              # [Q, k'], Q lists of ids
+        return self._search(self.embedder.embed(texts), k, recommend=False)   # [Q, D] unit rows
+
+    def recommend(self, history: list[str], k: int) -> list[tuple[str, float]]:
+        """Item ids, oldest first -> up to k (item_id, score): the sequence user tower when the index was
+        built for it, else the text tower over the history's titles; [] when no id is known."""
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        if self.user_tower is not None:
+            vector = self.user_tower.user_vector(history)
+            return self._search(vector[None], k, recommend=True)[0] if vector is not None else []
+        text = self.history_text(history)
+        return self.retrieve([text], k)[0] if text else []
+
+    def _search(self, vectors: np.ndarray, k: int, recommend: bool) -> list[list[tuple[str, float]]]:
+        scores, ids = self.index.search(vectors, k, recommend=recommend)   # [Q, k'], Q lists of ids
         return [[(item, float(s)) for item, s in zip(row_ids, np.asarray(row_scores))]
                 for row_ids, row_scores in zip(ids, scores)]
 
@@ -83,12 +100,10 @@ class Retriever:
 
     async def recommend(self, history: list[str], k: int) -> list[tuple[str, float]]:
         """Item ids, oldest first -> up to k (item_id, score); [] when no id is in the catalog."""
-        text = self.model.history_text(history)
-        if not text:
-            return []
-        return await self._retrieve_one(text, k)
+        return await asyncio.to_thread(self.model.recommend, history, k)
 
     async def info(self) -> dict:
         """What this replica serves: index version, item count, model path."""
         return {"index_version": self.model.index.version, "items": self.model.size,
-                "model_path": str(self.model.index.manifest.get("model_path"))}
+                "model_path": str(self.model.index.manifest.get("model_path")),
+                "user_tower": "sequence" if self.model.user_tower is not None else "text"}

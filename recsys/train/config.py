@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from recsys.config import JobConfig
+from recsys.train.user_tower import UserTowerSettings
 
 EvalMetric = Literal["recall@10", "ndcg@10"]
 
@@ -45,6 +46,8 @@ class TrainConfig(JobConfig):
     item_max_length: int = Field(48, ge=8, description="tokens of item text")
     shuffle_buffer: int = Field(2048, ge=0, description="rows in each worker's local shuffle buffer")
     lora: LoraSettings = Field(default_factory=LoraSettings, description="optional LoRA fine-tuning")
+    user_tower: UserTowerSettings = Field(default_factory=UserTowerSettings,
+                                          description="stage 2: sequence user tower over the trained item tower")
     log_every: int = Field(10, ge=1, description="print loss every N steps")
     seed: int = Field(0, description="torch seed on every worker")
     # Fault tolerance: DeepSpeed checkpoints persisted by Ray Train; a failed worker group restarts from the latest.

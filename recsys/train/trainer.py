@@ -38,6 +38,7 @@ from recsys.train.runs import (
     remove_unregistered_checkpoints,
     write_run_record,
 )
+from recsys.train.user_tower_stage import train_user_tower
 from recsys.train.validation import load_validation_set
 
 JOB = "train"
@@ -124,12 +125,13 @@ def run_training(cfg: TrainConfig) -> dict:
     if orphans:
         log(JOB, f"removed {len(orphans)} checkpoint(s) of failed attempts that Ray Train never registered")
     (model_dir / TRAIN_STATE_FILE).unlink(missing_ok=True)
+    user_tower = train_user_tower(cfg, model_dir, data_dir)   # stage 2, on the exported item tower
     return finish_model(cfg, version, model_dir, data_version, base_model, n_pairs, result.metrics or {},
-                        time.perf_counter() - started)
+                        time.perf_counter() - started, user_tower)
 
 
 def finish_model(cfg: TrainConfig, version: str, model_dir: Path, data_version: str, base_model: str,
-                 n_pairs: int, run_metrics: dict, seconds: float) -> dict:
+                 n_pairs: int, run_metrics: dict, seconds: float, user_tower: dict | None = None) -> dict:
     """Curves, loss summary (from the whole run's metrics.jsonl, resumed attempts included), manifest."""
     records = read_metrics(model_dir / "logs" / METRICS_FILE) if (model_dir / "logs" / METRICS_FILE).exists() else []
     curve = [round(r["loss"], 4) for r in records if "loss" in r]
@@ -144,7 +146,7 @@ def finish_model(cfg: TrainConfig, version: str, model_dir: Path, data_version: 
         "kind": "model", "version": version, "data_version": data_version, "base_model": base_model,
         "config": cfg.model_dump(), "metrics": metrics, "n_pairs": n_pairs,
         "query_max_length": cfg.query_max_length, "item_max_length": cfg.item_max_length,
-        "wall_seconds": round(seconds, 1),
+        "wall_seconds": round(seconds, 1), "user_tower": user_tower or {"kind": "text"},
     })
     (model_dir / "loss_curve.json").write_text(json.dumps(curve))
     mark_latest("models", version)

@@ -16,7 +16,7 @@ import pyarrow.dataset as pads
 
 from recsys.models.sequence_tower import event_ids, gap_buckets
 
-COLUMNS = ["items", "event_types", "timestamps", "n_train", "valid_index", "test_index"]
+COLUMNS = ["user_id", "items", "event_types", "timestamps", "n_train", "valid_index", "test_index"]
 
 
 @dataclass
@@ -59,15 +59,21 @@ def _pad(rows: list[list[int]], length: int) -> np.ndarray:
     return out
 
 
-def training_windows(sequences: list[dict], position: dict[str, int], max_length: int) -> StepArrays:
+def training_windows(sequences: list[dict], position: dict[str, int], max_length: int,
+                     reversed_too: bool = False) -> StepArrays:
     """Non-overlapping windows of the training part, the last one ending at the newest training step.
 
     Input = steps [s, e-1), target = steps [s+1, e): every position predicts the next item;
-    padded positions have target 0, which the loss skips.
+    padded positions have target 0, which the loss skips. reversed_too adds the same windows of
+    every training part read backwards: review/purchase logs order co-bought items loosely, and
+    the extra direction doubles the transitions each item is seen in.
     """
     items, events, gaps, targets = [], [], [], []
-    for seq in sequences:
-        steps = encode_steps(seq, int(seq["n_train"]), position)
+    encoded = [encode_steps(seq, int(seq["n_train"]), position) for seq in sequences]
+    if reversed_too:
+        # Read backwards, step k follows step k+1: its gap is the one that came before k+1.
+        encoded += [(s[0][::-1], s[1][::-1], s[2][:1] + s[2][1:][::-1]) for s in encoded]
+    for steps in encoded:
         for end in range(len(steps[0]), 1, -max_length):
             start = max(0, end - max_length - 1)
             items.append(steps[0][start:end - 1])
@@ -79,14 +85,14 @@ def training_windows(sequences: list[dict], position: dict[str, int], max_length
 
 
 def held_out_rows(sequences: list[dict], position: dict[str, int], max_length: int,
-                  split: str) -> StepArrays:
-    """One row per user with a `split` ('valid' | 'test') target in the catalog: its last
-    `max_length` steps before the target -> the target's position + 1."""
+                  split: str, users: set[str] | None = None) -> StepArrays:
+    """One row per user with a `split` ('valid' | 'test') target in the catalog (only `users` when
+    given): its last `max_length` steps before the target -> the target's position + 1."""
     column = f"{split}_index"
     items, events, gaps, targets = [], [], [], []
     for seq in sequences:
         k = int(seq[column])
-        if k < 1 or seq["items"][k] not in position:
+        if k < 1 or seq["items"][k] not in position or (users is not None and seq["user_id"] not in users):
             continue
         steps = encode_steps(seq, k, position)
         items.append(steps[0][-max_length:])

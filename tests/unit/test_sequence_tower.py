@@ -107,3 +107,12 @@ def test_fit_learns_a_transition_text_cannot_explain():
     test = held_out_rows(sequences, position, 3, "test")
     ranks = rank_held_out(fitted, test)
     assert (ranks == 0).mean() > 0.9, f"test ranks {np.bincount(ranks)[:5]}"
+
+
+def test_reversed_windows_read_each_training_part_backwards():
+    position = {f"i{k}": k for k in range(4)}
+    sequences = [{**seq(["i0", "i1", "i2", "i3"], n_train=3), "timestamps": [0, 30 * 10**6, 2 * DAY_US, 3 * DAY_US]}]
+    both = training_windows(sequences, position, max_length=3, reversed_too=True)
+    assert both.items.tolist() == [[1, 2, 0], [3, 2, 0]] and both.targets.tolist() == [[2, 3, 0], [2, 1, 0]]
+    # Forward gaps: unknown, <1 min, ~2 days; backwards i2 (first, unknown) then i1 (gap before i2).
+    assert both.gaps.tolist() == [[0, 1, 0], [0, 5, 0]]
