@@ -56,9 +56,8 @@ def read_train_state(directory: str | Path) -> TrainState:
     return TrainState.from_json(path.read_text())
 
 
-def report_checkpoint(engine, state: TrainState, metrics: dict[str, Any], rank: int,
-                      write_extra: Callable[[str], Any] | None = None) -> Any:
-    """Save DeepSpeed state on every rank (+ `write_extra(dir)`), report it; returns the persisted Checkpoint.
+def report_checkpoint(engine, state: TrainState, metrics: dict[str, Any], rank: int) -> Any:
+    """Save DeepSpeed state on every rank, report it with `metrics`; returns the persisted Checkpoint.
 
     Collective: every rank must call it at the same step (DeepSpeed barriers, Ray's report barrier).
     """
@@ -67,8 +66,6 @@ def report_checkpoint(engine, state: TrainState, metrics: dict[str, Any], rank: 
 
     with tempfile.TemporaryDirectory(prefix="recsys-ckpt-") as tmp:
         engine.save_checkpoint(tmp, tag=DEEPSPEED_TAG)
-        if write_extra is not None:
-            write_extra(tmp)
         if rank == 0:
             Path(tmp, TRAIN_STATE_FILE).write_text(state.to_json())
         ray.train.report(metrics, checkpoint=Checkpoint.from_directory(tmp))
