@@ -34,7 +34,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 def tiny_config(model_dir: Path, **overrides) -> TrainConfig:
     base = dict(model_name_or_path=str(model_dir), num_workers=2, zero_stage=2, micro_batch_size=8, max_steps=12,
                 lr=2e-3, warmup_steps=2, temperature=0.1, query_max_length=16, item_max_length=16,
-                shuffle_buffer=0, log_every=3, checkpoint_every=3)
+                shuffle_buffer=0, log_every=3, checkpoint_every=3,
+                user_tower={"kind": "text"})   # stage 2 (sequence user tower) is not what these tests are about
     return TrainConfig(**(base | overrides))
 
 
