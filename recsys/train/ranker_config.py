@@ -46,7 +46,7 @@ class RankerTrainConfig(JobConfig):
     hard_negative_weight: float = Field(1.0, gt=0, description="BCE weight of a hard negative (sampled "
                                                                "negatives weigh 1)")
     # ---- validation (after training: the Train workers score, the driver computes the metrics)
-    eval_max_users: int | None = Field(300, ge=1, description="validation users sampled (null = all with "
+    eval_max_users: int | None = Field(200, ge=1, description="validation users sampled (null = all with "
                                                               "a validation target)")
     eval_negatives_per_positive: int = Field(4, ge=1, description="sampled negatives per validation positive "
                                                                   "for AUC (the data version's sampler)")

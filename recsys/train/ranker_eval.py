@@ -110,9 +110,13 @@ def validation_metrics(scored: pd.DataFrame, popularity: dict[str, int], n_users
         if label:
             targets[user] = item
     reranked = rerank_lists(lists, [np.asarray(s) for s in scores])
-    return {"auc": auc, "rerank": {
-        "retriever": list_metrics(target_positions(lists, targets, n_candidates), k, n_candidates),
-        "reranked": list_metrics(target_positions(reranked, targets, n_candidates), k, n_candidates)}}
+    before = list_metrics(target_positions(lists, targets, n_candidates), k, n_candidates)
+    after = list_metrics(target_positions(reranked, targets, n_candidates), k, n_candidates)
+    # The number the Rank stage swap hinges on: does re-ranking beat the retriever's own order?
+    return {"auc": auc, "rerank": {"retriever": before, "reranked": after,
+                                   f"ndcg@{k}_gain": after[f"ndcg@{k}"] - before[f"ndcg@{k}"]}}
+
+
 def format_validation_table(result: dict[str, Any], k: int, n_candidates: int) -> str:
     auc = result["auc"]
     lines = [f"AUC (validation positive vs {auc['negatives']} sampled negatives over {auc['positives']} users): "
@@ -123,4 +127,7 @@ def format_validation_table(result: dict[str, Any], k: int, n_candidates: int) -
         rows = {f"retriever top-{n_candidates}": result["rerank"]["retriever"],
                 "re-ranked by ranker": result["rerank"]["reranked"]}
         lines.append(format_markdown_table(rows, [f"ndcg@{k}", f"recall@{k}", f"recall@{n_candidates}", "users"]))
+        gain = result["rerank"][f"ndcg@{k}_gain"]
+        lines.append(f"re-ranking changes NDCG@{k} by {gain:+.4f}" + (
+            "" if gain > 0 else ": this ranker does not beat the retriever's order; do not serve it"))
     return "\n".join(lines)

@@ -18,7 +18,12 @@ from recsys.train.ranker_data import (
     select_example_groups,
     select_validation_users,
 )
-from recsys.train.ranker_eval import build_validation_pairs, retrieve_candidates, validation_metrics
+from recsys.train.ranker_eval import (
+    build_validation_pairs,
+    format_validation_table,
+    retrieve_candidates,
+    validation_metrics,
+)
 
 ITEMS = [f"i{n}" for n in range(10)]
 
@@ -111,4 +116,8 @@ def test_validation_pairs_and_metrics_from_scores(data_dir) -> None:
     before, after = result["rerank"]["retriever"], result["rerank"]["reranked"]
     assert before["ndcg@2"] == 0.0 and after["ndcg@2"] == pytest.approx(0.5)    # 1 of 2 users at rank 0
     assert before["recall@3"] == after["recall@3"] == pytest.approx(0.5)
+    assert result["rerank"]["ndcg@2_gain"] == pytest.approx(0.5)
+    worse = validation_metrics(pairs.assign(score=-pairs["retriever_rank"].astype(float)), {}, 2, 3, 2, True)
+    assert worse["rerank"]["ndcg@2_gain"] == 0.0 and worse["auc"]["auc"] < 1.0   # retriever order kept
+    assert "do not serve it" in format_validation_table(worse, 2, 3)
     assert validation_metrics(scored, {}, 2, 3, 2, with_rerank=False)["rerank"] is None
