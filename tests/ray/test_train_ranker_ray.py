@@ -20,7 +20,7 @@ from recsys.train.curves import read_metrics
 from recsys.train.ranker_config import RankerTrainConfig
 from recsys.train.ranker_trainer import run_ranker_training
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(420)]
 
 COLOURS = ["red", "blue", "green", "black", "white", "yellow", "pink", "grey"]
 THINGS = ["shoe", "sock", "jacket", "bottle"]
