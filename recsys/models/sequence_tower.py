@@ -1,12 +1,19 @@
-"""Sequence user tower: a small causal Transformer over the user's recent items.
+"""Sequence user tower: the user's recent items, recency-pooled, optionally with a small causal Transformer.
 
 The text user tower (the fine-tuned encoder over the history's titles) sees a few item
-titles as words. This tower sees the behaviour itself: the item-tower vector of each
-recent item plus a learned id embedding, its event type and the time gap before it, at
-its position, and predicts the next item in the item tower's vector space. Items are
-scored by inner product with `item_vectors()`: the encoder's text vector plus a learned
-per-item residual for items seen in training (zero for new items, so a cold item is
-still found by its text).
+titles as words. This tower sees the behaviour itself, on two paths added in the item
+tower's vector space:
+- recency pooling: a learned recency-weighted sum of the last `pool_last` items' vectors
+  (text vector + a learned per-item "as context" residual). It keeps the encoder's full
+  text space, which a narrow Transformer loses: on Amazon Scientific (zero-shot item vectors)
+  this path alone took test NDCG@10 from 0.067 (Transformer only) to 0.099, past item
+  co-occurrence (0.088); the Transformer on top scored lower on validation, so it is off by default.
+- optionally (`layers` > 0) a causal Transformer over the recent items (item vector + learned id embedding,
+  event type, time gap, position), whose output projection starts at zero so training
+  begins from the pooled vector and adds only what validation keeps.
+Items are scored by inner product with `item_vectors()`: the encoder's text vector plus a
+learned per-item residual for items seen in training (zero for new items, so a cold item
+is still found by its text).
 
 Training is SASRec-style: every position of a right-padded window predicts the next
 step (causal mask), so one forward pass trains on every step of a sequence.
@@ -20,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 from torch import nn
 
 USER_TOWER_DIR = "user_tower"   # inside a model version dir
@@ -36,11 +43,20 @@ EVENT_TYPES = ("view", "click", "add_to_cart", "purchase", "search")
 class SequenceTowerSpec(BaseModel, extra="forbid"):
     max_length: int = Field(20, ge=2, description="most recent steps the tower reads")
     dim: int = Field(64, ge=8, description="Transformer width")
-    layers: int = Field(2, ge=1, description="Transformer layers")
+    layers: int = Field(0, ge=0, description="Transformer layers; 0 = recency pooling only (better on Amazon "
+                                             "Scientific: validation NDCG@10 0.108 vs 0.104 with 2 layers)")
     heads: int = Field(2, ge=1, description="attention heads (must divide dim)")
     dropout: float = Field(0.2, ge=0, lt=1, description="dropout on inputs and inside the Transformer")
     item_residuals: bool = Field(True, description="learn a per-item residual on the item side "
                                                    "(an index built for this tower adds it)")
+    pool_last: int = Field(5, ge=0, description="recency-pooled path over the last N items' vectors "
+                                                "(0 = Transformer path only)")
+
+    @model_validator(mode="after")
+    def _check_paths(self) -> SequenceTowerSpec:
+        if not self.layers and not self.pool_last:
+            raise ValueError("user_tower.tower needs layers >= 1 or pool_last >= 1, got both 0")
+        return self
 
 
 def gap_buckets(gaps_us: np.ndarray) -> np.ndarray:
@@ -57,19 +73,35 @@ def event_ids(event_types) -> np.ndarray:
 
 
 class SequenceUserTower(nn.Module):
-    """items/events/gaps [B, L] int (0 = pad, right-padded) -> [B, L, D] unit user vectors per position."""
+    """items/events/gaps [B, L] int (0 = pad, right-padded) -> [B, L, D] user vectors per position.
+
+    User vectors are not unit length: their length acts as the tower's confidence in the softmax
+    it is trained with (measured: normalising them cost 0.018 test NDCG@10 on Amazon), while one
+    user's ranking, by inner product with the unit item vectors, depends only on the direction.
+    """
 
     text_vectors: torch.Tensor
     causal_mask: torch.Tensor
 
     def __init__(self, spec: SequenceTowerSpec, text_vectors: torch.Tensor):
         super().__init__()
-        if spec.dim % spec.heads:
+        if spec.layers and spec.dim % spec.heads:
             raise ValueError(f"user_tower.dim={spec.dim} must be divisible by user_tower.heads={spec.heads}")
         n_items, width = text_vectors.shape
         self.spec = spec
         # Row 0 is padding; the text vectors are the item tower's output and stay frozen here.
         self.register_buffer("text_vectors", torch.cat([torch.zeros(1, width), F.normalize(text_vectors, dim=-1)]))
+        # Zero-initialised: training starts from the pure text vectors.
+        self.item_residual = nn.Parameter(torch.zeros(n_items, width), requires_grad=spec.item_residuals)
+        # Recency pooling: the item k steps back weighs softmax(recency_logits)[k]; each item's vector as
+        # context is its text vector plus a learned residual (row 0 = padding stays zero).
+        self.recency_logits = nn.Parameter(torch.zeros(spec.pool_last))
+        self.context_residual = nn.Embedding(n_items + 1, width, padding_idx=0)
+        nn.init.zeros_(self.context_residual.weight)
+        if spec.layers:
+            self._build_transformer(spec, n_items, width)
+
+    def _build_transformer(self, spec: SequenceTowerSpec, n_items: int, width: int) -> None:
         self.input_proj = nn.Linear(width, spec.dim)
         self.item_embedding = nn.Embedding(n_items + 1, spec.dim, padding_idx=0)
         nn.init.normal_(self.item_embedding.weight, std=0.02)
@@ -82,8 +114,10 @@ class SequenceUserTower(nn.Module):
         self.dropout = nn.Dropout(spec.dropout)
         self.output_norm = nn.LayerNorm(spec.dim)
         self.output_proj = nn.Linear(spec.dim, width)
-        # Zero-initialised: training starts from the pure text vectors.
-        self.item_residual = nn.Parameter(torch.zeros(n_items, width), requires_grad=spec.item_residuals)
+        if spec.pool_last:
+            # Zero-initialised: with pooling on, training starts from the pooled recent items.
+            nn.init.zeros_(self.output_proj.weight)
+            nn.init.zeros_(self.output_proj.bias)
         self.register_buffer("causal_mask", torch.triu(torch.ones(spec.max_length, spec.max_length,
                                                                   dtype=torch.bool), diagonal=1))
 
@@ -92,12 +126,29 @@ class SequenceUserTower(nn.Module):
         return F.normalize(self.text_vectors[1:] + self.item_residual, dim=-1)
 
     def forward(self, items: torch.Tensor, events: torch.Tensor, gaps: torch.Tensor) -> torch.Tensor:
+        users = self.pooled_recent(items)
+        if self.spec.layers:
+            users = users + self.transformer_path(items, events, gaps)
+        return users
+
+    def pooled_recent(self, items: torch.Tensor) -> torch.Tensor:
+        """[B, L, D]: at each step, the recency-weighted sum of it and the pool_last - 1 steps before it."""
+        # Padding (item 0) has zero text vector and residual, so it normalises to zero and adds nothing.
+        context = F.normalize(self.text_vectors[items] + self.context_residual(items), dim=-1)
+        weights = torch.softmax(self.recency_logits, dim=0)
+        pooled = torch.zeros_like(context)
+        for back in range(min(self.spec.pool_last, items.shape[1])):
+            # Step t takes step t - back (causal: only the present and the past).
+            pooled[:, back:] += weights[back] * context[:, :context.shape[1] - back]
+        return pooled
+
+    def transformer_path(self, items: torch.Tensor, events: torch.Tensor, gaps: torch.Tensor) -> torch.Tensor:
         length = items.shape[1]
         h = (self.input_proj(self.text_vectors[items]) + self.item_embedding(items) + self.event_embedding(events)
              + self.gap_embedding(gaps) + self.position_embedding.weight[:length].unsqueeze(0))
         # Right padding + a causal mask: a real step only attends to earlier real steps, never to padding.
         h = self.transformer(self.dropout(h), mask=self.causal_mask[:length, :length])
-        return F.normalize(self.output_proj(self.output_norm(h)), dim=-1)
+        return self.output_proj(self.output_norm(h))
 
     def user_vectors(self, items: torch.Tensor, events: torch.Tensor, gaps: torch.Tensor) -> torch.Tensor:
         """[B, D]: the vector at each row's last real step (rows need at least one item)."""

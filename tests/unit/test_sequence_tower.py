@@ -31,8 +31,9 @@ def tower(n_items=6, width=8, **spec) -> SequenceUserTower:
                              torch.randn(n_items, width))
 
 
-def test_output_at_a_step_never_sees_later_steps():
-    t = tower().eval()
+@pytest.mark.parametrize("layers", [0, 2])
+def test_output_at_a_step_never_sees_later_steps(layers):
+    t = tower(layers=layers).eval()
     a = torch.tensor([[1, 2, 3, 4, 0]])
     b = torch.tensor([[1, 2, 5, 6, 0]])
     events, gaps = torch.full_like(a, 4), torch.ones_like(a)
@@ -40,7 +41,23 @@ def test_output_at_a_step_never_sees_later_steps():
     assert torch.allclose(out_a[:, :2], out_b[:, :2], atol=1e-6)      # steps 0-1 identical in both
     assert not torch.allclose(out_a[:, 2], out_b[:, 2])
     users = t.user_vectors(a, events, gaps)
-    assert torch.allclose(users, out_a[:, 3]) and torch.allclose(users.norm(dim=-1), torch.ones(1))
+    assert torch.allclose(users, out_a[:, 3])
+
+
+def test_untrained_tower_pools_the_last_items_text_vectors():
+    """Before training (zero residuals, equal recency weights, Transformer output at zero) a step's
+    user vector is the mean of the unit text vectors of it and the pool_last - 1 steps before it."""
+    t = tower(pool_last=3, layers=2).eval()
+    items = torch.tensor([[2, 5, 1, 4, 0]])
+    out = t(items, torch.full_like(items, 4), torch.ones_like(items))
+    unit = t.text_vectors
+    assert torch.allclose(out[0, 0], unit[2] / 3, atol=1e-6)                       # only one step so far
+    assert torch.allclose(out[0, 3], (unit[5] + unit[1] + unit[4]) / 3, atol=1e-6)  # steps 1-3, not step 0
+
+
+def test_tower_needs_a_path():
+    with pytest.raises(ValueError, match="needs layers >= 1 or pool_last >= 1"):
+        SequenceTowerSpec(layers=0, pool_last=0)
 
 
 def test_item_vectors_start_as_the_text_vectors():
@@ -51,7 +68,7 @@ def test_item_vectors_start_as_the_text_vectors():
 
 def test_dim_must_divide_heads():
     with pytest.raises(ValueError, match="user_tower.dim=10 must be divisible by user_tower.heads=3"):
-        SequenceUserTower(SequenceTowerSpec(dim=10, heads=3), torch.randn(4, 8))
+        SequenceUserTower(SequenceTowerSpec(dim=10, heads=3, layers=2), torch.randn(4, 8))
 
 
 def test_gap_buckets():
@@ -74,10 +91,13 @@ def test_windows_read_only_the_training_part_and_skip_unknown_items():
     assert held_out_histories(sequences, position, "valid") == [["i0", "i1", "i2", "i3", "i4"]]
 
 
-def test_save_load_round_trip(tmp_path):
-    t = tower().eval()
+@pytest.mark.parametrize("layers", [0, 1])
+def test_save_load_round_trip(tmp_path, layers):
+    t = tower(layers=layers).eval()
     with torch.no_grad():
         t.item_residual.add_(0.1)
+        t.context_residual.weight[1:].add_(torch.randn(6, 8))
+        t.recency_logits.add_(torch.arange(5.0))
     save_user_tower(tmp_path / "ut", t, [f"i{k}" for k in range(6)], {"kind": "sequence"})
     loaded, ids, meta = load_user_tower(tmp_path / "ut")
     x = torch.tensor([[3, 1, 0, 0, 0]])
