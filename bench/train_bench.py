@@ -4,11 +4,15 @@ Throughput: recsys/train/loop.py's MiniLM two-tower model and in-batch softmax l
 global batch (2 x micro-batch pairs per step), same 2 cores. Reference: one process, torch with 2 threads, AdamW.
 Ours: `run_training` (2 workers x 1 thread, ZeRO-2). Steady state = steps after --warmup; end-to-end adds start-up
 (Ray Train workers, model load, DeepSpeed init, export). Memory: DDP (ZeRO stage 0) vs ZeRO-2 vs ZeRO-3 on a
-random-init BERT-base (~110M params), 2 gloo ranks as plain subprocesses (no Ray, whose ~0.3 GB per worker would
-blur the comparison) with `build_deepspeed_config`; each rank reports its own peak RSS. Each measured run is its
-own subprocess, in a private temporary RECSYS_HOME. The last line is the steady-state throughput ratio (goal >= 0.9).
+random-init BERT-base (~110M params) saved as a local HF directory, 2 gloo ranks as plain subprocesses (no Ray,
+whose ~0.3 GB per worker would blur the comparison) that set up like train_loop_per_worker: `load_hf_encoder` with
+the `build_deepspeed_config` config (partitioned while loading under ZeRO-3), `limit_cpu_heap_growth`; each rank
+reports its own peak RSS (VmHWM) for init and for the steps. Each measured run is its own subprocess, in a private
+temporary RECSYS_HOME. The last line is the steady-state throughput ratio (goal >= 0.9), or with --only mem the
+memory ratio.
 
     .venv/bin/python bench/train_bench.py [--steps 30] [--warmup 5] [--micro-batch 16] [--mem-steps 3]
+                                          [--only {all,throughput,mem}]
 """
 
 from __future__ import annotations
@@ -126,35 +130,61 @@ def run_ray(args) -> dict:
     return {"elapsed": [r["elapsed_s"] for r in records], "wall": wall, "init": init_s}
 
 
-def _peak_bytes(reset: bool = False) -> int:
-    """This process's peak RSS (ru_maxrss); reset=True then zeroes it (VmHWM) to time a phase on its own."""
-    import resource
+def _rss_bytes(field: str) -> int:
+    """A memory line of /proc/self/status in bytes: VmRSS (now) or VmHWM (peak since start or the last reset)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1]) * 1024   # kB
+    raise RuntimeError(f"no {field} in /proc/self/status (Linux only)")
 
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024   # KiB on Linux
+
+def _peak_bytes(reset: bool = False) -> int:
+    """This process's peak RSS (VmHWM); reset=True then lowers it to the current RSS to time a phase on its own.
+
+    VmHWM, not ru_maxrss: ru_maxrss also counts the parent's peak RSS at the time of the spawn (exec records the
+    high-water mark of the vfork-shared address space), and clear_refs does not lower that part."""
+    peak = _rss_bytes("VmHWM")
     if reset:
         Path("/proc/self/clear_refs").write_text("5")
     return peak
 
 
+def make_bert_base(out: Path) -> None:
+    """A random-init BERT-base (~110M params, no pooler) as a local HF directory, with the MiniLM tokenizer (the
+    same 30522-token uncased vocabulary): every rank then loads it the way the product does (load_hf_encoder)."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from recsys.models.encoder import DEFAULT_MODEL, resolve_model_path
+
+    torch.manual_seed(0)
+    BertModel(BertConfig(), add_pooling_layer=False).save_pretrained(out, safe_serialization=True)
+    AutoTokenizer.from_pretrained(resolve_model_path(DEFAULT_MODEL)).save_pretrained(out)
+
+
 def run_mem(args) -> dict:
-    """One of 2 gloo ranks: random-init BERT-base under DeepSpeed at --stage, a few steps of a simple loss."""
+    """One of 2 gloo ranks: BERT-base under DeepSpeed at --stage, a few steps of a simple loss."""
     import deepspeed
     import torch
-    from transformers import BertConfig, BertModel
 
+    from recsys.models.encoder import load_hf_encoder
     from recsys.train.config import TrainConfig
     from recsys.train.deepspeed_config import build_deepspeed_config
+    from recsys.train.loop import limit_cpu_heap_growth
 
     torch.set_num_threads(1)
     torch.manual_seed(0)
     deepspeed.init_distributed(dist_backend="gloo")   # env:// from RANK / WORLD_SIZE / MASTER_ADDR / MASTER_PORT
+    limit_cpu_heap_growth(args.stage, use_gpu=False)  # as train_loop_per_worker does (a no-op below ZeRO-3)
     rank = torch.distributed.get_rank()
-    # The product's pattern (loop.py): build the whole model on every rank, then hand it to DeepSpeed.
-    model = BertModel(BertConfig(), add_pooling_layer=False)   # no pooler: an unused one breaks reduction
-    n_params = sum(p.numel() for p in model.parameters())
     cfg = TrainConfig(zero_stage=args.stage, micro_batch_size=args.mem_batch, warmup_steps=1)
-    engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=list(model.parameters()),
-                                           config=build_deepspeed_config(cfg, 2, args.mem_steps))
+    ds_config = build_deepspeed_config(cfg, 2, args.mem_steps)
+    # The product's loading (loop.py build_model): whole on every rank below ZeRO-3, partitioned while it
+    # loads under ZeRO-3.
+    model, _ = load_hf_encoder(os.environ["BENCH_BERT_DIR"], ds_config=ds_config)
+    built_rss = _rss_bytes("VmRSS")
+    n_params = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())
+    engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=list(model.parameters()), config=ds_config)
     init_peak = _peak_bytes(reset=True)
     gen, times = torch.Generator().manual_seed(rank), []
     for step in range(args.mem_steps):
@@ -166,10 +196,16 @@ def run_mem(args) -> dict:
         engine.step()
         times.append(time.perf_counter() - t)
         if rank == 0:
-            say(f"mem ZeRO-{args.stage}: step {step + 1}/{args.mem_steps} {times[-1]:.1f}s")
+            say(f"mem ZeRO-{args.stage}: step {step + 1}/{args.mem_steps} {times[-1]:.1f}s "
+                f"rss {_rss_bytes('VmRSS') / GIB:.2f} GiB")
     train_peak = _peak_bytes()
-    return {"rank": rank, "params": n_params, "init_peak": init_peak, "train_peak": train_peak,
-            "peak": max(init_peak, train_peak), "step_s": sum(times[1:] or times) / len(times[1:] or times)}
+    # Leave the process group before the interpreter exits: otherwise a rank can abort there (ZeRO-3, gloo:
+    # "terminate called without an active exception") after its numbers are in.
+    torch.distributed.barrier()
+    torch.distributed.destroy_process_group()
+    return {"rank": rank, "params": n_params, "built_rss": built_rss, "init_peak": init_peak,
+            "train_peak": train_peak, "peak": max(init_peak, train_peak),
+            "step_s": sum(times[1:] or times) / len(times[1:] or times)}
 
 
 def _kill_tree(proc) -> None:
@@ -231,6 +267,8 @@ def main() -> None:
     parser.add_argument("--mem-batch", type=int, default=2, help="sequences per rank per step (memory part)")
     parser.add_argument("--mem-seq-len", type=int, default=64)
     parser.add_argument("--timeout", type=float, default=1200, help="seconds per measured run")
+    parser.add_argument("--only", choices=("all", "throughput", "mem"), default="all",
+                        help="run only the throughput or only the memory part (default: both)")
     parser.add_argument("--child", choices=("single", "ray", "mem"), help=argparse.SUPPRESS)
     parser.add_argument("--stage", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--result", help=argparse.SUPPRESS)
@@ -243,52 +281,67 @@ def main() -> None:
         return
 
     wall0 = time.perf_counter()
+    do_thr, do_mem = args.only in ("all", "throughput"), args.only in ("all", "mem")
+    thr, mem = {}, {}
     with tempfile.TemporaryDirectory(prefix="train_bench_") as home:
         os.environ["RECSYS_HOME"] = home   # private: the user's artifacts are never read or written
         global_batch = 2 * args.micro_batch
-        say(f"phase 1/3: {4 * args.steps * global_batch} synthetic pairs in {home}")
-        make_pairs(4 * args.steps * global_batch)   # >= 2 epochs: no epoch restart inside the measured steps
-        say(f"phase 2/3: throughput, {args.steps} steps x {global_batch} pairs (2 x {args.micro_batch})")
-        thr = {}
-        for name in ("single", "ray"):
-            say(f"{name}: starting")
-            thr[name] = spawn(args, name, [name], args.timeout, [{}])[0]
-            steady, e2e = rates(thr[name], global_batch, args.warmup)
-            say(f"{name}: {steady:.1f} samples/s steady, {e2e:.1f} end-to-end ({thr[name]['wall']:.1f}s)")
-        say(f"phase 3/3: memory, BERT-base random init, 2 ranks x {args.mem_batch} x {args.mem_seq_len} tokens")
-        mem = {}
-        for label, stage in (("DDP", 0), ("ZeRO-2", 2), ("ZeRO-3", 3)):   # DDP = zero_stage 0, as in TrainConfig
-            with socket.socket() as s:   # a free port for this mode's gloo rendezvous
-                s.bind(("127.0.0.1", 0))
-                port = str(s.getsockname()[1])
-            envs = [{"RANK": str(r), "LOCAL_RANK": str(r), "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",
-                     "MASTER_PORT": port} for r in range(2)]
-            say(f"{label}: starting 2 ranks")
-            mem[label] = sorted(spawn(args, f"mem{stage}", ["mem", "--stage", str(stage)], args.timeout, envs),
-                                key=lambda r: r["rank"])
-            peaks = ", ".join(f"{r['peak'] / GIB:.2f}" for r in mem[label])
-            say(f"{label}: peak RSS per rank {peaks} GiB")
+        if do_thr:
+            say(f"throughput data: {4 * args.steps * global_batch} synthetic pairs in {home}")
+            make_pairs(4 * args.steps * global_batch)   # >= 2 epochs: no epoch restart inside the measured steps
+            say(f"throughput: {args.steps} steps x {global_batch} pairs (2 x {args.micro_batch})")
+            for name in ("single", "ray"):
+                say(f"{name}: starting")
+                thr[name] = spawn(args, name, [name], args.timeout, [{}])[0]
+                steady, e2e = rates(thr[name], global_batch, args.warmup)
+                say(f"{name}: {steady:.1f} samples/s steady, {e2e:.1f} end-to-end ({thr[name]['wall']:.1f}s)")
+        if do_mem:
+            os.environ["BENCH_BERT_DIR"] = str(Path(home) / "bert-base")
+            say(f"memory: random-init BERT-base in {os.environ['BENCH_BERT_DIR']}, "
+                f"2 ranks x {args.mem_batch} x {args.mem_seq_len} tokens")
+            make_bert_base(Path(os.environ["BENCH_BERT_DIR"]))
+            for label, stage in (("DDP", 0), ("ZeRO-2", 2), ("ZeRO-3", 3)):   # DDP = zero_stage 0, as in TrainConfig
+                with socket.socket() as s:   # a free port for this mode's gloo rendezvous
+                    s.bind(("127.0.0.1", 0))
+                    port = str(s.getsockname()[1])
+                envs = [{"RANK": str(r), "LOCAL_RANK": str(r), "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",
+                         "MASTER_PORT": port} for r in range(2)]
+                say(f"{label}: starting 2 ranks")
+                mem[label] = sorted(spawn(args, f"mem{stage}", ["mem", "--stage", str(stage)], args.timeout, envs),
+                                    key=lambda r: r["rank"])
+                peaks = ", ".join(f"{r['peak'] / GIB:.2f}" for r in mem[label])
+                say(f"{label}: peak RSS per rank {peaks} GiB")
 
-    print(f"\nmemory per worker: BertModel {mem['DDP'][0]['params'] / 1e6:.1f}M params, {args.mem_steps} steps of "
-          f"{args.mem_batch} x {args.mem_seq_len} tokens per rank; init = model build + deepspeed.initialize")
-    print(f"{'mode':<8} {'peak GiB r0/r1':>15} {'init peak':>10} {'train peak':>11} {'step s':>7}")
-    worst = {label: {k: max(r[k] for r in ranks) / GIB for k in ("peak", "init_peak", "train_peak")}
-             for label, ranks in mem.items()}
-    for label, (r0, r1) in mem.items():
-        print(f"{label:<8} {r0['peak'] / GIB:>7.2f}/{r1['peak'] / GIB:<7.2f} {worst[label]['init_peak']:>10.2f} "
-              f"{worst[label]['train_peak']:>11.2f} {(r0['step_s'] + r1['step_s']) / 2:>7.2f}")
-    print(f"ZeRO-3 / DDP peak memory per worker = {worst['ZeRO-3']['peak'] / worst['DDP']['peak']:.2f} (goal <= 0.7)")
-
-    print(f"\nthroughput: {args.steps} steps x {global_batch} pairs, steady state = steps "
-          f"{args.warmup + 1}-{args.steps}, ray.init {thr['ray']['init']:.1f}s not counted")
-    print(f"{'path':<42} {'steady/s':>9} {'e2e/s':>7} {'wall s':>7}")
-    labels = {"single": "single process, torch 2 threads", "ray": "Ray Train + DeepSpeed ZeRO-2, 2 x 1 thread"}
-    rate = {name: rates(r, global_batch, args.warmup) for name, r in thr.items()}
-    for name, r in thr.items():
-        print(f"{labels[name]:<42} {rate[name][0]:>9.1f} {rate[name][1]:>7.1f} {r['wall']:>7.1f}")
-    print(f"end-to-end ratio ray / single (incl. start-up) = {rate['ray'][1] / rate['single'][1]:.2f}")
+    if mem:
+        print(f"\nmemory per worker: BertModel {mem['DDP'][0]['params'] / 1e6:.1f}M params, {args.mem_steps} steps "
+              f"of {args.mem_batch} x {args.mem_seq_len} tokens per rank; peak RSS (VmHWM) per phase: init = model "
+              f"load + deepspeed.initialize, train = the steps; built = RSS right after the model load")
+        print(f"{'mode':<8} {'peak GiB r0/r1':>15} {'built':>6} {'init peak':>10} {'train peak':>11} {'step s':>7}")
+        worst = {label: {k: max(r[k] for r in ranks) / GIB for k in ("peak", "built_rss", "init_peak", "train_peak")}
+                 for label, ranks in mem.items()}
+        for label, (r0, r1) in mem.items():
+            print(f"{label:<8} {r0['peak'] / GIB:>7.2f}/{r1['peak'] / GIB:<7.2f} {worst[label]['built_rss']:>6.2f} "
+                  f"{worst[label]['init_peak']:>10.2f} {worst[label]['train_peak']:>11.2f} "
+                  f"{(r0['step_s'] + r1['step_s']) / 2:>7.2f}")
+        mem_ratio = (f"ZeRO-3 / DDP peak memory per worker = {worst['ZeRO-3']['peak'] / worst['DDP']['peak']:.2f} "
+                     f"(goal <= 0.7)")
+        if thr:
+            print(mem_ratio)
+    if thr:
+        print(f"\nthroughput: {args.steps} steps x {global_batch} pairs, steady state = steps "
+              f"{args.warmup + 1}-{args.steps}, ray.init {thr['ray']['init']:.1f}s not counted")
+        print(f"{'path':<42} {'steady/s':>9} {'e2e/s':>7} {'wall s':>7}")
+        labels = {"single": "single process, torch 2 threads", "ray": "Ray Train + DeepSpeed ZeRO-2, 2 x 1 thread"}
+        rate = {name: rates(r, global_batch, args.warmup) for name, r in thr.items()}
+        for name, r in thr.items():
+            print(f"{labels[name]:<42} {rate[name][0]:>9.1f} {rate[name][1]:>7.1f} {r['wall']:>7.1f}")
+        print(f"end-to-end ratio ray / single (incl. start-up) = {rate['ray'][1] / rate['single'][1]:.2f}")
     print(f"bench wall time {time.perf_counter() - wall0:.0f}s")
-    print(f"ratio ray_zero2_samples_per_s / single_process_samples_per_s = {rate['ray'][0] / rate['single'][0]:.2f}")
+    if thr:   # the last line: the ratio of the part that ran (throughput when both did)
+        print(f"ratio ray_zero2_samples_per_s / single_process_samples_per_s = "
+              f"{rate['ray'][0] / rate['single'][0]:.2f}")
+    else:
+        print(mem_ratio)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,8 @@ downloaded from a hub.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -34,18 +35,46 @@ def resolve_model_path(name_or_path: str) -> str:
     return str(path.resolve())
 
 
-def load_hf_encoder(name_or_path: str, dtype: torch.dtype | None = None) -> tuple[nn.Module, Any]:
-    """Load (AutoModel, AutoTokenizer) from a local directory, offline."""
+@contextmanager
+def zero3_partitioned_loading(ds_config: dict[str, Any] | None) -> Iterator[None]:
+    """While open, Hugging Face models built with `from_pretrained` / `from_config` are partitioned across the
+    ranks as they are built, when `ds_config` is a ZeRO-3 DeepSpeed config; otherwise this does nothing.
+
+    Without it every rank first materialises the whole model and only deepspeed.initialize partitions it: the
+    model must fit whole in every worker, which ZeRO-3 exists to avoid. (On bench/train_bench.py's 110M BERT,
+    loaded lazily from safetensors, the peak is the same either way: the training steps set it.)
+    transformers reads the config through a weak reference to a live `HfDeepSpeedConfig` (zero.Init for
+    construction, rank 0 reads the checkpoint and scatters it); dropping it on exit makes later loads plain
+    again (a rank-0-only export must not enter a collective). Collective: every rank must load the same model
+    inside it, after torch.distributed init.
+    """
+    if not ds_config or ds_config.get("zero_optimization", {}).get("stage") != 3:
+        yield
+        return
+    from transformers.integrations import HfDeepSpeedConfig
+
+    keep_alive = HfDeepSpeedConfig(ds_config)
+    try:
+        yield
+    finally:
+        del keep_alive
+
+
+def load_hf_encoder(name_or_path: str, dtype: torch.dtype | None = None,
+                    ds_config: dict[str, Any] | None = None) -> tuple[nn.Module, Any]:
+    """Load (AutoModel, AutoTokenizer) from a local directory, offline; partitioned under a ZeRO-3 `ds_config`
+    (collective then, see zero3_partitioned_loading)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from transformers import AutoModel, AutoTokenizer
 
     path = resolve_model_path(name_or_path)
     kwargs: dict = {"dtype": dtype} if dtype is not None else {}
-    try:
-        # An unused pooler gets no gradient and breaks DDP/ZeRO gradient reduction.
-        model = AutoModel.from_pretrained(path, add_pooling_layer=False, **kwargs)
-    except TypeError:  # architectures without a pooler do not take the argument
-        model = AutoModel.from_pretrained(path, **kwargs)
+    with zero3_partitioned_loading(ds_config):
+        try:
+            # An unused pooler gets no gradient and breaks DDP/ZeRO gradient reduction.
+            model = AutoModel.from_pretrained(path, add_pooling_layer=False, **kwargs)
+        except TypeError:  # architectures without a pooler do not take the argument
+            model = AutoModel.from_pretrained(path, **kwargs)
     tokenizer = AutoTokenizer.from_pretrained(path)
     return model, tokenizer
 

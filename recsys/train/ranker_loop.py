@@ -25,8 +25,10 @@ from recsys.models.cross_encoder import (
     tokenize_ranking_pairs,
     weighted_bce_loss,
 )
+from recsys.models.encoder import zero3_partitioned_loading
 from recsys.train.curves import MetricsWriter
 from recsys.train.deepspeed_config import build_deepspeed_config
+from recsys.train.loop import limit_cpu_heap_growth
 from recsys.train.ranker_config import RankerTrainConfig
 
 logger = logging.getLogger("recsys.train")
@@ -35,7 +37,8 @@ logger = logging.getLogger("recsys.train")
 def export_ranker(engine, cfg: RankerTrainConfig, tokenizer, out_dir: str, rank: int) -> bool:
     """Write the trained ranker as a plain HF directory on rank 0.
 
-    ZeRO-3 shards parameters, so every rank must join the gather before rank 0 saves.
+    ZeRO-3 shards parameters, so every rank must join the gather before rank 0 saves; rank 0 alone then
+    loads a plain (unpartitioned) model to hold the gathered weights.
     """
     model = engine.module
     if cfg.zero_stage == 3:
@@ -99,11 +102,13 @@ def ranker_train_loop(config: dict) -> None:
         torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
     # Reuses the process group Ray Train already set up (gloo on CPU, NCCL on GPU).
     deepspeed.init_distributed(dist_backend="nccl" if cfg.use_gpu else "gloo")
+    limit_cpu_heap_growth(cfg.zero_stage, cfg.use_gpu)
 
-    model, tokenizer = load_cross_encoder(cfg.model_name_or_path)
+    ds_config = build_deepspeed_config(cfg, world, total_steps)
+    with zero3_partitioned_loading(ds_config):   # ZeRO-3: each rank holds only its part from the load on
+        model, tokenizer = load_cross_encoder(cfg.model_name_or_path)
     params = [p for p in model.parameters() if p.requires_grad]
-    engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=params,
-                                           config=build_deepspeed_config(cfg, world, total_steps))
+    engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=params, config=ds_config)
     device = engine.device
     shard = ray.train.get_dataset_shard("train")
     micro_steps = total_steps * cfg.grad_accum_steps

@@ -104,11 +104,14 @@ def test_plan_total_steps_too_few_pairs(max_steps: int | None) -> None:
 
 def test_cpu_workers_get_small_buckets_gpu_workers_keep_deepspeed_defaults() -> None:
     cpu3 = ds(zero_stage=3)["zero_optimization"]
-    assert cpu3["reduce_bucket_size"] == cpu3["stage3_prefetch_bucket_size"] == 10_000_000
+    assert cpu3["reduce_bucket_size"] == cpu3["stage3_max_live_parameters"] == cpu3["sub_group_size"] == 2_000_000
+    # nothing kept gathered ahead of or between uses: on CPU there is no compute to overlap it with
+    assert cpu3["stage3_prefetch_bucket_size"] == cpu3["stage3_max_reuse_distance"] == 0
     assert ds(zero_stage=2)["zero_optimization"]["reduce_bucket_size"] == 10_000_000
     assert "reduce_bucket_size" not in ds(zero_stage=0)["zero_optimization"]
     gpu = ds(zero_stage=3, use_gpu=True)["zero_optimization"]
-    assert "reduce_bucket_size" not in gpu and "stage3_prefetch_bucket_size" not in gpu
+    assert not {"reduce_bucket_size", "stage3_prefetch_bucket_size", "stage3_max_reuse_distance",
+                "sub_group_size"} & gpu.keys()
 
 
 def test_ranker_config_translates_like_train_config() -> None:

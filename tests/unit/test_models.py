@@ -16,6 +16,7 @@ from recsys.models.encoder import (
     load_hf_encoder,
     mean_pool,
     resolve_model_path,
+    zero3_partitioned_loading,
 )
 from recsys.models.lora import apply_lora, merge_lora
 from recsys.models.losses import in_batch_softmax_loss
@@ -248,3 +249,25 @@ def test_apply_lora_bad_target_modules_names_them(tiny_model_dir: Path) -> None:
     with pytest.raises(ValueError, match=r"lora\.target_modules=\['q_proj', 'v_proj'\] match nothing") as err:
         apply_lora(backbone, r=4, alpha=8, dropout=0.0, target_modules=["q_proj", "v_proj"])
     assert "'query'" in str(err.value)    # suggests names that do exist
+
+
+# ---------------------------------------------------------------- ZeRO-3 partitioned loading
+@pytest.mark.parametrize("ds_config", [None, {"zero_optimization": {"stage": 2}}])
+def test_partitioned_loading_is_a_no_op_below_zero3(ds_config, tiny_model_dir: Path) -> None:
+    from transformers.integrations import is_deepspeed_zero3_enabled
+
+    with zero3_partitioned_loading(ds_config):
+        assert not is_deepspeed_zero3_enabled()
+    backbone, _ = load_hf_encoder(str(tiny_model_dir), ds_config=ds_config)   # no process group needed
+    assert all(not hasattr(p, "ds_id") for p in backbone.parameters())
+
+
+def test_partitioned_loading_enables_zero3_only_while_open() -> None:
+    """transformers partitions from_pretrained / from_config models while the context is open; afterwards a
+    plain load (rank 0's export) must not enter zero.Init's collectives."""
+    from transformers.integrations import is_deepspeed_zero3_enabled
+
+    config = {"train_micro_batch_size_per_gpu": 1, "zero_optimization": {"stage": 3}}
+    with zero3_partitioned_loading(config):
+        assert is_deepspeed_zero3_enabled()
+    assert not is_deepspeed_zero3_enabled()
