@@ -42,6 +42,9 @@ class TrainConfig(JobConfig):
     warmup_steps: int = Field(20, ge=0, description="linear warm-up steps, then linear decay "
                                                     "(0 acts as 1: DeepSpeed needs one)")
     temperature: float = Field(0.05, gt=0, description="softmax temperature of the contrastive loss")
+    logq_correction: bool = Field(False, description="subtract log(item's share of the training pairs) from its "
+                                                     "in-batch logits: popular items stop being over-penalised "
+                                                     "as negatives (sampled-softmax correction)")
     query_max_length: int = Field(96, ge=8, description="tokens of history / query text")
     item_max_length: int = Field(48, ge=8, description="tokens of item text")
     shuffle_buffer: int = Field(2048, ge=0, description="rows in each worker's local shuffle buffer")

@@ -100,8 +100,9 @@ def train_step(engine, tokenizer, batch: dict, cfg: TrainConfig) -> float:
                          cfg.query_max_length, cfg.item_max_length)
     query, item = engine(tok["input_ids"].to(engine.device), tok["attention_mask"].to(engine.device),
                          n_queries=len(batch["anchor_text"]))
+    log_q = torch.as_tensor(batch["positive_log_q"]).to(engine.device) if cfg.logq_correction else None
     loss = in_batch_softmax_loss(query.float(), item.float(),
-                                 item_keys(batch["positive_item_id"]).to(engine.device), cfg.temperature)
+                                 item_keys(batch["positive_item_id"]).to(engine.device), cfg.temperature, log_q)
     engine.backward(loss)
     engine.step()
     return float(loss.detach())

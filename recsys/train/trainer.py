@@ -13,6 +13,8 @@ import json
 import time
 from pathlib import Path
 
+import numpy as np
+import pyarrow.parquet as pq
 import ray
 
 from recsys.artifacts import (
@@ -25,6 +27,7 @@ from recsys.artifacts import (
 )
 from recsys.config import recsys_home
 from recsys.models.encoder import resolve_model_path
+from recsys.models.losses import log_sampling_probability
 from recsys.runtime import log
 from recsys.train.checkpoints import TRAIN_STATE_FILE, read_train_state
 from recsys.train.config import TrainConfig
@@ -75,6 +78,8 @@ def run_training(cfg: TrainConfig) -> dict:
         raise ArtifactNotFound(f"data {data_version} of run {record['run_name']} is gone: {data_dir / 'train_pairs'}")
     pairs = ray.data.read_parquet(str(data_dir / "train_pairs"))
     n_pairs = pairs.count()
+    if cfg.logq_correction:
+        pairs = with_log_q(pairs, data_dir)
     total_steps = plan_total_steps(cfg, n_pairs, cfg.num_workers)
     log(JOB, f"data {data_version}: {n_pairs} pairs; {total_steps} steps x {cfg.num_workers} workers x "
              f"{cfg.micro_batch_size} pairs; ZeRO-{cfg.zero_stage}{' + LoRA' if cfg.lora.enabled else ''}, "
@@ -128,6 +133,22 @@ def run_training(cfg: TrainConfig) -> dict:
     user_tower = train_user_tower(cfg, model_dir, data_dir)   # stage 2, on the exported item tower
     return finish_model(cfg, version, model_dir, data_version, base_model, n_pairs, result.metrics or {},
                         time.perf_counter() - started, user_tower)
+
+
+def with_log_q(pairs, data_dir: Path):
+    """Add `positive_log_q` (log of the positive item's share of all pairs) for the loss's logQ correction.
+
+    Counted over every pair once on the driver (one id column, not the texts), then looked up per batch."""
+    ids = pq.read_table(data_dir / "train_pairs", columns=["positive_item_id"]).column("positive_item_id")
+    log_q = log_sampling_probability(ids.to_pylist())
+    log(JOB, f"logQ correction: {len(log_q)} distinct positive items, log q from {min(log_q.values()):.2f} "
+             f"to {max(log_q.values()):.2f}")
+
+    def add_log_q(batch: dict) -> dict:
+        batch["positive_log_q"] = np.array([log_q[str(i)] for i in batch["positive_item_id"]], dtype=np.float32)
+        return batch
+
+    return pairs.map_batches(add_log_q, batch_format="numpy")
 
 
 def finish_model(cfg: TrainConfig, version: str, model_dir: Path, data_version: str, base_model: str,

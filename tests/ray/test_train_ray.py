@@ -85,7 +85,7 @@ def test_two_worker_zero2_loss_goes_down(ray_cluster, recsys_home, tiny_model_di
 def test_lora_run_exports_a_plain_model_the_index_job_and_retriever_load(ray_cluster, recsys_home, tiny_model_dir):
     """LoRA through Ray Train + DeepSpeed: only the adapted projections change, the export is a plain
     HF directory (adapters merged), and the index job and Serve's retrieval stage load it as they load
-    a fully fine-tuned model."""
+    a fully fine-tuned model. The run also uses the logQ-corrected loss (its log q column on the way in)."""
     from safetensors.torch import load_file
 
     from recsys.index.build import run_build_index
@@ -96,7 +96,7 @@ def test_lora_run_exports_a_plain_model_the_index_job_and_retriever_load(ray_clu
     cfg = TrainConfig(model_name_or_path=str(tiny_model_dir), num_workers=2, zero_stage=2, micro_batch_size=8,
                       max_steps=24, lr=2e-2, warmup_steps=2, temperature=0.1, query_max_length=16,
                       item_max_length=16, shuffle_buffer=0, eval_every=0, checkpoint_every=0,
-                      lora={"enabled": True, "r": 8, "alpha": 16, "dropout": 0.0})
+                      lora={"enabled": True, "r": 8, "alpha": 16, "dropout": 0.0}, logq_correction=True)
     result = run_training(cfg)
     model_dir = recsys_home / "artifacts" / "models" / result["version"]
     curve = json.loads((model_dir / "loss_curve.json").read_text())

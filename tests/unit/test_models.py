@@ -19,7 +19,7 @@ from recsys.models.encoder import (
     zero3_partitioned_loading,
 )
 from recsys.models.lora import apply_lora, merge_lora
-from recsys.models.losses import in_batch_softmax_loss
+from recsys.models.losses import in_batch_softmax_loss, log_sampling_probability
 from recsys.models.towers import TwoTowerModel, tokenize_pairs
 
 
@@ -271,3 +271,30 @@ def test_partitioned_loading_enables_zero3_only_while_open() -> None:
     with zero3_partitioned_loading(config):
         assert is_deepspeed_zero3_enabled()
     assert not is_deepspeed_zero3_enabled()
+
+
+# ---------------------------------------------------------------- logQ correction
+def test_log_sampling_probability_is_each_items_share_of_the_pairs() -> None:
+    log_q = log_sampling_probability(["a", "b", "a", "c"])
+    assert log_q == pytest.approx({"a": math.log(0.5), "b": math.log(0.25), "c": math.log(0.25)})
+    with pytest.raises(ValueError, match="no training pairs"):
+        log_sampling_probability([])
+
+
+def test_logq_correction_subtracts_log_q_from_each_candidate_column() -> None:
+    torch.manual_seed(0)
+    query = torch.nn.functional.normalize(torch.randn(4, 8), dim=-1)
+    item = torch.nn.functional.normalize(torch.randn(4, 8), dim=-1)
+    keys = torch.arange(4)
+    log_q = torch.log(torch.tensor([0.7, 0.1, 0.1, 0.1]))
+    logits = query @ item.T / 0.1 - log_q.unsqueeze(0)
+    expected = torch.nn.functional.cross_entropy(logits, torch.arange(4))
+    assert torch.allclose(in_batch_softmax_loss(query, item, keys, 0.1, log_q), expected)
+    # A uniform q shifts every logit equally: the same loss as without the correction.
+    uniform = torch.full((4,), math.log(0.25))
+    assert torch.allclose(in_batch_softmax_loss(query, item, keys, 0.1, uniform),
+                          in_batch_softmax_loss(query, item, keys, 0.1))
+    # The popular item (row 0) is pushed down as a negative less: the other rows' loss falls.
+    per_row = torch.nn.functional.cross_entropy(logits, torch.arange(4), reduction="none")
+    plain = torch.nn.functional.cross_entropy(query @ item.T / 0.1, torch.arange(4), reduction="none")
+    assert (per_row[1:] < plain[1:]).all() and per_row[0] > plain[0]
