@@ -216,4 +216,6 @@ class SequenceTowerInput:
         with torch.no_grad():
             vector = self.tower.user_vectors(steps, torch.full_like(steps, self.event),
                                              torch.full_like(steps, self.gap))
-        return vector[0].numpy()
+        # Unit length: the same ranking, and a cosine retrieval score on the text tower's scale, which the
+        # Ranker blends with popularity (the raw length only mattered to the training softmax).
+        return F.normalize(vector, dim=-1)[0].numpy()

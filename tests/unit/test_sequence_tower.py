@@ -136,3 +136,19 @@ def test_reversed_windows_read_each_training_part_backwards():
     assert both.items.tolist() == [[1, 2, 0], [3, 2, 0]] and both.targets.tolist() == [[2, 3, 0], [2, 1, 0]]
     # Forward gaps: unknown, <1 min, ~2 days; backwards i2 (first, unknown) then i1 (gap before i2).
     assert both.gaps.tolist() == [[0, 1, 0], [0, 5, 0]]
+
+
+def test_serving_input_gives_the_towers_direction_at_unit_length(tmp_path):
+    from recsys.models.sequence_tower import SequenceTowerInput
+
+    t = tower().eval()
+    with torch.no_grad():
+        t.context_residual.weight[1:].add_(torch.randn(6, 8))
+    save_user_tower(tmp_path / "ut", t, [f"i{k}" for k in range(6)], {"default_event": "purchase",
+                                                                      "default_gap_bucket": 1})
+    served = SequenceTowerInput(tmp_path / "ut").user_vector(["i2", "unknown", "i0"])
+    steps = torch.tensor([[3, 1]])
+    raw = t.user_vectors(steps, torch.full_like(steps, 4), torch.ones_like(steps))[0]
+    assert np.isclose(np.linalg.norm(served), 1.0) and raw.norm() < 1.0
+    assert np.allclose(served, (raw / raw.norm()).detach().numpy(), atol=1e-6)
+    assert SequenceTowerInput(tmp_path / "ut").user_vector(["unknown"]) is None
