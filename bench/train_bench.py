@@ -167,7 +167,7 @@ def run_mem(args) -> dict:
     import deepspeed
     import torch
 
-    from recsys.models.encoder import load_hf_encoder
+    from recsys.models.encoder import load_hf_encoder, zero3_partitioned_loading
     from recsys.train.config import TrainConfig
     from recsys.train.deepspeed_config import build_deepspeed_config
     from recsys.train.loop import limit_cpu_heap_growth
@@ -181,7 +181,8 @@ def run_mem(args) -> dict:
     ds_config = build_deepspeed_config(cfg, 2, args.mem_steps)
     # The product's loading (loop.py build_model): whole on every rank below ZeRO-3, partitioned while it
     # loads under ZeRO-3.
-    model, _ = load_hf_encoder(os.environ["BENCH_BERT_DIR"], ds_config=ds_config)
+    with zero3_partitioned_loading(ds_config):
+        model, _ = load_hf_encoder(os.environ["BENCH_BERT_DIR"])
     built_rss = _rss_bytes("VmRSS")
     n_params = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())
     engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=list(model.parameters()), config=ds_config)

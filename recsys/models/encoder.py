@@ -60,21 +60,19 @@ def zero3_partitioned_loading(ds_config: dict[str, Any] | None) -> Iterator[None
         del keep_alive
 
 
-def load_hf_encoder(name_or_path: str, dtype: torch.dtype | None = None,
-                    ds_config: dict[str, Any] | None = None) -> tuple[nn.Module, Any]:
-    """Load (AutoModel, AutoTokenizer) from a local directory, offline; partitioned under a ZeRO-3 `ds_config`
-    (collective then, see zero3_partitioned_loading)."""
+def load_hf_encoder(name_or_path: str, dtype: torch.dtype | None = None) -> tuple[nn.Module, Any]:
+    """Load (AutoModel, AutoTokenizer) from a local directory, offline (partitioned inside
+    zero3_partitioned_loading)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from transformers import AutoModel, AutoTokenizer
 
     path = resolve_model_path(name_or_path)
     kwargs: dict = {"dtype": dtype} if dtype is not None else {}
-    with zero3_partitioned_loading(ds_config):
-        try:
-            # An unused pooler gets no gradient and breaks DDP/ZeRO gradient reduction.
-            model = AutoModel.from_pretrained(path, add_pooling_layer=False, **kwargs)
-        except TypeError:  # architectures without a pooler do not take the argument
-            model = AutoModel.from_pretrained(path, **kwargs)
+    try:
+        # An unused pooler gets no gradient and breaks DDP/ZeRO gradient reduction.
+        model = AutoModel.from_pretrained(path, add_pooling_layer=False, **kwargs)
+    except TypeError:  # architectures without a pooler do not take the argument
+        model = AutoModel.from_pretrained(path, **kwargs)
     tokenizer = AutoTokenizer.from_pretrained(path)
     return model, tokenizer
 

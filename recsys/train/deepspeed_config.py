@@ -52,10 +52,10 @@ def build_deepspeed_config(cfg: DeepSpeedSettings, world_size: int, total_steps:
     if not cfg.use_gpu and cfg.zero_stage >= 1:
         # DeepSpeed's defaults (5e8-element buckets) are sized for GPU links; on CPU workers they are
         # just extra host memory (~0.6 GiB per worker on a 110M BERT, bench/train_bench.py).
-        zero.update({"reduce_bucket_size": CPU_BUCKET, "allgather_bucket_size": CPU_BUCKET})
+        reduce_bucket = CPU_STAGE3_BUCKET if cfg.zero_stage == 3 else CPU_BUCKET
+        zero.update({"reduce_bucket_size": reduce_bucket, "allgather_bucket_size": CPU_BUCKET})
         if cfg.zero_stage == 3:
             zero.update({
-                "reduce_bucket_size": CPU_STAGE3_BUCKET,
                 "stage3_max_live_parameters": CPU_STAGE3_BUCKET,
                 # Prefetching only pays when a GPU computes while the next layer's weights arrive.
                 "stage3_prefetch_bucket_size": 0,

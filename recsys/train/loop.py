@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from recsys.models.encoder import TextEncoder, load_hf_encoder
+from recsys.models.encoder import TextEncoder, load_hf_encoder, zero3_partitioned_loading
 from recsys.models.lora import apply_lora, merge_lora
 from recsys.models.losses import in_batch_softmax_loss
 from recsys.models.towers import TwoTowerModel, tokenize_pairs
@@ -42,7 +42,8 @@ def build_model(cfg: TrainConfig, ds_config: dict | None = None) -> tuple[TwoTow
     LoRA adapters are added after the partitioned load, outside zero.Init: peft initialises them after their
     layers are built, which zero.Init would have partitioned already; deepspeed.initialize partitions them.
     """
-    backbone, tokenizer = load_hf_encoder(cfg.model_name_or_path, ds_config=ds_config)
+    with zero3_partitioned_loading(ds_config):
+        backbone, tokenizer = load_hf_encoder(cfg.model_name_or_path)
     if cfg.lora.enabled:
         backbone = apply_lora(backbone, cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout, cfg.lora.target_modules)
     return TwoTowerModel(TextEncoder(backbone)), tokenizer

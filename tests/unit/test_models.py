@@ -258,7 +258,7 @@ def test_partitioned_loading_is_a_no_op_below_zero3(ds_config, tiny_model_dir: P
 
     with zero3_partitioned_loading(ds_config):
         assert not is_deepspeed_zero3_enabled()
-    backbone, _ = load_hf_encoder(str(tiny_model_dir), ds_config=ds_config)   # no process group needed
+        backbone, _ = load_hf_encoder(str(tiny_model_dir))   # no process group needed
     assert all(not hasattr(p, "ds_id") for p in backbone.parameters())
 
 
