@@ -79,7 +79,7 @@ def test_two_worker_zero2_ranker_learns_and_reranks(ray_cluster, recsys_home, ti
     data_version, item_ids, texts = make_ranking_data()
     index_version = make_index(data_version, item_ids, texts, tiny_model_dir)
     cfg = RankerTrainConfig(model_name_or_path=str(tiny_model_dir), num_workers=2, zero_stage=2,
-                            micro_batch_size=8, max_steps=60, lr=1e-3, warmup_steps=4, max_length=48,
+                            micro_batch_size=8, max_steps=60, lr=3e-3, warmup_steps=4, max_length=48,
                             item_max_length=12, shuffle_buffer=0, log_every=20, hard_negatives_per_positive=1,
                             hard_negative_top_k=8, eval_max_users=None, eval_negatives_per_positive=4,
                             rerank_candidates=10, eval_k=5, eval_batch_size=32)
