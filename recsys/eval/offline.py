@@ -22,7 +22,7 @@ from recsys.eval.config import EvalConfig
 from recsys.eval.metrics import format_markdown_table, summarize_ranks, target_ranks
 from recsys.index.build import load_item_texts, resolve_model
 from recsys.index.embed import embed_texts
-from recsys.models.encoder import resolve_model_path
+from recsys.models.encoder import query_tower_path, resolve_model_path
 from recsys.models.sequence_tower import USER_TOWER_DIR, WEIGHTS_FILE, item_matrix_for_catalog, load_user_tower
 from recsys.runtime import log
 from recsys.train.user_tower_data import held_out_rows, read_sequences
@@ -65,7 +65,8 @@ def encoder_ranks(model_path: str, query_len: int, item_len: int, item_ids: list
     """Text user tower: -> (ranks, the item tower's [N, D] catalog vectors)."""
     items = embed_texts(item_ids, item_texts, model_path, item_len, cfg.embed_batch_size, cfg.embed_concurrency)
     keys = [str(i) for i in range(len(history_texts))]
-    queries = embed_texts(keys, history_texts, model_path, query_len, cfg.embed_batch_size, cfg.embed_concurrency)
+    queries = embed_texts(keys, history_texts, query_tower_path(model_path), query_len, cfg.embed_batch_size,
+                          cfg.embed_concurrency)
     return rank_by_scores(lambda a, b: queries[a:b] @ items.T, targets, histories, cfg.exclude_history), items
 
 

@@ -27,7 +27,7 @@ from recsys.eval.search import (
 from recsys.eval.search_config import SearchEvalConfig
 from recsys.index.build import load_item_texts, resolve_model
 from recsys.index.embed import embed_texts
-from recsys.models.encoder import resolve_model_path
+from recsys.models.encoder import query_tower_path, resolve_model_path
 from recsys.runtime import log
 
 JOB = "evaluate_search"
@@ -49,7 +49,7 @@ def embed_queries_and_items(model_path: str, manifest: dict, queries: list[str],
     """-> (query vectors [Q, D], item vectors [N, D]) at the model's own query/item max lengths."""
     q_len, i_len = int(manifest.get("query_max_length", 96)), int(manifest.get("item_max_length", 48))
     items = embed_texts(item_ids, item_texts, model_path, i_len, cfg.embed_batch_size, cfg.embed_concurrency)
-    query_vectors = embed_texts([str(i) for i in range(len(queries))], queries, model_path, q_len,
+    query_vectors = embed_texts([str(i) for i in range(len(queries))], queries, query_tower_path(model_path), q_len,
                                 cfg.embed_batch_size, cfg.embed_concurrency)
     return query_vectors, items
 

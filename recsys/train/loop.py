@@ -18,7 +18,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from recsys.models.encoder import TextEncoder, load_hf_encoder, zero3_partitioned_loading
+from recsys.models.encoder import (
+    POOLING_ATTRIBUTE,
+    QUERY_TOWER_DIR,
+    TextEncoder,
+    load_hf_encoder,
+    zero3_partitioned_loading,
+)
 from recsys.models.lora import apply_lora, merge_lora
 from recsys.models.losses import in_batch_softmax_loss
 from recsys.models.towers import TwoTowerModel, tokenize_pairs
@@ -37,16 +43,20 @@ M_MMAP_THRESHOLD = -3
 
 
 def build_model(cfg: TrainConfig, ds_config: dict | None = None) -> tuple[TwoTowerModel, object]:
-    """The two-tower model; with a ZeRO-3 `ds_config` the backbone is partitioned while it loads (collective).
+    """The two-tower model; with a ZeRO-3 `ds_config` the backbones are partitioned while they load (collective).
 
     LoRA adapters are added after the partitioned load, outside zero.Init: peft initialises them after their
     layers are built, which zero.Init would have partitioned already; deepspeed.initialize partitions them.
     """
+    towers = 2 if cfg.towers == "separate" else 1
     with zero3_partitioned_loading(ds_config):
-        backbone, tokenizer = load_hf_encoder(cfg.model_name_or_path)
-    if cfg.lora.enabled:
-        backbone = apply_lora(backbone, cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout, cfg.lora.target_modules)
-    return TwoTowerModel(TextEncoder(backbone)), tokenizer
+        loaded = [load_hf_encoder(cfg.model_name_or_path) for _ in range(towers)]
+    encoders = []
+    for backbone, _ in loaded:
+        if cfg.lora.enabled:
+            backbone = apply_lora(backbone, cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout, cfg.lora.target_modules)
+        encoders.append(TextEncoder(backbone, cfg.pooling))
+    return TwoTowerModel(encoders[0], encoders[1] if towers == 2 else None), loaded[0][1]
 
 
 def limit_cpu_heap_growth(zero_stage: int, use_gpu: bool) -> None:
@@ -75,7 +85,8 @@ def item_keys(item_ids) -> torch.Tensor:
 
 
 def export_encoder(engine, cfg: TrainConfig, tokenizer, out_dir: str, rank: int) -> bool:
-    """Write the trained encoder as a plain HF directory (safetensors) on rank 0.
+    """Write the trained item tower as a plain HF directory (safetensors) on rank 0, and a separate query
+    tower as another one in its QUERY_TOWER_DIR; each config.json records the pooling.
 
     ZeRO-3 shards parameters, so every rank must join the gather before rank 0 saves; rank 0 alone then
     loads a plain (unpartitioned: no ds_config) model to hold the gathered weights.
@@ -89,21 +100,54 @@ def export_encoder(engine, cfg: TrainConfig, tokenizer, out_dir: str, rank: int)
         model.load_state_dict({k: v.float() for k, v in state.items()})
     if rank != 0:
         return False
-    backbone: Any = merge_lora(model.encoder.backbone)
-    backbone.save_pretrained(out_dir, safe_serialization=True)
-    tokenizer.save_pretrained(out_dir)
+    towers = [(model.encoder, out_dir)]
+    if model.query_encoder is not None:
+        towers.append((model.query_encoder, os.path.join(out_dir, QUERY_TOWER_DIR)))
+    for encoder, directory in towers:
+        backbone: Any = merge_lora(encoder.backbone)
+        setattr(backbone.config, POOLING_ATTRIBUTE, encoder.pooling)
+        backbone.save_pretrained(directory, safe_serialization=True)
+        tokenizer.save_pretrained(directory)
     return True
 
 
-def train_step(engine, tokenizer, batch: dict, cfg: TrainConfig) -> float:
-    """One micro-batch: forward both towers in one pass, in-batch softmax loss, backward, step."""
-    tok = tokenize_pairs(tokenizer, batch["anchor_text"], batch["positive_text"],
-                         cfg.query_max_length, cfg.item_max_length)
-    query, item = engine(tok["input_ids"].to(engine.device), tok["attention_mask"].to(engine.device),
-                         n_queries=len(batch["anchor_text"]))
-    log_q = torch.as_tensor(batch["positive_log_q"]).to(engine.device) if cfg.logq_correction else None
-    loss = in_batch_softmax_loss(query.float(), item.float(),
-                                 item_keys(batch["positive_item_id"]).to(engine.device), cfg.temperature, log_q)
+def gather_candidates(local: torch.Tensor, rank: int, world: int) -> torch.Tensor:
+    """Every worker's rows of `local`, in rank order; only this worker's block keeps its gradient.
+
+    The other workers' items serve as extra negatives; their gradients stay with the worker that
+    encoded them (as in OpenCLIP without gather_with_grad): all_gather has no backward on gloo."""
+    import torch.distributed as dist
+
+    parts = [torch.empty_like(local) for _ in range(world)]
+    dist.all_gather(parts, local.detach().contiguous())
+    parts[rank] = local
+    return torch.cat(parts)
+
+
+def train_step(engine, tokenizer, batch: dict, cfg: TrainConfig, rank: int = 0, world: int = 1) -> float:
+    """One micro-batch: forward both towers in one pass, softmax over the candidates, backward, step.
+
+    Candidates are the batch's positives, then its mined hard negatives (when the pairs carry them),
+    then with negatives_across_workers the same from every other worker."""
+    n = len(batch["anchor_text"])
+    items, ids = list(batch["positive_text"]), list(batch["positive_item_id"])
+    hard = "negative_text" in batch
+    if hard:
+        items += list(batch["negative_text"])
+        ids += list(batch["negative_item_id"])
+    tok = tokenize_pairs(tokenizer, batch["anchor_text"], items, cfg.query_max_length, cfg.item_max_length)
+    query, item = engine(tok["input_ids"].to(engine.device), tok["attention_mask"].to(engine.device), n_queries=n)
+    keys = item_keys(ids).to(engine.device)
+    log_q = None
+    if cfg.logq_correction:   # only in-batch positives were sampled by frequency; hard negatives get no correction
+        log_q = torch.as_tensor(batch["positive_log_q"], dtype=torch.float32).to(engine.device)
+        log_q = torch.cat([log_q, torch.zeros(n if hard else 0, device=engine.device)])
+    item, first = item.float(), 0
+    if cfg.negatives_across_workers and world > 1:
+        first = rank * len(ids)
+        item, keys = gather_candidates(item, rank, world), gather_candidates(keys, rank, world)
+        log_q = gather_candidates(log_q, rank, world) if log_q is not None else None
+    loss = in_batch_softmax_loss(query.float(), item, keys, cfg.temperature, log_q, first)
     engine.backward(loss)
     engine.step()
     return float(loss.detach())
@@ -152,7 +196,7 @@ def train_loop_per_worker(config: dict) -> None:
         for batch in shard.iter_batches(batch_size=cfg.micro_batch_size, batch_format="numpy", drop_last=True,
                                         local_shuffle_buffer_size=cfg.shuffle_buffer or None,
                                         local_shuffle_seed=cfg.seed + state.step + rank):
-            losses.append(train_step(engine, tokenizer, batch, cfg))
+            losses.append(train_step(engine, tokenizer, batch, cfg, rank, world))
             state.step += 1
             seen_in_epoch += 1
             now = time.perf_counter()

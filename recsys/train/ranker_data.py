@@ -8,7 +8,6 @@ and are never one of the user's own items, held-out targets included.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -86,25 +85,6 @@ def select_example_groups(examples: pd.DataFrame, max_groups: int | None, seed: 
         return examples.reset_index(drop=True)
     chosen = keys.iloc[np.sort(np.random.default_rng(seed).choice(len(keys), max_groups, replace=False))]
     return examples.merge(chosen, on=["user_id", "position"], how="inner").reset_index(drop=True)
-
-
-def pick_hard_negatives(candidates: Sequence[Sequence[str]], excluded: Sequence[set[str]], per_positive: int,
-                        seed: int) -> list[list[str]]:
-    """Per context, `per_positive` items drawn uniformly without replacement from its retrieved
-    candidates that are not in `excluded` (the user's own items, the group's other rows).
-
-    Uniform over the top-k rather than the very top: the top few are the likeliest unlabelled
-    positives, and a spread of hard negatives teaches more than the same near-duplicates.
-    """
-    if len(candidates) != len(excluded):
-        raise ValueError(f"{len(candidates)} candidate lists but {len(excluded)} exclusion sets")
-    rng = np.random.default_rng(seed)
-    picked = []
-    for items, skip in zip(candidates, excluded):
-        eligible = [i for i in dict.fromkeys(items) if i not in skip]
-        take = min(per_positive, len(eligible))
-        picked.append([eligible[j] for j in sorted(rng.choice(len(eligible), take, replace=False))] if take else [])
-    return picked
 
 
 def build_training_frame(examples: pd.DataFrame, inputs: RankingInputs, hard: dict[tuple[str, int], list[str]],

@@ -14,7 +14,6 @@ import numpy as np
 import pandas as pd
 
 from recsys.eval.metrics import format_markdown_table, ndcg_at_k, recall_at_k
-from recsys.index.faiss_index import ItemIndex
 from recsys.train.ranker_data import RankingInputs, ValidationUsers, validation_auc_examples
 
 VALIDATION_COLUMNS = ["kind", "user", "item_id", "label", "retriever_rank", "context_text", "item_text"]
@@ -55,14 +54,6 @@ def list_metrics(positions: np.ndarray, k: int, n_candidates: int) -> dict[str, 
     """NDCG@k, Recall@k and Recall@n_candidates (the re-ranking ceiling) from target positions."""
     return {f"ndcg@{k}": ndcg_at_k(positions, k), f"recall@{k}": recall_at_k(positions, k),
             f"recall@{n_candidates}": recall_at_k(positions, n_candidates), "users": int(len(positions))}
-
-
-def retrieve_candidates(index: ItemIndex, query_vectors: np.ndarray, histories: Sequence[Sequence[str]],
-                        n: int) -> list[list[str]]:
-    """Top-n item ids per query, the user's history items excluded (as the Retrieve stage would)."""
-    extra = max((len(set(h)) for h in histories), default=0)
-    _, ids = index.search(query_vectors, n + extra)
-    return [[i for i in row if i not in set(history)][:n] for row, history in zip(ids, histories)]
 
 
 def build_validation_pairs(inputs: RankingInputs, users: ValidationUsers, negatives_per_positive: int,

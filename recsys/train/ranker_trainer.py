@@ -24,19 +24,18 @@ import ray
 
 from recsys.artifacts import mark_latest, new_version_dir, resolve_artifact, write_manifest
 from recsys.config import recsys_home
-from recsys.index.embed import embed_texts
-from recsys.index.faiss_index import ItemIndex, load_item_index
+from recsys.index.faiss_index import ItemIndex
 from recsys.models.encoder import resolve_model_path
 from recsys.runtime import log
 from recsys.train.curves import METRICS_FILE, plot_training_curves, read_metrics
 from recsys.train.deepspeed_config import plan_total_steps
+from recsys.train.hard_negatives import pick_hard_negatives, retrieve_candidates
 from recsys.train.ranker_config import RankerTrainConfig
 from recsys.train.ranker_data import (
     RankingInputs,
     ValidationUsers,
     build_training_frame,
     load_ranking_inputs,
-    pick_hard_negatives,
     read_ranking_examples,
     select_example_groups,
     select_validation_users,
@@ -44,38 +43,20 @@ from recsys.train.ranker_data import (
 from recsys.train.ranker_eval import (
     build_validation_pairs,
     format_validation_table,
-    retrieve_candidates,
     validation_metrics,
 )
 from recsys.train.ranker_loop import ranker_train_loop
+from recsys.train.retriever import embed_with_retriever, load_retriever
 
 JOB = "train_ranker"
 VALIDATION_PAIRS = "validation_pairs.parquet"     # written by the driver before training
 VALIDATION_SCORES = "validation_scores.parquet"   # the same rows + `score`, written by rank 0 after it
 
 
-def load_retriever(cfg: RankerTrainConfig, data_version: str) -> ItemIndex | None:
+def load_ranker_retriever(cfg: RankerTrainConfig, data_version: str) -> ItemIndex | None:
     """The index that mines hard negatives and gives the lists to re-rank; None with retriever_index: null."""
-    if cfg.retriever_index is None:
-        return None
-    index = load_item_index(resolve_artifact("indexes", cfg.retriever_index))
-    if index.manifest.get("data_version") != data_version:
-        raise ValueError(f"retriever_index={cfg.retriever_index!r} (index {index.version}) was built on data "
-                         f"{index.manifest.get('data_version')!r}, not on data={data_version!r}: build an index "
-                         f"for this data version or set retriever_index: null")
-    if not index.manifest.get("model_path"):
-        raise ValueError(f"index {index.version} has no model_path in its manifest: cannot embed contexts")
-    return index
-
-
-def embed_contexts(index: ItemIndex, texts: list[str], cfg: RankerTrainConfig) -> np.ndarray:
-    """Context texts -> query vectors [N, D] with the index's own model (Ray Data actor pool)."""
-    started = time.perf_counter()
-    vectors = embed_texts([str(i) for i in range(len(texts))], texts, str(index.manifest["model_path"]),
-                          int(index.manifest.get("query_max_length", 96)), cfg.embed_batch_size,
-                          cfg.embed_concurrency, num_gpus=1 if cfg.use_gpu else 0)
-    log(JOB, f"embedded {len(texts)} contexts with the retriever in {time.perf_counter() - started:.1f}s")
-    return vectors
+    return None if cfg.retriever_index is None else load_retriever(cfg.retriever_index, "retriever_index",
+                                                                   data_version)
 
 
 def select_training_examples(cfg: RankerTrainConfig, data_dir: Path, with_hard: bool) -> tuple[pd.DataFrame, int]:
@@ -112,7 +93,8 @@ def prepare_rows(cfg: RankerTrainConfig, data_dir: Path, inputs: RankingInputs, 
     hard: dict[tuple[str, int], list[str]] = {}
     candidates = None
     if index is not None:
-        vectors = embed_contexts(index, [inputs.context_text(u, p) for u, p in keys] + users.contexts, cfg)
+        vectors = embed_with_retriever(index, [inputs.context_text(u, p) for u, p in keys] + users.contexts,
+                                       cfg.embed_batch_size, cfg.embed_concurrency, cfg.use_gpu, JOB)
         if keys:
             hard = hard_negatives_for(examples, inputs, index, vectors[:len(keys)], keys, cfg)
             log(JOB, f"mined {sum(map(len, hard.values()))} hard negatives for {len(keys)} positives "
@@ -133,7 +115,7 @@ def run_ranker_training(cfg: RankerTrainConfig) -> dict:
     data_dir = resolve_artifact("data", cfg.data)
     base_model = resolve_model_path(cfg.model_name_or_path)   # fail fast, before workers start
     inputs = load_ranking_inputs(data_dir)
-    index = load_retriever(cfg, inputs.data_version)
+    index = load_ranker_retriever(cfg, inputs.data_version)
     index_version = index.version if index else None
     log(JOB, f"data {inputs.data_version}; retriever index {index_version}"
              + ("" if index else " (no hard negatives, AUC-only validation)"))

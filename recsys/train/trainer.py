@@ -34,6 +34,7 @@ from recsys.train.config import TrainConfig
 from recsys.train.curves import METRICS_FILE, plot_training_curves, read_metrics
 from recsys.train.deepspeed_config import plan_total_steps
 from recsys.train.loop import train_loop_per_worker
+from recsys.train.retriever import mine_pair_hard_negatives
 from recsys.train.runs import (
     config_for_resume,
     find_run_to_resume,
@@ -76,13 +77,21 @@ def run_training(cfg: TrainConfig) -> dict:
     data_dir, data_version = Path(record["data_path"]), record["data_version"]
     if not (data_dir / "train_pairs").is_dir():
         raise ArtifactNotFound(f"data {data_version} of run {record['run_name']} is gone: {data_dir / 'train_pairs'}")
-    pairs = ray.data.read_parquet(str(data_dir / "train_pairs"))
+    pairs_dir = data_dir / "train_pairs"
+    hn = cfg.hard_negatives
+    if hn.index is not None:
+        pairs_dir = mine_pair_hard_negatives(hn.index, hn.top_k, data_dir, data_version, model_dir,
+                                             hn.embed_batch_size, hn.embed_concurrency, cfg.use_gpu, cfg.seed, JOB)
+    pairs = ray.data.read_parquet(str(pairs_dir))
     n_pairs = pairs.count()
     if cfg.logq_correction:
         pairs = with_log_q(pairs, data_dir)
     total_steps = plan_total_steps(cfg, n_pairs, cfg.num_workers)
     log(JOB, f"data {data_version}: {n_pairs} pairs; {total_steps} steps x {cfg.num_workers} workers x "
-             f"{cfg.micro_batch_size} pairs; ZeRO-{cfg.zero_stage}{' + LoRA' if cfg.lora.enabled else ''}, "
+             f"{cfg.micro_batch_size} pairs"
+             f"{' + 1 hard negative each' if cfg.hard_negatives.index else ''}"
+             f"{', negatives shared across workers' if cfg.negatives_across_workers else ''}; "
+             f"ZeRO-{cfg.zero_stage}{' + LoRA' if cfg.lora.enabled else ''}, "
              f"{'GPU/NCCL' if cfg.use_gpu else 'CPU/gloo'}, bf16={cfg.use_bf16}")
     validation = None
     if cfg.eval_every:

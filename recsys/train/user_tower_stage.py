@@ -19,6 +19,7 @@ from recsys.data.text import history_text_for_items
 from recsys.eval.metrics import summarize_ranks, target_ranks
 from recsys.index.build import load_item_texts
 from recsys.index.embed import embed_texts
+from recsys.models.encoder import query_tower_path
 from recsys.models.sequence_tower import USER_TOWER_DIR, save_user_tower
 from recsys.runtime import log
 from recsys.train.config import TrainConfig
@@ -41,7 +42,8 @@ def text_tower_validation(model_dir: Path, cfg: TrainConfig, histories: list[lis
                           targets: np.ndarray) -> dict[str, float]:
     """Validation recall/NDCG@10 of the fine-tuned encoder over the history text, for the same users."""
     texts = [history_text_for_items(h, titles, max_items) for h in histories]
-    queries = embed_texts([str(i) for i in range(len(texts))], texts, str(model_dir), cfg.query_max_length)
+    queries = embed_texts([str(i) for i in range(len(texts))], texts, query_tower_path(model_dir),
+                          cfg.query_max_length)
     masks = [np.asarray([position[i] for i in h], dtype=np.int64) for h in histories]
     ranks = target_ranks(queries @ item_vectors.T, targets, masks)
     metrics = summarize_ranks(ranks, (10,))

@@ -22,6 +22,7 @@ from safetensors.torch import load_file
 from test_train_ray import make_pair_data
 from transformers import AutoModel
 
+from recsys.models.encoder import POOLING_ATTRIBUTE, QUERY_TOWER_DIR
 from recsys.train.checkpoints import DEEPSPEED_TAG, TRAIN_STATE_FILE
 from recsys.train.config import TrainConfig
 from recsys.train.curves import read_metrics
@@ -121,12 +122,14 @@ def test_stopped_run_resumes_with_its_early_stopping_state_and_exports_the_best(
                                                                                  tiny_model_dir):
     """ZeRO-3 with a 9-item catalog: recall@10 is 1.0 at every evaluation, so the first one (step 2) stays the
     best and patience 3 stops at step 8. A worker is killed after the step-2 checkpoint with max_failures=0:
-    the run stops. --resume restores ZeRO-3 and early-stopping state from it; the export is the step-2 model."""
+    the run stops. --resume restores ZeRO-3 and early-stopping state from it; the export is the step-2 model.
+    Separate query and item towers with max pooling: both are partitioned, checkpointed and exported."""
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
     make_pair_data(recsys_home, catalog_items=9)
     cfg = tiny_config(tiny_model_dir, zero_stage=3, checkpoint_every=0, eval_every=2, eval_metric="recall@10",
-                      early_stopping_patience=3, eval_batch_size=2, warmup_steps=1, lr=5e-3, max_failures=0)
+                      early_stopping_patience=3, eval_batch_size=2, warmup_steps=1, lr=5e-3, max_failures=0,
+                      towers="separate", pooling="max")
     killed: list = []
     watcher = kill_worker_when(recsys_home, [lambda s: s["step"] >= 2], killed)
     with pytest.raises(TrainingFailedError):
@@ -149,9 +152,13 @@ def test_stopped_run_resumes_with_its_early_stopping_state_and_exports_the_best(
     (best,) = [c for c in checkpoints(recsys_home) if (c / DEEPSPEED_TAG).is_dir()]
     assert json.loads((best / TRAIN_STATE_FILE).read_text())["step"] == 2
     best_weights = get_fp32_state_dict_from_zero_checkpoint(str(best), tag=DEEPSPEED_TAG)
-    exported = load_file(stopped / "model.safetensors")
-    assert exported.keys() == {k.removeprefix("encoder.backbone.") for k in best_weights}
-    for name, tensor in best_weights.items():
-        torch.testing.assert_close(exported[name.removeprefix("encoder.backbone.")], tensor)
+    for prefix, directory in [("encoder.backbone.", stopped), ("query_encoder.backbone.", stopped / QUERY_TOWER_DIR)]:
+        exported = load_file(directory / "model.safetensors")
+        tower = {k.removeprefix(prefix): v for k, v in best_weights.items() if k.startswith(prefix)}
+        assert exported.keys() == tower.keys() and json.loads((directory / "config.json").read_text())[
+            POOLING_ATTRIBUTE] == "max"
+        for name, tensor in tower.items():
+            torch.testing.assert_close(exported[name], tensor)
+    assert len(tower) * 2 == len(best_weights)
     with pytest.raises(FileNotFoundError, match="already finished"):
         run_training(TrainConfig(resume=stopped.name))

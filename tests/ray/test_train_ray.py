@@ -116,3 +116,33 @@ def test_lora_run_exports_a_plain_model_the_index_job_and_retriever_load(ray_clu
     scores = [score for _, score in found]
     assert len({item for item, _ in found}) == 5 and scores == sorted(scores, reverse=True)
     assert {item for item, _ in found} <= set(retrieval.catalog.titles)
+
+
+def test_hard_negatives_from_an_index_and_negatives_across_workers(ray_cluster, recsys_home, tiny_model_dir):
+    """Mining from a real index (MiniLM item vectors, Faiss) before Ray Train: each pair gets one of its
+    anchor's top-k items that is none of the anchor's positives, the run trains on those pairs with the
+    other worker's items as extra negatives, and a resumed run would read the same mined file."""
+    from recsys.index.build import run_build_index
+    from recsys.index.config import IndexConfig
+    from recsys.train.retriever import HARD_NEGATIVE_PAIRS
+
+    make_pair_data(recsys_home, catalog_items=32)
+    index = run_build_index(IndexConfig(model="default", embed_concurrency=1))
+    cfg = TrainConfig(model_name_or_path=str(tiny_model_dir), num_workers=2, zero_stage=2, micro_batch_size=8,
+                      max_steps=24, lr=5e-3, warmup_steps=2, temperature=0.1, query_max_length=16,
+                      item_max_length=16, shuffle_buffer=0, eval_every=0, checkpoint_every=0,
+                      hard_negatives={"index": index["version"], "top_k": 5, "embed_concurrency": 1},
+                      negatives_across_workers=True)
+    result = run_training(cfg)
+    model_dir = recsys_home / "artifacts" / "models" / result["version"]
+    mined = pq.read_table(model_dir / HARD_NEGATIVE_PAIRS).to_pandas()
+    assert len(mined) == 192 and mined["negative_text"].str.len().gt(0).all()
+    positives = mined.groupby("anchor_text")["positive_item_id"].agg(set)
+    assert not any(neg in positives[a] for a, neg in zip(mined["anchor_text"], mined["negative_item_id"]))
+    # Retrieved, not uniform: MiniLM puts other items of the same colour or kind near each anchor.
+    shares_a_word = [bool(set(a.split(" | ")[0].split()) & set(n.split(".")[0].split()))
+                     for a, n in zip(mined["anchor_text"], mined["negative_text"])]
+    assert sum(shares_a_word) > 0.8 * len(mined), sum(shares_a_word)
+    curve = json.loads((model_dir / "loss_curve.json").read_text())
+    assert len(curve) == 24 and sum(curve[-6:]) < 0.8 * sum(curve[:6]), curve
+    assert AutoModel.from_pretrained(model_dir).config.hidden_size == 32

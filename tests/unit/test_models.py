@@ -298,3 +298,32 @@ def test_logq_correction_subtracts_log_q_from_each_candidate_column() -> None:
     per_row = torch.nn.functional.cross_entropy(logits, torch.arange(4), reduction="none")
     plain = torch.nn.functional.cross_entropy(query @ item.T / 0.1, torch.arange(4), reduction="none")
     assert (per_row[1:] < plain[1:]).all() and per_row[0] > plain[0]
+
+
+# ---------------------------------------------------------------- hard negatives and other workers' items
+def test_hard_negative_candidates_enter_every_querys_softmax() -> None:
+    torch.manual_seed(1)
+    query = torch.nn.functional.normalize(torch.randn(3, 8), dim=-1)
+    items = torch.nn.functional.normalize(torch.randn(6, 8), dim=-1)   # 3 positives, then 3 hard negatives
+    keys = torch.tensor([10, 11, 12, 20, 21, 10])                       # the last negative IS row 0's item
+    loss = in_batch_softmax_loss(query, items, keys, 0.1)
+    logits = query @ items.T / 0.1
+    logits[0, 5] = torch.finfo(logits.dtype).min                       # masked for row 0 only
+    assert torch.allclose(loss, torch.nn.functional.cross_entropy(logits, torch.arange(3)))
+    # A harder negative (the query's own direction) raises the loss above in-batch negatives alone.
+    harder = torch.cat([items[:3], query])
+    assert in_batch_softmax_loss(query, harder, torch.arange(6), 0.1) > \
+        in_batch_softmax_loss(query, items[:3], torch.arange(3), 0.1)
+
+
+def test_first_positive_offsets_the_targets_into_gathered_candidates() -> None:
+    torch.manual_seed(2)
+    query = torch.nn.functional.normalize(torch.randn(2, 8), dim=-1)
+    mine = torch.nn.functional.normalize(torch.randn(2, 8), dim=-1)
+    other = torch.nn.functional.normalize(torch.randn(2, 8), dim=-1)   # another worker's block, gathered first
+    gathered = torch.cat([other, mine])
+    loss = in_batch_softmax_loss(query, gathered, torch.arange(4), 0.1, first_positive=2)
+    expected = torch.nn.functional.cross_entropy(query @ gathered.T / 0.1, torch.tensor([2, 3]))
+    assert torch.allclose(loss, expected)
+    with pytest.raises(ValueError, match="2 queries from candidate 3 need that many candidates"):
+        in_batch_softmax_loss(query, gathered, torch.arange(4), 0.1, first_positive=3)

@@ -10,18 +10,15 @@ import pyarrow.parquet as pq
 import pytest
 
 from recsys.artifacts import write_manifest
-from recsys.index.faiss_index import ItemIndex, build_faiss_index
 from recsys.train.ranker_data import (
     build_training_frame,
     load_ranking_inputs,
-    pick_hard_negatives,
     select_example_groups,
     select_validation_users,
 )
 from recsys.train.ranker_eval import (
     build_validation_pairs,
     format_validation_table,
-    retrieve_candidates,
     validation_metrics,
 )
 
@@ -61,17 +58,6 @@ def test_select_example_groups_keeps_whole_groups() -> None:
     assert len(select_example_groups(examples, 50, seed=0)) == 9
 
 
-def test_hard_negatives_skip_excluded_items_and_are_seeded() -> None:
-    candidates = [["a", "b", "c", "d", "b"], ["a", "b"], ["x"]]
-    excluded = [{"a"}, {"a", "b"}, set()]
-    picked = pick_hard_negatives(candidates, excluded, per_positive=2, seed=3)
-    assert picked == pick_hard_negatives(candidates, excluded, per_positive=2, seed=3)
-    assert len(picked[0]) == 2 and len(set(picked[0])) == 2 and set(picked[0]) <= {"b", "c", "d"}
-    assert picked[1] == [] and picked[2] == ["x"]                      # fewer only when fewer are eligible
-    with pytest.raises(ValueError, match="3 candidate lists but 1 exclusion sets"):
-        pick_hard_negatives(candidates, [set()], 1, 0)
-
-
 def test_training_frame_adds_hard_negatives_and_counts_what_it_drops(data_dir) -> None:
     inputs = load_ranking_inputs(data_dir)
     examples = pd.DataFrame({"user_id": ["u1", "u1", "u1"], "position": [2, 2, 2], "item_id": ["i2", "i9", "gone"],
@@ -83,14 +69,6 @@ def test_training_frame_adds_hard_negatives_and_counts_what_it_drops(data_dir) -
     assert hard["label"].eq(0).all() and hard["weight"].eq(0.5).all()
     assert set(hard["item_text"]) == {"title i7. b. c", "title i8. b. c"}
     assert frame.loc[frame["source"] == "positive", "weight"].tolist() == [3.0]
-
-
-def test_retrieve_candidates_excludes_history_with_a_real_index() -> None:
-    vectors = np.eye(4, dtype=np.float32)
-    index = ItemIndex(build_faiss_index(vectors), np.array(["a", "b", "c", "d"], dtype=object), {})
-    query = np.array([[1.0, 0.9, 0.5, 0.1]], dtype=np.float32)
-    assert retrieve_candidates(index, query, [[]], 3) == [["a", "b", "c"]]
-    assert retrieve_candidates(index, query, [["a", "c"]], 3) == [["b", "d"]]   # catalog runs out
 
 
 def test_validation_pairs_and_metrics_from_scores(data_dir) -> None:

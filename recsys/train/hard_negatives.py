@@ -1,0 +1,78 @@
+"""Hard negatives mined from a retriever's index (pure numpy/pandas/faiss; no Ray).
+
+Shared by both trainers: the ranker adds retrieved items as BCE negatives, the two-tower trainer
+gives each training pair one retrieved item as an extra softmax candidate. The driver embeds the
+anchors with the index's own model (recsys/train/retriever.py); everything after that is here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from recsys.index.faiss_index import ItemIndex
+
+NEGATIVE_COLUMNS = ["negative_item_id", "negative_text"]
+
+
+def retrieve_candidates(index: ItemIndex, query_vectors: np.ndarray, histories: Sequence[Sequence[str]],
+                        n: int) -> list[list[str]]:
+    """Top-n item ids per query, the user's history items excluded (as the Retrieve stage would)."""
+    extra = max((len(set(h)) for h in histories), default=0)
+    _, ids = index.search(query_vectors, n + extra)
+    return [[i for i in row if i not in set(history)][:n] for row, history in zip(ids, histories)]
+
+
+def pick_hard_negatives(candidates: Sequence[Sequence[str]], excluded: Sequence[set[str]], per_positive: int,
+                        seed: int) -> list[list[str]]:
+    """Per context, `per_positive` items drawn uniformly without replacement from its retrieved
+    candidates that are not in `excluded` (the user's own items, the group's other rows).
+
+    Uniform over the top-k rather than the very top: the top few are the likeliest unlabelled
+    positives, and a spread of hard negatives teaches more than the same near-duplicates.
+    """
+    if len(candidates) != len(excluded):
+        raise ValueError(f"{len(candidates)} candidate lists but {len(excluded)} exclusion sets")
+    rng = np.random.default_rng(seed)
+    picked = []
+    for items, skip in zip(candidates, excluded):
+        eligible = [i for i in dict.fromkeys(items) if i not in skip]
+        take = min(per_positive, len(eligible))
+        picked.append([eligible[j] for j in sorted(rng.choice(len(eligible), take, replace=False))] if take else [])
+    return picked
+
+
+def pairs_with_hard_negatives(pairs: pd.DataFrame, candidates: Mapping[str, Sequence[str]],
+                              item_texts: Mapping[str, str], seed: int) -> tuple[pd.DataFrame, dict[str, int]]:
+    """Training pairs + one hard negative each (NEGATIVE_COLUMNS) -> (pairs, counts).
+
+    `candidates`: anchor text -> the retriever's top-k for it. A pair's negative is never a positive of
+    any pair with the same anchor. A pair whose top-k holds nothing eligible (or nothing with item text)
+    gets a uniformly drawn catalog item instead, so every batch has the same shape; those are counted.
+    """
+    positives = pairs.groupby("anchor_text")["positive_item_id"].agg(lambda s: set(map(str, s))).to_dict()
+    anchors = pairs["anchor_text"].tolist()
+    missing = sorted({a for a in anchors if a not in candidates})
+    if missing:
+        raise ValueError(f"no retrieved candidates for {len(missing)} anchors, e.g. {missing[0]!r}")
+    excluded = [positives[a] for a in anchors]
+    lists = [[i for i in candidates[a] if i in item_texts] for a in anchors]
+    picked = pick_hard_negatives(lists, excluded, 1, seed)
+    catalog = np.array(sorted(item_texts), dtype=object)
+    rng = np.random.default_rng(seed + 1)
+    negatives, fallback = [], 0
+    for chosen, skip in zip(picked, excluded):
+        if chosen:
+            negatives.append(chosen[0])
+            continue
+        fallback += 1
+        draw = str(catalog[rng.integers(len(catalog))])
+        while draw in skip and len(skip) < len(catalog):
+            draw = str(catalog[rng.integers(len(catalog))])
+        negatives.append(draw)
+    out = pairs.copy()
+    out["negative_item_id"] = negatives
+    out["negative_text"] = [item_texts[i] for i in negatives]
+    return out, {"mined": len(out) - fallback, "uniform_fallback": fallback, "anchors": len(positives)}

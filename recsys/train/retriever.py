@@ -1,0 +1,76 @@
+"""A retriever index on the training driver: load it, embed anchors with its model, mine hard negatives.
+
+Both trainers mine hard negatives this way (recsys/train/hard_negatives.py holds the pure part).
+Faiss search runs on the driver, where the one index copy already is: a Flat search of thousands
+of anchors over the catalog takes seconds; shipping the index to every actor would not pay.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from recsys.artifacts import resolve_artifact
+from recsys.data.text import catalog_texts
+from recsys.index.embed import embed_texts
+from recsys.index.faiss_index import ItemIndex, load_item_index
+from recsys.models.encoder import query_tower_path
+from recsys.runtime import log
+from recsys.train.hard_negatives import pairs_with_hard_negatives, retrieve_candidates
+
+HARD_NEGATIVE_PAIRS = "hard_negative_pairs"   # in the model version directory: a resumed run reuses it
+
+
+def load_retriever(ref: str, field: str, data_version: str) -> ItemIndex:
+    """The index artifact `ref` ('latest', a version or a path), checked against the training data."""
+    index = load_item_index(resolve_artifact("indexes", ref))
+    if index.manifest.get("data_version") != data_version:
+        raise ValueError(f"{field}={ref!r} (index {index.version}) was built on data "
+                         f"{index.manifest.get('data_version')!r}, not on data={data_version!r}: build an index "
+                         f"for this data version (jobs/build_index.py --set data={data_version}) or set {field}: null")
+    if not index.manifest.get("model_path"):
+        raise ValueError(f"index {index.version} has no model_path in its manifest: cannot embed queries for it")
+    return index
+
+
+def embed_with_retriever(index: ItemIndex, texts: list[str], batch_size: int, concurrency: int, use_gpu: bool,
+                         job: str) -> np.ndarray:
+    """Query / history texts -> vectors [N, D] with the index's own model (Ray Data actor pool)."""
+    started = time.perf_counter()
+    vectors = embed_texts([str(i) for i in range(len(texts))], texts, query_tower_path(index.manifest["model_path"]),
+                          int(index.manifest.get("query_max_length", 96)), batch_size, concurrency,
+                          num_gpus=1 if use_gpu else 0)
+    log(job, f"embedded {len(texts)} texts with the retriever's model in {time.perf_counter() - started:.1f}s")
+    return vectors
+
+
+def mine_pair_hard_negatives(ref: str, top_k: int, data_dir: Path, data_version: str, out_dir: Path,
+                             batch_size: int, concurrency: int, use_gpu: bool, seed: int, job: str) -> Path:
+    """train_pairs + one hard negative per pair from index `ref`'s top-k -> parquet under out_dir.
+
+    Written once per run: a resumed run (or a restarted worker group) trains on the same negatives."""
+    target = out_dir / HARD_NEGATIVE_PAIRS
+    if target.is_dir() and any(target.glob("*.parquet")):
+        log(job, f"hard negatives: reusing {target}")
+        return target
+    index = load_retriever(ref, "hard_negatives.index", data_version)
+    pairs = pq.read_table(data_dir / "train_pairs").to_pandas()
+    anchors = list(dict.fromkeys(pairs["anchor_text"].tolist()))
+    log(job, f"hard negatives: {len(pairs)} pairs, {len(anchors)} distinct anchors, top-{top_k} of index "
+             f"{index.version} (model {index.manifest.get('model_version')})")
+    vectors = embed_with_retriever(index, anchors, batch_size, concurrency, use_gpu, job)
+    positives = pairs.groupby("anchor_text")["positive_item_id"].agg(lambda s: sorted(set(map(str, s))))
+    lists = retrieve_candidates(index, vectors, [positives[a] for a in anchors], top_k)
+    ids, _, texts = catalog_texts(pq.read_table(data_dir / "catalog.parquet").to_pandas())
+    mined, counts = pairs_with_hard_negatives(pairs, dict(zip(anchors, lists)), dict(zip(ids, texts)), seed)
+    target.mkdir(parents=True, exist_ok=True)
+    tmp = target / "part-0.parquet.tmp"
+    mined.to_parquet(tmp, index=False)
+    tmp.rename(target / "part-0.parquet")
+    log(job, f"hard negatives: {counts['mined']} mined, {counts['uniform_fallback']} uniform (no eligible "
+             f"candidate) -> {target}")
+    return target
+

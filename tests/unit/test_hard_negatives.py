@@ -1,0 +1,55 @@
+"""Hard-negative mining shared by both trainers: candidate lists from a real Faiss index, seeded draws
+that never pick an anchor's own positives, and the uniform fallback that keeps batches full."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from recsys.index.faiss_index import ItemIndex, build_faiss_index
+from recsys.train.hard_negatives import pairs_with_hard_negatives, pick_hard_negatives, retrieve_candidates
+
+
+def test_hard_negatives_skip_excluded_items_and_are_seeded() -> None:
+    candidates = [["a", "b", "c", "d", "b"], ["a", "b"], ["x"]]
+    excluded = [{"a"}, {"a", "b"}, set()]
+    picked = pick_hard_negatives(candidates, excluded, per_positive=2, seed=3)
+    assert picked == pick_hard_negatives(candidates, excluded, per_positive=2, seed=3)
+    assert len(picked[0]) == 2 and len(set(picked[0])) == 2 and set(picked[0]) <= {"b", "c", "d"}
+    assert picked[1] == [] and picked[2] == ["x"]                      # fewer only when fewer are eligible
+    with pytest.raises(ValueError, match="3 candidate lists but 1 exclusion sets"):
+        pick_hard_negatives(candidates, [set()], 1, 0)
+
+
+def test_retrieve_candidates_excludes_history_with_a_real_index() -> None:
+    vectors = np.eye(4, dtype=np.float32)
+    index = ItemIndex(build_faiss_index(vectors), np.array(["a", "b", "c", "d"], dtype=object), {})
+    query = np.array([[1.0, 0.9, 0.5, 0.1]], dtype=np.float32)
+    assert retrieve_candidates(index, query, [[]], 3) == [["a", "b", "c"]]
+    assert retrieve_candidates(index, query, [["a", "c"]], 3) == [["b", "d"]]   # catalog runs out
+
+
+def test_pair_negatives_never_hit_any_positive_of_the_same_anchor() -> None:
+    pairs = pd.DataFrame({"anchor_text": ["drill", "drill", "saw"], "positive_item_id": ["p1", "p2", "p3"],
+                          "positive_text": ["t1", "t2", "t3"]})
+    texts = {i: f"text {i}" for i in ["p1", "p2", "p3", "n1", "n2", "n3"]}
+    # "drill"'s list starts with its own positives: neither may become a negative of either drill pair.
+    candidates = {"drill": ["p1", "p2", "n1", "n2", "gone"], "saw": ["p3", "p1", "n3"]}
+    out, counts = pairs_with_hard_negatives(pairs, candidates, texts, seed=0)
+    assert counts == {"mined": 3, "uniform_fallback": 0, "anchors": 2}
+    assert set(out.loc[:1, "negative_item_id"]) <= {"n1", "n2"}             # "gone" has no text: never drawn
+    assert out.loc[2, "negative_item_id"] in {"p1", "n3"}                   # another anchor's positive is fine
+    assert out["negative_text"].tolist() == [texts[i] for i in out["negative_item_id"]]
+    assert out[["anchor_text", "positive_item_id"]].equals(pairs[["anchor_text", "positive_item_id"]])
+    again, _ = pairs_with_hard_negatives(pairs, candidates, texts, seed=0)
+    assert again.equals(out)                                                # seeded
+
+
+def test_pair_without_an_eligible_candidate_gets_a_uniform_catalog_item() -> None:
+    pairs = pd.DataFrame({"anchor_text": ["a"], "positive_item_id": ["p1"], "positive_text": ["t1"]})
+    texts = {"p1": "t1", "x": "tx", "y": "ty"}
+    out, counts = pairs_with_hard_negatives(pairs, {"a": ["p1"]}, texts, seed=0)
+    assert counts["uniform_fallback"] == 1 and out.loc[0, "negative_item_id"] in {"x", "y"}
+    with pytest.raises(ValueError, match="no retrieved candidates for 1 anchors, e.g. 'a'"):
+        pairs_with_hard_negatives(pairs, {}, texts, seed=0)
