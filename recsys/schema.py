@@ -105,17 +105,21 @@ class SearchRequest(_Strict):
 class Explanation(BaseModel):
     """Why an item is in the answer."""
 
-    source: Literal["ann", "popular"]
+    # "pin": a business rule placed an item retrieval did not propose (its scores are then 0).
+    source: Literal["ann", "popular", "pin"]
     retrieval_score: float
-    rank_score: float
-    rules_applied: list[str] = Field(default_factory=list)
+    rank_score: float   # the Ranker's score; ScoredItem.score is this after rule boosts
+    rules_applied: list[str] = Field(
+        default_factory=list,
+        description="Each business rule that checked or changed the item, in the order they ran, "
+                    "e.g. 'in_stock', 'filter:price_range', 'boost:spring_sale x1.5', 'pin:slot1'.")
 
 
 class ScoredItem(BaseModel):
     item_id: str
     title: str
     category: str
-    score: float
+    score: float   # what the answer is ordered by (pins aside): rank_score after boosts
     explanation: Explanation
 
 

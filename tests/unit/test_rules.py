@@ -6,6 +6,7 @@ import pytest
 from pydantic import ValidationError
 
 from recsys.serve.rules import (
+    DROP_KEYS,
     Candidate,
     RulesConfig,
     apply_rules,
@@ -23,6 +24,8 @@ def cand(item_id: str, category: str, score: float, in_stock: bool = True) -> Ca
 def ids(cands: list[Candidate]) -> list[str]:
     return [c.item_id for c in cands]
 
+
+NO_DROPS = dict.fromkeys(DROP_KEYS, 0)
 
 CANDS = [
     cand("a", "shoes", 0.5),
@@ -49,7 +52,7 @@ def test_apply_rules_order_counts_and_labels() -> None:
     # Sorted: b .9, c .8, d .7, e .6, a .5, f .4, g .3 -> drop d (history), c (stock),
     # then shoes b, e kept and a capped.
     assert ids(kept) == ["b", "e", "f", "g"]
-    assert dropped == {"exclude_history": 1, "in_stock": 1, "category_cap": 1, "truncated_to_k": 0}
+    assert dropped == {**NO_DROPS, "exclude_history": 1, "in_stock": 1, "category_cap": 1}
     assert all(c.rules_applied == ["exclude_history", "in_stock", "category_cap<=2"] for c in kept)
 
 
@@ -64,7 +67,7 @@ def test_disabled_rules_do_nothing_and_are_not_recorded() -> None:
     cfg = RulesConfig(exclude_history=False, drop_out_of_stock=False, max_per_category=None)
     kept, dropped = apply_rules(CANDS, cfg, history_ids=["b"], k=3)
     assert ids(kept) == ["b", "c", "d"]
-    assert dropped == {"exclude_history": 0, "in_stock": 0, "category_cap": 0, "truncated_to_k": 4}
+    assert dropped == {**NO_DROPS, "truncated_to_k": 4}
     assert all(c.rules_applied == [] for c in kept)
 
 
