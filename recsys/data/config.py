@@ -30,6 +30,9 @@ class SourceConfig(JobConfig):
     catalog_columns: dict[str, str] = Field(
         default_factory=dict, description="our catalog column -> its name in your catalog files, e.g. "
                                           "{item_id: sku, title: name}")
+    min_relevance: float | None = Field(
+        None, description="graded search judgments (homedepot): a judged (query, product) pair at or above this "
+                          "relevance becomes a search click; null = the adapter's 2.5 (on Home Depot's 1-3 scale)")
     timestamp_unit: Literal["auto", "s", "ms", "us", "iso"] = Field(
         "auto", description="epoch unit of numeric timestamps (auto: by magnitude), or iso for ISO-8601 only")
 

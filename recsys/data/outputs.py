@@ -43,7 +43,13 @@ def materialize_source(source: SourceConfig, input_dir: Path) -> tuple[str, str,
             if source.catalog is None:
                 raise ValueError(f"source.catalog is required with generic events at source.path={source.path!r}")
             return source.path, source.catalog, f"files({source.path})", True
-        events, catalog = ADAPTERS[dataset](source.path)
+        options = {}
+        if source.min_relevance is not None:
+            if dataset != "homedepot":
+                raise ValueError(f"source.min_relevance={source.min_relevance} applies to graded search judgments "
+                                 f"(homedepot), not to the {dataset} data set at {source.path!r}")
+            options["min_relevance"] = source.min_relevance
+        events, catalog = ADAPTERS[dataset](source.path, **options)
         described = f"{dataset}({Path(source.path).resolve()})"
     input_dir.mkdir(parents=True, exist_ok=True)
     pq.write_table(events, input_dir / "events.parquet")

@@ -56,8 +56,10 @@ class TrainConfig(JobConfig):
     epochs: float = Field(1.0, gt=0, description="passes over the training pairs when max_steps is null")
     lr: float = Field(5e-5, gt=0, description="peak learning rate (AdamW)")
     weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay")
-    warmup_steps: int = Field(20, ge=0, description="linear warm-up steps, then linear decay "
+    warmup_steps: int = Field(20, ge=0, description="linear warm-up steps, then lr_schedule "
                                                     "(0 acts as 1: DeepSpeed needs one)")
+    lr_schedule: Literal["linear", "cosine", "constant"] = Field(
+        "linear", description="after warm-up: linear decay to 0, cosine decay, or constant lr")
     temperature: float = Field(0.05, gt=0, description="softmax temperature of the contrastive loss")
     logq_correction: bool = Field(False, description="subtract log(item's share of the training pairs) from its "
                                                      "in-batch logits: popular items stop being over-penalised "

@@ -40,6 +40,8 @@ class DeepSpeedSettings(Protocol):
     @property
     def warmup_steps(self) -> int: ...
     @property
+    def lr_schedule(self) -> str: ...
+    @property
     def max_steps(self) -> int | None: ...
     @property
     def epochs(self) -> float: ...
@@ -83,15 +85,30 @@ def build_deepspeed_config(cfg: DeepSpeedSettings, world_size: int, total_steps:
         # torch's AdamW: DeepSpeed's FusedAdam would JIT-compile a CUDA/CPU op first (~40 s).
         "optimizer": {"type": "AdamW", "params": {"lr": cfg.lr, "weight_decay": cfg.weight_decay,
                                                   "betas": [0.9, 0.999], "eps": 1e-8, "torch_adam": True}},
-        "scheduler": {"type": "WarmupDecayLR", "params": {
-            "warmup_min_lr": 0.0, "warmup_max_lr": cfg.lr, "warmup_num_steps": warmup,
-            "total_num_steps": max(total_steps, 1), "warmup_type": "linear"}},
+        "scheduler": lr_scheduler(cfg.lr_schedule, cfg.lr, warmup, max(total_steps, 1)),
         "gradient_clipping": 1.0,
         "bf16": {"enabled": cfg.use_bf16},
         "zero_optimization": zero,
         "steps_per_print": 10**9,   # our own progress lines instead of DeepSpeed's
         "wall_clock_breakdown": False,
     }
+
+
+def lr_scheduler(schedule: str, lr: float, warmup: int, total_steps: int) -> dict[str, Any]:
+    """Linear warm-up to `lr`, then: linear decay to 0, cosine decay (to 1e-4 x lr), or constant."""
+    if schedule == "linear":
+        return {"type": "WarmupDecayLR", "params": {"warmup_min_lr": 0.0, "warmup_max_lr": lr,
+                                                    "warmup_num_steps": warmup, "total_num_steps": total_steps,
+                                                    "warmup_type": "linear"}}
+    if schedule == "cosine":
+        # A ratio schedule: the optimizer's own lr is the peak; the floor keeps the last steps from being wasted.
+        return {"type": "WarmupCosineLR", "params": {"warmup_min_ratio": 0.0, "warmup_num_steps": warmup,
+                                                     "total_num_steps": total_steps, "cos_min_ratio": 1e-4,
+                                                     "warmup_type": "linear"}}
+    if schedule == "constant":
+        return {"type": "WarmupLR", "params": {"warmup_min_lr": 0.0, "warmup_max_lr": lr,
+                                               "warmup_num_steps": warmup, "warmup_type": "linear"}}
+    raise ValueError(f"lr_schedule={schedule!r}: expected linear, cosine or constant")
 
 
 def plan_total_steps(cfg: DeepSpeedSettings, n_pairs: int, world_size: int) -> int:

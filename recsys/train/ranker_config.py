@@ -33,7 +33,9 @@ class RankerTrainConfig(JobConfig):
     epochs: float = Field(1.0, gt=0, description="passes over the training rows when max_steps is null")
     lr: float = Field(5e-5, gt=0, description="peak learning rate (AdamW)")
     weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay")
-    warmup_steps: int = Field(8, ge=0, description="linear warm-up steps, then linear decay (0 acts as 1)")
+    warmup_steps: int = Field(8, ge=0, description="linear warm-up steps, then lr_schedule (0 acts as 1)")
+    lr_schedule: Literal["linear", "cosine", "constant"] = Field(
+        "linear", description="after warm-up: linear decay to 0, cosine decay, or constant lr")
     max_length: int = Field(128, ge=16, description="tokens of the whole [CLS] context [SEP] item [SEP] pair")
     item_max_length: int = Field(48, ge=4, description="tokens kept of the item text; the context gets the "
                                                        "rest and loses its oldest items first")

@@ -124,3 +124,34 @@ def test_ranker_config_translates_like_train_config() -> None:
     assert ranker == build_deepspeed_config(TrainConfig(**shared), world_size=2, total_steps=40)
     assert ranker["train_batch_size"] == 32 and ranker["zero_optimization"]["stage"] == 3
     assert plan_total_steps(RankerTrainConfig(max_steps=None, epochs=1.0, micro_batch_size=8), 100, 2) == 6
+
+
+@pytest.mark.parametrize("schedule", ["linear", "cosine", "constant"])
+def test_lr_schedules_run_in_deepspeeds_own_schedulers(schedule: str) -> None:
+    """The scheduler block is built by DeepSpeed's own classes: warm-up to lr, then the chosen shape."""
+    import torch
+    from deepspeed.runtime import lr_schedules
+
+    sched_cfg = ds(lr=1e-3, warmup_steps=10, total_steps=100, lr_schedule=schedule)["scheduler"]
+    opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=1e-3)
+    scheduler = getattr(lr_schedules, sched_cfg["type"])(opt, **sched_cfg["params"])
+    lrs = []
+    for _ in range(100):
+        opt.step()
+        scheduler.step()
+        lrs.append(opt.param_groups[0]["lr"])
+    assert lrs[0] < lrs[8] <= 1e-3 and max(lrs) == pytest.approx(1e-3, rel=0.02)
+    late = lrs[-5]
+    expected = {"linear": late < 1e-4, "cosine": late < 1e-4, "constant": late == pytest.approx(1e-3)}
+    assert expected[schedule], (schedule, late)
+    if schedule == "cosine":   # slower than linear early on, as a cosine is
+        assert lrs[30] > ds_linear_lr_at(30)
+
+
+def ds_linear_lr_at(step: int) -> float:
+    return 1e-3 * (100 - step) / 90
+
+
+def test_unknown_lr_schedule_is_refused() -> None:
+    with pytest.raises(ValueError, match="lr_schedule"):
+        TrainConfig(lr_schedule="step")
