@@ -167,3 +167,16 @@ def test_detect_dataset(shared_data, tmp_path):
     assert detect_dataset(tmp_path) is None
     assert set(ADAPTERS) == {"amazon_scientific", "homedepot", "instacart"}
     assert ADAPTERS["instacart"] is load_instacart
+
+
+def test_source_min_relevance_reaches_the_homedepot_adapter_only(shared_data, tmp_path):
+    from recsys.data.config import SourceConfig
+    from recsys.data.outputs import materialize_source
+
+    path = _dataset(shared_data, "homedepot")
+    events_path, _, _, _ = materialize_source(SourceConfig(path=str(path), min_relevance=2.0), tmp_path / "hd")
+    raw = pd.read_csv(path / "train.csv", encoding="latin-1")
+    assert len(pd.read_parquet(events_path)) == int((raw.relevance >= 2.0).sum())
+    with pytest.raises(ValueError, match="source.min_relevance=2.0 applies to graded search judgments"):
+        materialize_source(SourceConfig(path=str(_dataset(shared_data, "instacart")), min_relevance=2.0),
+                           tmp_path / "ic")
