@@ -10,10 +10,11 @@ Stage contracts:
 
 from __future__ import annotations
 
-from typing import Literal
+from datetime import datetime
+from typing import Annotated, Literal
 
 import pyarrow as pa
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 EVENT_TYPES: tuple[str, ...] = ("view", "click", "add_to_cart", "purchase", "search")
 # Events that name an item the user engaged with; they make up behaviour sequences.
@@ -128,3 +129,80 @@ class RecsResponse(BaseModel):
     cold_start: bool = False
     model_version: str
     index_version: str
+
+
+# ---------------------------------------------------------------- storefront endpoints
+def _not_blank(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must contain non-space characters")
+    return value
+
+
+# An item or user id in a request: what user_state.check_id accepts, checked at the HTTP edge.
+RequestId = Annotated[str, Field(min_length=1, max_length=200), AfterValidator(_not_blank)]
+# The event types POST /v1/feedback accepts (user_state.FEEDBACK_EVENT_TYPES, weakest first).
+FeedbackEventType = Literal["view", "click", "cart", "purchase"]
+MAX_FEEDBACK_EVENTS = 1000
+MAX_CART_ITEMS = 100
+
+
+class FeedbackEvent(_Strict):
+    """One thing a user did to an item on the storefront."""
+
+    user_id: RequestId
+    item_id: RequestId
+    event_type: FeedbackEventType
+    timestamp: AwareDatetime | None = Field(
+        default=None, description="When it happened: ISO 8601 with a timezone, or epoch seconds; "
+                                  "absent = when the service received it. Stored, never used to reorder.")
+
+    @field_validator("timestamp")
+    @classmethod
+    def _not_before_epoch(cls, v: datetime | None) -> datetime | None:
+        if v is not None and v.timestamp() < 0:
+            raise ValueError(f"timestamp {v.isoformat()} is before 1970-01-01T00:00:00Z")
+        return v
+
+
+class FeedbackRequest(_Strict):
+    """A batch of events, oldest first per user (arrival order is the order the history keeps)."""
+
+    events: list[FeedbackEvent] = Field(min_length=1, max_length=MAX_FEEDBACK_EVENTS)
+
+
+class RejectedEvent(BaseModel):
+    """An event not stored, in the shape of a 422 error entry."""
+
+    field: str     # e.g. "events.3.item_id"
+    message: str
+    value: str
+
+
+class FeedbackResponse(BaseModel):
+    accepted: int = Field(description="Events stored in the user-state store.")
+    rejected: int = Field(description="Events not stored (listed in `errors`).")
+    users: int = Field(description="Distinct users whose state changed.")
+    by_event_type: dict[str, int] = Field(description="Stored events per event type.")
+    errors: list[RejectedEvent] = Field(default_factory=list)
+
+
+class CartRequest(_Strict):
+    """Complements for a cart: items that go with what is in it, not more of the same."""
+
+    items: list[RequestId] = Field(min_length=1, max_length=MAX_CART_ITEMS, description="item ids in the cart")
+    user_id: RequestId | None = Field(default=None, description="leaves out what the user bought or saw")
+    k: int = Field(default=10, ge=1, le=MAX_K)
+
+
+class PromotionsRequest(_Strict):
+    """The items of the promotion campaigns running now, ordered for a user (or by popularity)."""
+
+    user_id: RequestId | None = None
+    history: list[str] | None = Field(default=None, max_length=200,
+                                      description="item ids the user browsed, oldest first")
+    k: int = Field(default=10, ge=1, le=MAX_K)
+
+
+class ReadinessResponse(BaseModel):
+    status: Literal["ready", "not_ready"]
+    stages: dict[str, str] = Field(description="Per stage: 'ok', or why it did not answer.")

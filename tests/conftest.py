@@ -98,24 +98,14 @@ def serve_app(ray_cluster):
     serve.shutdown()
 
 
-@pytest.fixture()
-def serve_config_deploy(ray_cluster):
-    """Deploy from a Serve config dict the way `serve deploy` does; yields deploy(config) -> base URL.
-
-    The Serve controller imports and builds the applications from their import_path, and a second
-    call with an edited config updates them in place (a changed user_config reaches the running
-    replicas' reconfigure). `serve deploy` sends the config through the dashboard, which the test
-    cluster does not run, so this hands it to the controller client directly. The first deploy
-    waits for RUNNING here, not in deploy_apps(_blocking=True), whose 60 s can be too short for a
-    busy 2-core machine loading a real encoder.
-    """
+def _config_deployer(port: int):
+    """deploy(config, timeout_s) -> base URL: hands a Serve config dict to the controller the way
+    `serve deploy` does, then waits until its applications run."""
     import time
 
     from ray import serve
     from ray.serve.context import _get_global_client
     from ray.serve.schema import ServeDeploySchema
-
-    port = _free_port()
 
     def deploy(config: dict, timeout_s: float = 240) -> str:
         serve.start(http_options={"host": "127.0.0.1", "port": port})   # a no-op once running
@@ -137,7 +127,32 @@ def serve_config_deploy(ray_cluster):
         client.wait_for_proxies_serving(wait_for_applications_running=True)
         return f"http://127.0.0.1:{port}"
 
-    yield deploy
+    return deploy
+
+
+@pytest.fixture()
+def serve_config_deploy(ray_cluster):
+    """Deploy from a Serve config dict the way `serve deploy` does; yields deploy(config) -> base URL.
+
+    The Serve controller imports and builds the applications from their import_path, and a second
+    call with an edited config updates them in place (a changed user_config reaches the running
+    replicas' reconfigure). `serve deploy` sends the config through the dashboard, which the test
+    cluster does not run, so this hands it to the controller client directly. The first deploy
+    waits for RUNNING here, not in deploy_apps(_blocking=True), whose 60 s can be too short for a
+    busy 2-core machine loading a real encoder.
+    """
+    from ray import serve
+
+    yield _config_deployer(_free_port())
+    serve.shutdown()
+
+
+@pytest.fixture(scope="module")
+def serve_config_deploy_module(ray_cluster):
+    """serve_config_deploy for a whole test module: one app, deployed once, serves many tests."""
+    from ray import serve
+
+    yield _config_deployer(_free_port())
     serve.shutdown()
 
 

@@ -19,9 +19,12 @@ from recsys.artifacts import ArtifactNotFound, read_manifest, resolve_artifact
 from recsys.config import validate_mapping
 from recsys.serve.catalog import CATALOG_FILE, POPULARITY_FILE, SEQUENCES_DIR
 from recsys.serve.ingress import Ingress
+from recsys.serve.ingress_base import DEFAULT_PROMOTION_POOL
 from recsys.serve.rank import Ranker
 from recsys.serve.rerank import Reranker
 from recsys.serve.retrieve import Retriever
+from recsys.serve.storefront import DEFAULT_SAME_CATEGORY_PENALTY
+from recsys.serve.user_context import ServingUserStateConfig
 
 logger = logging.getLogger("ray.serve")
 
@@ -53,6 +56,30 @@ class ServeArgs(BaseModel, extra="forbid"):
         default=None, ge=1, le=200,
         description="Most recent history items turned into the recommendation query text; null = "
                     "what preprocess used for training pairs (data manifest).",
+    )
+    user_state: ServingUserStateConfig = Field(
+        default_factory=ServingUserStateConfig,
+        description="Online user state (histories, purchases, feedback): embedded SQLite file per node "
+                    "(default) or Redis shared by all nodes; see recsys/serve/user_state.py.",
+    )
+    seed_user_state: bool = Field(
+        default=True,
+        description="At start-up give every user of the data version's sequences/ who has no state yet "
+                    "their history; users with state (feedback) are left alone, so restarts keep it.",
+    )
+    api_key_env: str | None = Field(
+        default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+        description="Name of an environment variable holding the API key that POST /v1/feedback and "
+                    "DELETE /v1/users/{id} require in X-API-Key; null = no key. Read on the replica.",
+    )
+    cart_same_category_penalty: float = Field(
+        default=DEFAULT_SAME_CATEGORY_PENALTY, ge=0, le=2,
+        description="POST /v1/cart: retrieval-score penalty of complements in a cart item's category "
+                    "(0 = plain similarity, 2 = other categories always first).",
+    )
+    promotion_pool_size: int = Field(
+        default=DEFAULT_PROMOTION_POOL, ge=1, le=100_000,
+        description="/v1/promotions: the most popular promoted items scored per request.",
     )
 
 
@@ -101,7 +128,17 @@ def build_app(args: dict[str, Any]) -> serve.Application:
     reranker = _named(Reranker, "Reranker").bind(catalog_path)
     return _named(Ingress, "Ingress").bind(
         retriever, ranker, reranker, paths["data_dir"], paths["index_version"],
-        paths["model_version"], cfg.retrieval_k)
+        paths["model_version"], cfg.retrieval_k, user_state=resolve_user_state(cfg.user_state).model_dump(),
+        api_key_env=cfg.api_key_env, cart_same_category_penalty=cfg.cart_same_category_penalty,
+        promotion_pool_size=cfg.promotion_pool_size, seed_user_state=cfg.seed_user_state)
+
+
+def resolve_user_state(cfg: ServingUserStateConfig) -> ServingUserStateConfig:
+    """The embedded file's default path fixed now, like the artifacts: RECSYS_HOME of the process
+    that builds the app, so replicas (whose environment may differ) share one file per node."""
+    if cfg.backend == "embedded" and cfg.path is None:
+        return cfg.model_copy(update={"path": str(cfg.resolved_path())})
+    return cfg
 
 
 def _named(deployment: object, name: str) -> Deployment:

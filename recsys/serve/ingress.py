@@ -1,152 +1,179 @@
-"""HTTP ingress: validates requests, runs Retrieve -> Rank -> Rerank, shapes RecsResponse.
+"""HTTP ingress: the one FastAPI deployment in front of Retrieve -> Rank -> Rerank.
 
-Endpoints: POST /v1/recommend (RecommendRequest), POST /v1/search (SearchRequest),
-GET /healthz. Errors are JSON: 422 {"detail": [{"field", "message", "value"}, ...]} for
-bad requests (bad JSON included), 500 {"detail": "internal error: <Type>"} for bugs,
-whose traceback goes to the replica log only.
+Endpoints that answer with items (RecsResponse, through the Ranker and the Reranker's rules; a
+user's purchases never come back): POST /v1/recommend, POST /v1/search, GET /v1/similar/{item_id},
+POST /v1/cart, GET|POST /v1/promotions. Endpoints that write or report: POST /v1/feedback and
+DELETE /v1/users/{user_id} (behind the optional API key), GET /healthz (liveness), GET /readyz
+(every stage answers); /docs and /openapi.json from FastAPI. State and helpers: ingress_base.py;
+error bodies: http_errors.py; the storefront's candidate choices: storefront.py.
+
+The routes are methods of Ingress itself, not of mixins in other modules: Serve pickles the app
+with the class, and a method importable by reference would arrive in the replica without the
+`self` dependency serve.ingress gives it (FastAPI then asks the client for a "self" field).
 """
 
 # No `from __future__ import annotations`: FastAPI must see the real request classes on the
 # endpoint signatures after serve.ingress rewrites the methods, not unresolved strings.
-import logging
-from pathlib import Path
-from typing import Any
+import asyncio
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Annotated, Any
 
-from fastapi import FastAPI, Request
-from fastapi.encoders import jsonable_encoder
-from fastapi.exceptions import RequestValidationError
+from fastapi import Depends, HTTPException, Path, Query
 from fastapi.responses import JSONResponse
 from ray import serve
-from ray.serve.handle import DeploymentHandle
 
-from recsys.schema import RecommendRequest, RecsResponse, ScoredItem, SearchRequest
-from recsys.serve.catalog import (
-    CATALOG_FILE,
-    POPULARITY_FILE,
-    SEQUENCES_DIR,
-    CatalogLookup,
-    load_popularity,
-    load_user_histories,
+from recsys.schema import (
+    MAX_K,
+    CartRequest,
+    FeedbackRequest,
+    FeedbackResponse,
+    PromotionsRequest,
+    ReadinessResponse,
+    RecommendRequest,
+    RecsResponse,
+    RejectedEvent,
+    SearchRequest,
 )
+from recsys.serve.http_errors import describe_request_errors, request_error
+from recsys.serve.http_metrics import count_feedback
+from recsys.serve.ingress_base import IngressBase, app, require_api_key
+from recsys.serve.storefront import prefer_other_categories, promotion_candidates, promotion_pool, to_candidates
+from recsys.serve.user_context import FeedbackNotStored, record_feedback
+from recsys.serve.user_state import UserStoreError
 
-logger = logging.getLogger("ray.serve")
+__all__ = ["Ingress", "app", "check_stages", "describe_request_errors", "request_error"]
 
-_LOCATIONS = ("body", "query", "path", "header", "cookie")
+# How long /readyz waits for each stage: a stage slower than this to say "ok" is not ready to
+# take traffic (a load balancer's probe usually times out after a few seconds).
+READY_TIMEOUT_S = 2.0
+
+ItemIdPath = Annotated[str, Path(min_length=1, max_length=200, description="an item id")]
+UserIdPath = Annotated[str, Path(min_length=1, max_length=200, description="a user id")]
+OptionalUser = Annotated[str | None, Query(min_length=1, max_length=200,
+                                           description="leaves out what this user bought or saw")]
+K = Annotated[int, Query(ge=1, le=MAX_K, description="how many items to return")]
 
 
-def describe_request_errors(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """FastAPI/pydantic errors -> [{"field", "message", "value"}] a storefront developer can read."""
-    out = []
-    for err in errors:
-        loc = [str(p) for p in err.get("loc", ())]
-        where = loc[1:] if loc and loc[0] in _LOCATIONS else loc
-        field = ".".join(where) or (loc[0] if loc else "request")
-        kind = err.get("type", "")
-        message = str(err.get("msg", "invalid value")).removeprefix("Value error, ")
-        value = err.get("input")
-        if kind == "json_invalid":
-            field, value = "body", None
-            message = (f"request body is not valid JSON: {err.get('ctx', {}).get('error', message)} "
-                       f"at character {where[0] if where else '?'}")
-        elif kind == "extra_forbidden":
-            message = f"unknown field {field!r} is not accepted by this endpoint"
-        elif kind == "missing":
-            value = None   # the input of a missing field is the whole enclosing object
+async def check_stages(checks: Mapping[str, Callable[[], Awaitable[Any]]],
+                       timeout_s: float = READY_TIMEOUT_S) -> dict[str, str]:
+    """Run every check at once; per name "ok", or why not (its error, or no answer in time)."""
+    async def one(check: Callable[[], Awaitable[Any]]) -> str:
         try:
-            value = jsonable_encoder(value)
-        except Exception:  # noqa: BLE001 - a value we cannot echo back is still an error to report
-            value = repr(value)
-        out.append({"field": field, "message": message, "value": value})
-    return out
+            await asyncio.wait_for(check(), timeout_s)
+            return "ok"
+        except asyncio.TimeoutError:
+            return f"no answer within {timeout_s:g}s"
+        except Exception as exc:  # noqa: BLE001 - any failure means not ready, and says why
+            return f"{type(exc).__name__}: {exc}"[:300]
 
-
-def request_error(field: str, message: str, value: Any = None) -> RequestValidationError:
-    """A 422 raised from endpoint code, reported like the schema's own validation errors."""
-    return RequestValidationError([{"type": "value_error", "loc": ("body", field), "msg": message,
-                                    "input": value}])
-
-
-app = FastAPI(title="recsys", description="Search and recommendations from transformer encoders.")
-
-
-@app.exception_handler(RequestValidationError)
-async def _on_validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-    return JSONResponse(status_code=422, content={"detail": describe_request_errors(list(exc.errors()))})
-
-
-@app.middleware("http")
-async def _on_unexpected_error(request: Request, call_next):  # type: ignore[no-untyped-def]
-    # A middleware, not exception_handler(Exception): Starlette re-raises after such a handler
-    # runs, and the re-raised error would reach Serve's own error path.
-    try:
-        return await call_next(request)
-    except Exception as exc:  # the boundary where every bug becomes a 500
-        logger.exception("unhandled error on %s %s", request.method, request.url.path)
-        return JSONResponse(status_code=500, content={"detail": f"internal error: {type(exc).__name__}"})
+    results = await asyncio.gather(*(one(c) for c in checks.values()))
+    return dict(zip(checks, results))
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.25})
 @serve.ingress(app)
-class Ingress:
-    """Owns user histories and popularity; calls the Retriever, Ranker and Reranker handles."""
-
-    def __init__(self, retriever: DeploymentHandle, ranker: DeploymentHandle, reranker: DeploymentHandle,
-                 data_dir: str, index_version: str, model_version: str, retrieval_k: int = 100):
-        self._retriever, self._ranker, self._reranker = retriever, ranker, reranker
-        data = Path(data_dir)
-        self.catalog = CatalogLookup.from_parquet(data / CATALOG_FILE)
-        self.histories = load_user_histories(data / SEQUENCES_DIR)
-        popular, _ = load_popularity(data / POPULARITY_FILE)
-        # Cold start only ever shows sellable items, so keep just those as its candidate pool.
-        self.popular_in_stock = [i for i in popular if self.catalog.in_stock(i)]
-        self.index_version, self.model_version = index_version, model_version
-        self.retrieval_k = retrieval_k
-        logger.info("Ingress ready: %d catalog items, %d users, %d popular in-stock items",
-                    len(self.catalog), len(self.histories), len(self.popular_in_stock))
-
-    def _stored_history(self, user_id: str | None) -> list[str]:
-        return self.histories.get(user_id, []) if user_id else []
-
-    async def _rank_and_rerank(self, retrieved: list[tuple[str, float]], source: str,
-                               history_ids: list[str], k: int) -> list[ScoredItem]:
-        cands = [{"item_id": i, "retrieval_score": s, "source": source} for i, s in retrieved]
-        # Passing the Ranker's response straight to the Reranker lets Serve hand the ranked
-        # list over without a round trip through this replica.
-        ranked = self._ranker.rank.remote(cands)
-        out = await self._reranker.rerank.remote(ranked, history_ids, k)
-        logger.debug("rerank dropped %s", out["dropped"])
-        return [ScoredItem.model_validate(item) for item in out["items"]]
-
-    def _response(self, items: list[ScoredItem], cold_start: bool = False) -> RecsResponse:
-        return RecsResponse(items=items, cold_start=cold_start, model_version=self.model_version,
-                            index_version=self.index_version)
+class Ingress(IngressBase):
+    """Owns the catalog, popularity and user-state store (IngressBase); calls the Retriever,
+    Ranker and Reranker handles."""
 
     @app.post("/v1/recommend", response_model=RecsResponse)
     async def recommend(self, req: RecommendRequest) -> RecsResponse:
-        """Items for a user: stored history (if the user is known) plus the explicit history."""
+        """Items for a user: stored history (feedback included) plus the explicit history."""
         if req.user_id is None and req.history is None:
             raise request_error("user_id", "neither user_id nor history was given: send a user_id, "
                                 "a history of item ids, or both")
-        explicit = [i for i in req.history or [] if self.catalog.known(i)]
-        if len(explicit) < len(req.history or []):
-            logger.debug("ignored %d history ids unknown to the catalog",
-                         len(req.history or []) - len(explicit))
-        usable = [i for i in self._stored_history(req.user_id) if self.catalog.known(i)] + explicit
-        k_retrieve = max(self.retrieval_k, req.k)
-        if usable:
-            retrieved = await self._retriever.recommend.remote(usable, k_retrieve)
+        ctx = await self._user_context(req.user_id, req.history)
+        if ctx.history:
+            retrieved = await self._retriever.recommend.remote(ctx.history, max(self.retrieval_k, req.k))
             if retrieved:
-                return self._response(await self._rank_and_rerank(retrieved, "ann", usable, req.k))
-        # Cold start: nothing we can embed, so fall back to what sells (still through the rules).
-        popular = [(i, 0.0) for i in self.popular_in_stock[:k_retrieve]]
-        return self._response(await self._rank_and_rerank(popular, "popular", usable, req.k), True)
+                return self._response(await self._answer(retrieved, "ann", ctx, req.k))
+        return await self._popular(ctx, req.k)
 
     @app.post("/v1/search", response_model=RecsResponse)
     async def search(self, req: SearchRequest) -> RecsResponse:
         """Free-text search; a known user_id keeps items already in its history out."""
-        retrieved = await self._retriever.search.remote(req.query, max(self.retrieval_k, req.k))
-        history = self._stored_history(req.user_id)
-        return self._response(await self._rank_and_rerank(retrieved, "ann", history, req.k))
+        retrieved = self._retriever.search.remote(req.query, max(self.retrieval_k, req.k))
+        ctx = await self._user_context(req.user_id)   # read while the Retriever encodes
+        return self._response(await self._answer(await retrieved, "ann", ctx, req.k))
+
+    @app.get("/v1/similar/{item_id}", response_model=RecsResponse,
+             responses={404: {"description": "the index holds no such item"}})
+    async def similar(self, item_id: ItemIdPath, k: K = 10, user_id: OptionalUser = None) -> RecsResponse:
+        """Items whose item-tower vectors are nearest to this item's (the item itself left out)."""
+        retrieved = self._retriever.similar.remote(item_id, max(self.retrieval_k, k))
+        ctx = await self._user_context(user_id)
+        found = await retrieved
+        if found is None:
+            raise HTTPException(status_code=404, detail=f"item_id={item_id!r} is not in index "
+                                f"{self.index_version}: there is no vector to find similar items by")
+        return self._response(await self._answer(found, "ann", ctx, k, exclude=[item_id]))
+
+    @app.post("/v1/cart", response_model=RecsResponse)
+    async def cart(self, req: CartRequest) -> RecsResponse:
+        """Complements: items nearest to the cart's mean vector, the cart left out, other categories
+        preferred (see storefront.prefer_other_categories for why a penalty, not a filter)."""
+        in_cart = list(dict.fromkeys(req.items))
+        ctx = await self._user_context(req.user_id)
+        retrieved = await self._retriever.complements.remote(in_cart, max(self.retrieval_k, req.k))
+        if not retrieved:   # nothing in the cart is indexed (a catalog ahead of the index)
+            return await self._popular(ctx, req.k, exclude=in_cart)
+        cands, _ = to_candidates(retrieved, "ann", ctx.purchased)
+        cands = prefer_other_categories(cands, {self.catalog.category(i) for i in in_cart},
+                                        self.catalog.category, self.cart_same_category_penalty)
+        return self._response(await self._rank_and_rerank(cands, ctx.history + in_cart, req.k))
+
+    @app.get("/v1/promotions", response_model=RecsResponse)
+    async def promotions(self, user_id: OptionalUser = None, k: K = 10) -> RecsResponse:
+        """The items of the boost campaigns running now, ordered for the user (see the POST form)."""
+        return await self._promotions(PromotionsRequest(user_id=user_id, k=k))
+
+    @app.post("/v1/promotions", response_model=RecsResponse)
+    async def promotions_for(self, req: PromotionsRequest) -> RecsResponse:
+        """The items of the boost campaigns running now (the Reranker's rules), ordered by similarity
+        to the user's history when there is one (cold_start false), else by popularity."""
+        return await self._promotions(req)
+
+    async def _promotions(self, req: PromotionsRequest) -> RecsResponse:
+        promoted = self._reranker.promoted_items.remote()
+        ctx = await self._user_context(req.user_id, req.history)
+        pool = promotion_pool(await promoted, self.popularity, self.promotion_pool_size)
+        if not pool:
+            return self._response([], cold_start=not ctx.history)
+        scored = await self._retriever.score_items.remote(ctx.history, pool) if ctx.history else None
+        cands, _ = promotion_candidates(pool, scored, ctx.purchased)
+        return self._response(await self._rank_and_rerank(cands, ctx.history, req.k), cold_start=scored is None)
+
+    # ------------------------------------------------------------ writes and operations
+
+    @app.post("/v1/feedback", response_model=FeedbackResponse, dependencies=[Depends(require_api_key)],
+              responses={401: {"description": "api_key_env is set and X-API-Key is missing or wrong"},
+                         503: {"description": "the user-state store failed; resending is safe"}})
+    async def feedback(self, req: FeedbackRequest) -> FeedbackResponse:
+        """Store behaviour events; the next request for the user sees them.
+
+        A malformed event (bad event_type, blank id, timestamp without timezone) rejects the whole
+        batch with 422, nothing stored: that is a client bug. An item the serving catalog does not
+        know is not stored but the rest of the batch is: the answer counts and names it in errors.
+        """
+        try:
+            outcome = await asyncio.to_thread(record_feedback, self.user_store, req.events, self.catalog.known)
+        except FeedbackNotStored as exc:
+            raise HTTPException(status_code=503, detail=str(exc)) from exc
+        count_feedback(outcome.by_event_type, len(outcome.errors))
+        return FeedbackResponse(accepted=outcome.accepted, rejected=len(outcome.errors), users=outcome.users,
+                                by_event_type=outcome.by_event_type,
+                                errors=[RejectedEvent(**e) for e in outcome.errors])
+
+    @app.delete("/v1/users/{user_id}", dependencies=[Depends(require_api_key)],
+                responses={401: {"description": "api_key_env is set and X-API-Key is missing or wrong"}})
+    async def forget_user(self, user_id: UserIdPath) -> dict[str, Any]:
+        """Admin: delete everything the user-state store holds about a user (privacy requests).
+        The data version's history comes back only if the service is re-seeded from it."""
+        try:
+            await asyncio.to_thread(self.user_store.forget, user_id)
+        except UserStoreError as exc:
+            raise HTTPException(status_code=503, detail=str(exc)) from exc
+        return {"user_id": user_id, "forgotten": True}
 
     @app.get("/healthz")
     async def healthz(self) -> dict[str, Any]:
@@ -154,3 +181,21 @@ class Ingress:
         info = await self._retriever.info.remote()
         return {"status": "ok", "model_version": self.model_version,
                 "index_version": self.index_version, "items": info["items"]}
+
+    @app.get("/readyz", response_model=ReadinessResponse,
+             responses={503: {"model": ReadinessResponse, "description": "a stage is not ready"}})
+    async def readyz(self) -> JSONResponse:
+        """200 when every stage (Retriever, Ranker, Reranker, user-state store) answers within
+        READY_TIMEOUT_S, else 503 naming the stages that did not."""
+        async def ping_store() -> None:
+            await asyncio.to_thread(self.user_store.ping)
+
+        stages = await check_stages({   # a DeploymentResponse is awaitable: wait_for takes it as is
+            "retriever": self._retriever.info.remote,
+            "ranker": self._ranker.ready.remote,
+            "reranker": self._reranker.info.remote,
+            "user_store": ping_store,
+        })
+        ready = all(v == "ok" for v in stages.values())
+        body = ReadinessResponse(status="ready" if ready else "not_ready", stages=stages)
+        return JSONResponse(status_code=200 if ready else 503, content=body.model_dump())

@@ -54,3 +54,7 @@ class Ranker:
     def rank(self, candidates: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """[{item_id, retrieval_score, source}] -> same order, each with rank_score."""
         return rank_candidates(candidates, self.counts, self.cfg, self.max_popularity)
+
+    def ready(self) -> dict[str, Any]:
+        """Answers when the replica is up: /readyz asks every stage."""
+        return {"items_with_counts": len(self.counts), "config": self.cfg.model_dump()}

@@ -19,6 +19,7 @@ from recsys.config import validate_mapping
 from recsys.serve.catalog import CatalogLookup
 from recsys.serve.rules import SOURCE_PIN, Candidate, apply_rules
 from recsys.serve.rules_config import RulesConfig
+from recsys.serve.storefront import active_promoted_items, items_of_campaigns
 
 logger = logging.getLogger("ray.serve")
 
@@ -57,8 +58,12 @@ def to_candidates(ranked: list[dict[str, Any]], catalog: CatalogLookup) -> tuple
         if not catalog.known(item_id):
             unknown += 1
             continue
-        cands.append(catalog_candidate(item_id, catalog, float(c["retrieval_score"]), float(c["rank_score"]),
-                                       str(c.get("source", "ann"))))
+        cand = catalog_candidate(item_id, catalog, float(c["retrieval_score"]), float(c["rank_score"]),
+                                 str(c.get("source", "ann")))
+        # What an earlier stage did to the candidate (e.g. the cart's same-category penalty) leads
+        # its explanation, before the rules' own labels.
+        cand.rules_applied.extend(str(r) for r in c.get("rules_applied", ()))
+        cands.append(cand)
     return cands, unknown
 
 
@@ -93,11 +98,15 @@ class Reranker:
     def __init__(self, catalog_path: str):
         self.catalog = CatalogLookup.from_parquet(catalog_path, rule_facts=True)
         self.cfg = RulesConfig()
+        self.campaign_items: dict[str, list[str]] = {}
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         # Raising here fails the deploy / config update, so a typo never goes live silently.
         cfg = parse_rules_config(user_config)
         check_rules_fit_catalog(cfg, self.catalog)
+        # Which items each campaign covers is fixed by the catalog, so it is worked out once per
+        # config, not per /v1/promotions request (a category campaign can cover thousands).
+        self.campaign_items = items_of_campaigns(cfg.boosts, self.catalog)
         self.cfg = cfg
         logger.info("Reranker rules: %s", cfg.model_dump(mode="json", by_alias=True))
 
@@ -106,6 +115,10 @@ class Reranker:
         """Ranked candidates -> {"items": top-k ScoredItem dicts, "dropped": {rule: count}}."""
         return rerank_candidates(candidates, history_ids, k, self.cfg, self.catalog,
                                  now=datetime.now(timezone.utc))
+
+    def promoted_items(self) -> list[str]:
+        """Item ids of the boost campaigns active now, in config order, each once."""
+        return active_promoted_items(self.cfg.boosts, self.campaign_items, datetime.now(timezone.utc))
 
     def info(self) -> dict[str, Any]:
         """Which replica answers and the rules it runs: lets an operator (and the tests) see a

@@ -1,4 +1,5 @@
-"""Retrieve stage: query / history text -> encoder -> Faiss -> candidate (item_id, score) pairs.
+"""Retrieve stage: query / history text -> encoder -> Faiss -> candidate (item_id, score) pairs;
+item ids -> their stored vectors -> neighbours (similar items, cart complements) or scores.
 
 The query side must embed with the very model the index was built with, so the model
 path comes from the index manifest, never from a separate setting that could drift.
@@ -18,6 +19,7 @@ from recsys.index.faiss_index import ItemIndex, load_item_index
 from recsys.models.encoder import TextEmbedder, query_tower_path
 from recsys.models.sequence_tower import USER_TOWER_DIR, SequenceTowerInput
 from recsys.serve.catalog import CatalogLookup
+from recsys.serve.item_vectors import ItemVectors
 
 logger = logging.getLogger("ray.serve")
 
@@ -39,8 +41,13 @@ class RetrievalModel:
         self.catalog = CatalogLookup.from_parquet(catalog_path)
         self.max_history_items = max_history_items
         self.user_tower = None
+        # Item-to-item answers use the text vectors (as search does); user-to-item scores use the
+        # space the user vectors live in: the sequence tower's item vectors when it serves.
+        self.text_vectors = ItemVectors(self.index.index, self.index.item_ids)
+        self.user_space_vectors = self.text_vectors
         if self.index.recommend_index is not None:
             self.user_tower = SequenceTowerInput(Path(model_path) / USER_TOWER_DIR)
+            self.user_space_vectors = ItemVectors(self.index.recommend_index, self.index.item_ids)
 
     @property
     def size(self) -> int:
@@ -61,11 +68,36 @@ class RetrievalModel:
         built for it, else the text tower over the history's titles; [] when no id is known."""
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
+        vector = self.user_vector(history)
+        return [] if vector is None else self._search(vector[None], k, recommend=True)[0]
+
+    def user_vector(self, history: list[str]) -> np.ndarray | None:
+        """Item ids, oldest first -> the user's query vector [D] (sequence tower, else the text tower
+        over the history's titles); None when no id is known."""
         if self.user_tower is not None:
-            vector = self.user_tower.user_vector(history)
-            return self._search(vector[None], k, recommend=True)[0] if vector is not None else []
+            return self.user_tower.user_vector(history)
         text = self.history_text(history)
-        return self.retrieve([text], k)[0] if text else []
+        return self.embedder.embed([text])[0] if text else None
+
+    def similar(self, item_id: str, k: int) -> list[tuple[str, float]] | None:
+        """Up to k (item_id, cosine) nearest to the item's text vector, itself left out; None when
+        the index does not hold the item."""
+        if item_id not in self.text_vectors:
+            return None
+        _, vecs = self.text_vectors.vectors([item_id])
+        return self.text_vectors.search(vecs[0], k, exclude=[item_id])
+
+    def complements(self, item_ids: list[str], k: int) -> list[tuple[str, float]]:
+        """Up to k (item_id, cosine to the items' mean direction), the items themselves left out;
+        [] when the index holds none of them."""
+        centre = self.text_vectors.mean_direction(item_ids)
+        return [] if centre is None else self.text_vectors.search(centre, k, exclude=item_ids)
+
+    def score_items(self, history: list[str], item_ids: list[str]) -> list[tuple[str, float]] | None:
+        """(item_id, the user's retrieval score) for the given items the index holds, in their order;
+        None when the history gives no user vector."""
+        vector = self.user_vector(history)
+        return None if vector is None else self.user_space_vectors.score(vector, item_ids)
 
     def _search(self, vectors: np.ndarray, k: int, recommend: bool) -> list[list[tuple[str, float]]]:
         scores, ids = self.index.search(vectors, k, recommend=recommend)   # [Q, k'], Q lists of ids
@@ -101,6 +133,18 @@ class Retriever:
     async def recommend(self, history: list[str], k: int) -> list[tuple[str, float]]:
         """Item ids, oldest first -> up to k (item_id, score); [] when no id is in the catalog."""
         return await asyncio.to_thread(self.model.recommend, history, k)
+
+    async def similar(self, item_id: str, k: int) -> list[tuple[str, float]] | None:
+        """Items nearest to an item (itself left out); None when the index lacks it."""
+        return await asyncio.to_thread(self.model.similar, item_id, k)
+
+    async def complements(self, item_ids: list[str], k: int) -> list[tuple[str, float]]:
+        """Items nearest to the mean direction of `item_ids` (those left out)."""
+        return await asyncio.to_thread(self.model.complements, item_ids, k)
+
+    async def score_items(self, history: list[str], item_ids: list[str]) -> list[tuple[str, float]] | None:
+        """The user's retrieval score for each given item; None when the history has no known id."""
+        return await asyncio.to_thread(self.model.score_items, history, item_ids)
 
     async def info(self) -> dict:
         """What this replica serves: index version, item count, model path."""

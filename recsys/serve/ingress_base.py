@@ -1,0 +1,116 @@
+"""The Ingress's one FastAPI app, and the state and helpers every endpoint group shares: the stage
+handles, the catalog, popularity, the user-state store and the API key. Endpoint groups
+(endpoints_*.py) add their routes to `app`; ingress.py binds them to the Ingress deployment.
+"""
+
+# No `from __future__ import annotations`: FastAPI inspects require_api_key's signature.
+import asyncio
+import logging
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import FastAPI, Header
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+
+from recsys.schema import RecsResponse, ScoredItem
+from recsys.serve.api_key import API_KEY_HEADER, ApiKeyGuard
+from recsys.serve.catalog import CATALOG_FILE, POPULARITY_FILE, SEQUENCES_DIR, CatalogLookup, load_popularity
+from recsys.serve.http_errors import install_error_handlers
+from recsys.serve.http_metrics import install_request_metrics
+from recsys.serve.storefront import DEFAULT_SAME_CATEGORY_PENALTY, to_candidates
+from recsys.serve.user_context import UserContext, open_serving_store, read_user_context, seed_user_store
+
+logger = logging.getLogger("ray.serve")
+
+app = FastAPI(title="recsys", description="Search, recommendations and storefront endpoints from "
+                                          "transformer encoders. Errors name the field and value.")
+install_error_handlers(app)
+install_request_metrics(app)   # after: the outermost middleware, so it counts the 500s as well
+
+# Promoted items scored per /v1/promotions request (the most popular of them): see promotion_pool.
+DEFAULT_PROMOTION_POOL = 500
+
+
+class IngressBase:
+    """Owns the catalog, popularity and the user-state store; calls the stage handles."""
+
+    def __init__(self, retriever: DeploymentHandle, ranker: DeploymentHandle, reranker: DeploymentHandle,
+                 data_dir: str, index_version: str, model_version: str, retrieval_k: int = 100,
+                 user_state: dict[str, Any] | None = None, api_key_env: str | None = None,
+                 cart_same_category_penalty: float = DEFAULT_SAME_CATEGORY_PENALTY,
+                 promotion_pool_size: int = DEFAULT_PROMOTION_POOL, seed_user_state: bool = True):
+        self._retriever, self._ranker, self._reranker = retriever, ranker, reranker
+        data = Path(data_dir)
+        self.catalog = CatalogLookup.from_parquet(data / CATALOG_FILE)
+        popular, self.popularity = load_popularity(data / POPULARITY_FILE)
+        # Cold start only ever shows sellable items, so keep just those as its candidate pool.
+        self.popular_in_stock = [i for i in popular if self.catalog.in_stock(i)]
+        self.index_version, self.model_version = index_version, model_version
+        self.retrieval_k = retrieval_k
+        self.cart_same_category_penalty = cart_same_category_penalty
+        self.promotion_pool_size = promotion_pool_size
+        self.api_key = ApiKeyGuard(api_key_env)
+        self.user_store = open_serving_store(user_state)
+        if seed_user_state:
+            started = time.monotonic()
+            seeded = seed_user_store(self.user_store, data / SEQUENCES_DIR)
+            logger.info("user state %r seeded from %s in %.1fs: %s", self.user_store, data.name,
+                        time.monotonic() - started, seeded)
+        logger.info("Ingress ready: %d catalog items, %d popular in-stock items, API key %s",
+                    len(self.catalog), len(self.popular_in_stock), "on" if self.api_key.enabled else "off")
+
+    async def _user_context(self, user_id: str | None, explicit: list[str] | None = None) -> UserContext:
+        """The user's stored history and purchases plus `explicit`, catalog ids only."""
+        # The store does blocking I/O (SQLite, a Redis round trip): a thread keeps the loop free.
+        ctx = await asyncio.to_thread(read_user_context, self.user_store, user_id, explicit, self.catalog.known)
+        if ctx.store_error:
+            logger.warning("answering without stored user state: %s", ctx.store_error)
+        if ctx.unknown_ids:
+            logger.debug("ignored %d history ids unknown to the catalog", ctx.unknown_ids)
+        return ctx
+
+    async def _rank_and_rerank(self, cands: list[dict[str, Any]], exclude_ids: list[str],
+                               k: int) -> list[ScoredItem]:
+        """Candidates -> Ranker -> Reranker's rules (exclude_history drops `exclude_ids`) -> top k."""
+        # Passing the Ranker's response straight to the Reranker lets Serve hand the ranked
+        # list over without a round trip through this replica.
+        ranked = self._ranker.rank.remote(cands)
+        out = await self._reranker.rerank.remote(ranked, exclude_ids, k)
+        logger.debug("rerank dropped %s", out["dropped"])
+        return [ScoredItem.model_validate(item) for item in out["items"]]
+
+    async def _answer(self, retrieved: list[tuple[str, float]], source: str, ctx: UserContext,
+                      k: int, exclude: list[str] | None = None) -> list[ScoredItem]:
+        """Retrieved pairs -> the answer; the user's purchases never come back, whatever the rules say."""
+        cands, bought = to_candidates(retrieved, source, ctx.purchased)
+        if bought:
+            logger.debug("left out %d purchased items", bought)
+        return await self._rank_and_rerank(cands, ctx.history + (exclude or []), k)
+
+    async def _popular(self, ctx: UserContext, k: int, exclude: list[str] | None = None) -> RecsResponse:
+        """Cold start: nothing we can embed, so what sells (still through the rules)."""
+        popular = [(i, 0.0) for i in self.popular_in_stock[:max(self.retrieval_k, k)]]
+        return self._response(await self._answer(popular, "popular", ctx, k, exclude), cold_start=True)
+
+    def _response(self, items: list[ScoredItem], cold_start: bool = False) -> RecsResponse:
+        return RecsResponse(items=items, cold_start=cold_start, model_version=self.model_version,
+                            index_version=self.index_version)
+
+    def __del__(self) -> None:
+        store = getattr(self, "user_store", None)
+        if store is not None:
+            store.close()
+
+
+async def require_api_key(
+        x_api_key: Annotated[str | None, Header(alias=API_KEY_HEADER, description=(
+            "The service's API key; required when the app runs with api_key_env."))] = None) -> None:
+    """FastAPI dependency of the guarded endpoints: 401 unless X-API-Key matches.
+
+    A dependency (not a check inside the endpoint) so it runs before the body is validated: a
+    caller without the key learns nothing about what a valid request looks like.
+    """
+    ingress: IngressBase = serve.get_replica_context().servable_object  # type: ignore[assignment]
+    ingress.api_key.check(x_api_key)
