@@ -63,8 +63,10 @@ class IngressBase:
 
     async def _user_context(self, user_id: str | None, explicit: list[str] | None = None) -> UserContext:
         """The user's stored history and purchases plus `explicit`, catalog ids only."""
-        # The store does blocking I/O (SQLite, a Redis round trip): a thread keeps the loop free.
-        ctx = await asyncio.to_thread(read_user_context, self.user_store, user_id, explicit, self.catalog.known)
+        if user_id is None:   # nothing to read: skip the thread hop
+            ctx = read_user_context(self.user_store, None, explicit, self.catalog.known)
+        else:   # the store does blocking I/O (SQLite, a Redis round trip): a thread keeps the loop free
+            ctx = await asyncio.to_thread(read_user_context, self.user_store, user_id, explicit, self.catalog.known)
         if ctx.store_error:
             logger.warning("answering without stored user state: %s", ctx.store_error)
         if ctx.unknown_ids:

@@ -109,6 +109,7 @@ def check_feedback_changes_recommendations(http: httpx.Client, user: str) -> Non
     # the history text reads the newest items first: five electronics views now lead it
     n_electronics = [sum(category_of(i) == "electronics" for i in ids[:5]) for ids in (before, after)]
     assert n_electronics[1] >= n_electronics[0] + 2, f"views of electronics ignored: {before} -> {after}"
+    print(f"{user}: feedback + next recommend {elapsed * 1000:.0f} ms")
     assert elapsed < 1.0, f"feedback + next recommend took {elapsed:.2f}s"
     # the purchase stays out of every answer for that user
     for r in (http.post("/v1/search", json={"query": "stainless steel skillet", "k": 10, "user_id": user}),

@@ -10,7 +10,7 @@ import pytest
 
 from recsys.serve.catalog import CatalogLookup
 from recsys.serve.item_vectors import ItemVectors, VectorsUnavailable
-from recsys.serve.rules_config import BoostCampaign
+from recsys.serve.rules_config import BoostCampaign, RulesConfig
 from recsys.serve.storefront import (
     active_promoted_items,
     items_of_campaigns,
@@ -123,3 +123,15 @@ def test_item_vectors_say_when_the_index_cannot_give_them_back() -> None:
         iv.vectors(["1"])
     with pytest.raises(ValueError, match="2 item ids for an index of 300"):
         ItemVectors(index, ["a", "b"])
+
+
+def test_reranker_keeps_an_upstream_label_first() -> None:
+    from recsys.serve.rerank import rerank_candidates
+
+    cands, _ = to_candidates([("wok", 0.8), ("oil", 0.4)], "ann")
+    cands = prefer_other_categories(cands, {"cookware"}, catalog().category, penalty=0.5)
+    ranked = [{**c, "rank_score": c["retrieval_score"]} for c in cands]
+    out = rerank_candidates(ranked, ["pan"], 2, RulesConfig(), catalog(), NOW)
+    by_id = {i["item_id"]: i["explanation"]["rules_applied"] for i in out["items"]}
+    assert by_id["wok"][0] == "cart:same_category-0.5" and "in_stock" in by_id["wok"]
+    assert by_id["oil"][0] == "exclude_history"
