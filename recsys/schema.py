@@ -106,8 +106,11 @@ class SearchRequest(_Strict):
 class Explanation(BaseModel):
     """Why an item is in the answer."""
 
-    # "pin": a business rule placed an item retrieval did not propose (its scores are then 0).
-    source: Literal["ann", "popular", "pin"]
+    # Which candidate source proposed the item (recsys/serve/candidate_sources.py): "ann" (embedding
+    # neighbours), "cooccurrence" (seen together in sessions), "fresh" (a catalog item newer than
+    # the index, embedded at start-up), "popular"; "pin": a business rule placed an item retrieval
+    # did not propose (its scores are then 0).
+    source: Literal["ann", "cooccurrence", "fresh", "popular", "pin"]
     retrieval_score: float
     rank_score: float   # the Ranker's score; ScoredItem.score is this after rule boosts
     rules_applied: list[str] = Field(

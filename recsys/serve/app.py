@@ -77,6 +77,11 @@ class ServeArgs(BaseModel, extra="forbid"):
         description="POST /v1/cart: retrieval-score penalty of complements in a cart item's category "
                     "(0 = plain similarity, 2 = other categories always first).",
     )
+    embed_fresh_items: bool = Field(
+        default=True,
+        description="At Retriever start-up embed catalog items the index lacks with the item tower, so "
+                    "new items are retrievable (source 'fresh') before the next index build.",
+    )
     promotion_pool_size: int = Field(
         default=DEFAULT_PROMOTION_POOL, ge=1, le=100_000,
         description="/v1/promotions: the most popular promoted items scored per request.",
@@ -123,7 +128,8 @@ def build_app(args: dict[str, Any]) -> serve.Application:
     logger.info("building recsys app: %s", {**cfg.model_dump(), **paths})
     catalog_path = f"{paths['data_dir']}/{CATALOG_FILE}"
     retriever = _named(Retriever, "Retriever").bind(
-        paths["index_dir"], catalog_path, paths["query_max_length"], paths["max_history_items"])
+        paths["index_dir"], catalog_path, paths["query_max_length"], paths["max_history_items"],
+        data_dir=paths["data_dir"], embed_fresh_items=cfg.embed_fresh_items)
     ranker = _named(Ranker, "Ranker").bind(f"{paths['data_dir']}/{POPULARITY_FILE}")
     reranker = _named(Reranker, "Reranker").bind(catalog_path)
     return _named(Ingress, "Ingress").bind(

@@ -3,21 +3,31 @@
 - 422 {"detail": [{"field", "message", "value"}, ...]}: bad requests, bad JSON included, and
   errors endpoint code raises with `request_error`;
 - 401 / 404 / 503 {"detail": "<message>"}: FastAPI's HTTPException shape;
+- 503 {"detail", "retry_after_s"} with a Retry-After header: load shed. A stage behind this one
+  (Retriever, Ranker, Reranker) has max_queued_requests waiting already and Serve's handle
+  refused the call (BackPressureError), or it has no running replica. When the Ingress itself is
+  full, Serve's proxy answers 503 + Retry-After before this code runs;
 - 500 {"detail": "internal error: <Type>"}: bugs, whose traceback goes to the replica log only.
 """
 
 # No `from __future__ import annotations`: FastAPI inspects the handlers' signatures.
 import logging
+import math
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 
 logger = logging.getLogger("ray.serve")
 
 _LOCATIONS = ("body", "query", "path", "header", "cookie")
+
+# Retry-After (seconds) when Serve gives no hint: long enough for a burst to drain or an
+# autoscaled replica to start taking requests, short enough that a storefront retry still helps.
+DEFAULT_RETRY_AFTER_S = 1
 
 
 def describe_request_errors(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -60,10 +70,30 @@ async def _on_unexpected_error(request: Request, call_next):  # type: ignore[no-
     # A middleware, not exception_handler(Exception): Starlette re-raises after such a handler
     # runs, and the re-raised error would reach Serve's own error path.
     try:
-        return await call_next(request)
+        response = await call_next(request)
+    except (BackPressureError, DeploymentUnavailableError) as exc:   # overload is not a bug: 503
+        return overloaded_response(str(exc), getattr(exc, "retry_after_s", None))
     except Exception as exc:  # the boundary where every bug becomes a 500
         logger.exception("unhandled error on %s %s", request.method, request.url.path)
         return JSONResponse(status_code=500, content={"detail": f"internal error: {type(exc).__name__}"})
+    # Serve registers its own FastAPI handlers for BackPressureError / DeploymentUnavailableError on
+    # the replica (ray/serve/_private/replica.py), so a shed call to a downstream stage usually
+    # arrives here as their plain-text 503, without Retry-After unless that stage configured one.
+    # Our own 503s are JSON; any other 503 is such a shed request and is rewritten.
+    if response.status_code == 503 and "json" not in response.headers.get("content-type", ""):
+        body = b"".join([chunk async for chunk in response.body_iterator])  # type: ignore[attr-defined]
+        hint = response.headers.get("retry-after")
+        return overloaded_response(body.decode(errors="replace").strip(), float(hint) if hint else None)
+    return response
+
+
+def overloaded_response(reason: str, retry_after_hint: float | None = None) -> JSONResponse:
+    """503 + Retry-After for a request a downstream stage shed; the client may resend it as is."""
+    retry_after = max(1, math.ceil(retry_after_hint)) if retry_after_hint is not None else DEFAULT_RETRY_AFTER_S
+    logger.warning("shed a request: %s", reason)
+    return JSONResponse(status_code=503, headers={"Retry-After": str(retry_after)},
+                        content={"detail": f"service overloaded, retry after {retry_after}s: {reason}",
+                                 "retry_after_s": retry_after})
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -21,6 +21,7 @@ from typing import Annotated, Any
 from fastapi import Depends, HTTPException, Path, Query
 from fastapi.responses import JSONResponse
 from ray import serve
+from ray.serve.config import BackpressureConfig
 
 from recsys.schema import (
     MAX_K,
@@ -34,7 +35,8 @@ from recsys.schema import (
     RejectedEvent,
     SearchRequest,
 )
-from recsys.serve.http_errors import describe_request_errors, request_error
+from recsys.serve.candidate_sources import drop_items
+from recsys.serve.http_errors import DEFAULT_RETRY_AFTER_S, describe_request_errors, request_error
 from recsys.serve.http_metrics import count_feedback
 from recsys.serve.ingress_base import IngressBase, app, require_api_key
 from recsys.serve.storefront import prefer_other_categories, promotion_candidates, promotion_pool, to_candidates
@@ -70,7 +72,10 @@ async def check_stages(checks: Mapping[str, Callable[[], Awaitable[Any]]],
     return dict(zip(checks, results))
 
 
-@serve.deployment(ray_actor_options={"num_cpus": 0.25})
+# When this replica's own queue is full (max_queued_requests in the Serve config), Serve's proxy
+# answers 503 itself; the backpressure_config gives that answer a Retry-After header too.
+@serve.deployment(ray_actor_options={"num_cpus": 0.25},
+                  backpressure_config=BackpressureConfig(retry_after_s=DEFAULT_RETRY_AFTER_S))
 @serve.ingress(app)
 class Ingress(IngressBase):
     """Owns the catalog, popularity and user-state store (IngressBase); calls the Retriever,
@@ -78,15 +83,17 @@ class Ingress(IngressBase):
 
     @app.post("/v1/recommend", response_model=RecsResponse)
     async def recommend(self, req: RecommendRequest) -> RecsResponse:
-        """Items for a user: stored history (feedback included) plus the explicit history."""
+        """Items for a user: stored history (feedback included) plus the explicit history; candidates
+        from every source (explanation.source says which), popular items alone for a cold start."""
         if req.user_id is None and req.history is None:
             raise request_error("user_id", "neither user_id nor history was given: send a user_id, "
                                 "a history of item ids, or both")
         ctx = await self._user_context(req.user_id, req.history)
-        if ctx.history:
-            retrieved = await self._retriever.recommend.remote(ctx.history, max(self.retrieval_k, req.k))
-            if retrieved:
-                return self._response(await self._answer(retrieved, "ann", ctx, req.k))
+        if ctx.history:   # ANN, co-occurrence, fresh items and popular, merged by the Retriever
+            found = await self._retriever.recommend_candidates.remote(ctx.history, max(self.retrieval_k, req.k))
+            if found["personal"]:
+                cands, _ = drop_items(found["candidates"], ctx.purchased)
+                return self._response(await self._rank_and_rerank(cands, ctx.history, req.k))
         return await self._popular(ctx, req.k)
 
     @app.post("/v1/search", response_model=RecsResponse)

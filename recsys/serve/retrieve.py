@@ -1,138 +1,94 @@
-"""Retrieve stage: query / history text -> encoder -> Faiss -> candidate (item_id, score) pairs;
-item ids -> their stored vectors -> neighbours (similar items, cart complements) or scores.
+"""Retrieve stage (Serve shell around retrieval_model.RetrievalModel): query / history text ->
+encoder -> Faiss -> candidate (item_id, score) pairs; item ids -> neighbours or scores; and the
+merged multi-source candidates of /v1/recommend (see candidate_sources.py).
 
-The query side must embed with the very model the index was built with, so the model
-path comes from the index manifest, never from a separate setting that could drift.
+Query and history texts from concurrent requests are encoded together (@serve.batch): one
+forward pass over 16 texts costs far less than 16 passes, on a GPU above all. max_batch_size
+and batch_wait_timeout_s come from user_config, so they can be tuned without a restart.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from pathlib import Path
+from collections import deque
+from typing import Any
 
 import numpy as np
 from ray import serve
 
-from recsys.data.text import history_text_for_items
-from recsys.index.faiss_index import ItemIndex, load_item_index
-from recsys.models.encoder import TextEmbedder, query_tower_path
-from recsys.models.sequence_tower import USER_TOWER_DIR, SequenceTowerInput
-from recsys.serve.catalog import CatalogLookup
-from recsys.serve.item_vectors import ItemVectors
+from recsys.config import validate_mapping
+from recsys.serve.candidate_sources import RetrieverConfig, merge_candidates
+from recsys.serve.retrieval_model import RetrievalModel
+
+__all__ = ["RetrievalModel", "Retriever", "parse_retriever_config"]
 
 logger = logging.getLogger("ray.serve")
 
+# Batch sizes remembered for batch_stats(): enough to see the recent load, bounded memory.
+_BATCH_HISTORY = 1000
 
-class RetrievalModel:
-    """Index + query encoder + item titles; plain Python so it can be used outside Serve."""
 
-    def __init__(self, index_dir: str | Path, catalog_path: str | Path,
-                 query_max_length: int = 128, max_history_items: int = 8):
-        self.index: ItemIndex = load_item_index(Path(index_dir))
-        model_path = self.index.manifest.get("model_path")
-        if not model_path:
-            raise ValueError(f"{index_dir}/manifest.json has no model_path: cannot embed queries "
-                             f"with the model the items were embedded with")
-        self.embedder = TextEmbedder(query_tower_path(model_path), max_length=query_max_length)
-        if self.embedder.dim != self.index.index.d:
-            raise ValueError(f"model {model_path} gives {self.embedder.dim}-d vectors but index "
-                             f"{index_dir} holds {self.index.index.d}-d vectors")
-        self.catalog = CatalogLookup.from_parquet(catalog_path)
-        self.max_history_items = max_history_items
-        self.user_tower = None
-        # Item-to-item answers use the text vectors (as search does); user-to-item scores use the
-        # space the user vectors live in: the sequence tower's item vectors when it serves.
-        self.text_vectors = ItemVectors(self.index.index, self.index.item_ids)
-        self.user_space_vectors = self.text_vectors
-        if self.index.recommend_index is not None:
-            self.user_tower = SequenceTowerInput(Path(model_path) / USER_TOWER_DIR)
-            self.user_space_vectors = ItemVectors(self.index.recommend_index, self.index.item_ids)
-
-    @property
-    def size(self) -> int:
-        return len(self.index.item_ids)
-
-    def history_text(self, history: list[str]) -> str:
-        """Item ids, oldest first -> query-tower text (newest first, unknown ids skipped)."""
-        return history_text_for_items(history, self.catalog.titles, self.max_history_items)
-
-    def retrieve(self, texts: list[str], k: int) -> list[list[tuple[str, float]]]:
-        """texts [Q] -> per text, up to k (item_id, cosine score) pairs, best first."""
-        if k < 1:
-            raise ValueError(f"k must be >= 1, got {k}")
-        return self._search(self.embedder.embed(texts), k, recommend=False)   # [Q, D] unit rows
-
-    def recommend(self, history: list[str], k: int) -> list[tuple[str, float]]:
-        """Item ids, oldest first -> up to k (item_id, score): the sequence user tower when the index was
-        built for it, else the text tower over the history's titles; [] when no id is known."""
-        if k < 1:
-            raise ValueError(f"k must be >= 1, got {k}")
-        vector = self.user_vector(history)
-        return [] if vector is None else self._search(vector[None], k, recommend=True)[0]
-
-    def user_vector(self, history: list[str]) -> np.ndarray | None:
-        """Item ids, oldest first -> the user's query vector [D] (sequence tower, else the text tower
-        over the history's titles); None when no id is known."""
-        if self.user_tower is not None:
-            return self.user_tower.user_vector(history)
-        text = self.history_text(history)
-        return self.embedder.embed([text])[0] if text else None
-
-    def similar(self, item_id: str, k: int) -> list[tuple[str, float]] | None:
-        """Up to k (item_id, cosine) nearest to the item's text vector, itself left out; None when
-        the index does not hold the item."""
-        if item_id not in self.text_vectors:
-            return None
-        _, vecs = self.text_vectors.vectors([item_id])
-        return self.text_vectors.search(vecs[0], k, exclude=[item_id])
-
-    def complements(self, item_ids: list[str], k: int) -> list[tuple[str, float]]:
-        """Up to k (item_id, cosine to the items' mean direction), the items themselves left out;
-        [] when the index holds none of them."""
-        centre = self.text_vectors.mean_direction(item_ids)
-        return [] if centre is None else self.text_vectors.search(centre, k, exclude=item_ids)
-
-    def score_items(self, history: list[str], item_ids: list[str]) -> list[tuple[str, float]] | None:
-        """(item_id, the user's retrieval score) for the given items the index holds, in their order;
-        None when the history gives no user vector."""
-        vector = self.user_vector(history)
-        return None if vector is None else self.user_space_vectors.score(vector, item_ids)
-
-    def _search(self, vectors: np.ndarray, k: int, recommend: bool) -> list[list[tuple[str, float]]]:
-        scores, ids = self.index.search(vectors, k, recommend=recommend)   # [Q, k'], Q lists of ids
-        return [[(item, float(s)) for item, s in zip(row_ids, np.asarray(row_scores))]
-                for row_ids, row_scores in zip(ids, scores)]
+def parse_retriever_config(user_config: dict[str, Any] | None) -> RetrieverConfig:
+    """user_config dict -> RetrieverConfig; a ValueError naming each bad field and value."""
+    return validate_mapping(RetrieverConfig, user_config, "Retriever user_config")
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.5})
 class Retriever:
-    """Serve shell around RetrievalModel; one encoder + index copy per replica."""
+    """One encoder + index copy per replica; concurrent texts share encoder forwards."""
 
     def __init__(self, index_dir: str, catalog_path: str, query_max_length: int = 128,
-                 max_history_items: int = 8):
-        self.model = RetrievalModel(index_dir, catalog_path, query_max_length, max_history_items)
-        logger.info("Retriever ready: index %s (%d items), model %s", self.model.index.version,
-                    self.model.size, self.model.index.manifest.get("model_path"))
+                 max_history_items: int = 8, data_dir: str | None = None, embed_fresh_items: bool = True):
+        self.model = RetrievalModel(index_dir, catalog_path, query_max_length, max_history_items,
+                                    data_dir=data_dir, embed_fresh_items=embed_fresh_items)
+        self.batch_sizes: deque[int] = deque(maxlen=_BATCH_HISTORY)
+        self.reconfigure({})   # defaults until (unless) a user_config arrives
+        logger.info("Retriever ready: index %s (%d items, %d fresh), %d co-occurring items, model %s",
+                    self.model.index.version, self.model.size, len(self.model.fresh),
+                    len(self.model.cooccurrence), self.model.index.manifest.get("model_path"))
 
-    # Later: batch concurrent requests into one encoder forward with
-    #   @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
-    #   async def _retrieve_batch(self, texts: list[str]) -> list[list[tuple[str, float]]]
-    # (all requests in a batch must share k: retrieve at the deployment's max k, cut per
-    # request). At concurrency 1 on 2 CPUs batching only adds the wait, so not yet.
-    async def _retrieve_one(self, text: str, k: int) -> list[tuple[str, float]]:
+    def reconfigure(self, user_config: dict[str, Any]) -> None:
+        # Raising here fails the deploy / config update, so a typo never goes live silently.
+        self.cfg = parse_retriever_config(user_config)
+        batcher: Any = self._embed_batch   # serve.batch's wrapper carries the setters (mypy sees the method)
+        batcher.set_max_batch_size(self.cfg.max_batch_size)
+        batcher.set_batch_wait_timeout_s(self.cfg.batch_wait_timeout_s)
+        logger.info("Retriever config: %s", self.cfg.model_dump())
+
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
+    async def _embed_batch(self, texts: list[str]) -> list[np.ndarray]:
+        """Texts of concurrent calls -> one vector [D] each, in one forward pass."""
+        self.batch_sizes.append(len(texts))
         # The forward pass is CPU-bound; a thread keeps the replica's event loop answering
-        # health checks and queued requests meanwhile (torch releases the GIL).
-        results = await asyncio.to_thread(self.model.retrieve, [text], k)
-        return results[0]
+        # health checks and filling the next batch meanwhile (torch releases the GIL).
+        vectors = await asyncio.to_thread(self.model.embedder.embed, texts)   # [B, D]
+        return list(vectors)
+
+    async def embed(self, text: str) -> list[float]:
+        """One text's query vector [D], through the batcher (tests compare it with unbatched)."""
+        return (await self._embed_batch(text)).tolist()
 
     async def search(self, query: str, k: int) -> list[tuple[str, float]]:
         """Free-text query -> up to k (item_id, score), best first."""
-        return await self._retrieve_one(query, k)
+        vector = await self._embed_batch(query)
+        return (await asyncio.to_thread(self.model.search_vectors, vector[None], k))[0]
 
     async def recommend(self, history: list[str], k: int) -> list[tuple[str, float]]:
-        """Item ids, oldest first -> up to k (item_id, score); [] when no id is in the catalog."""
+        """Item ids, oldest first -> up to k (item_id, score) from ANN alone; [] when no id is known."""
         return await asyncio.to_thread(self.model.recommend, history, k)
+
+    async def recommend_candidates(self, history: list[str], k: int) -> dict[str, Any]:
+        """Item ids, oldest first -> {"candidates": up to k merged [{item_id, retrieval_score, source}],
+        "personal": whether any history-based source (not popularity alone) found something}."""
+        quotas = {name: getattr(self.cfg.sources, name).quota for name in ("ann", "cooccurrence", "fresh",
+                                                                             "popular")}
+        text = self.model.history_text(history)
+        vector = await self._embed_batch(text) if text else None
+        by_source = await asyncio.to_thread(self.model.candidate_sources, history, quotas, vector)
+        personal = any(by_source.get(s) for s in ("ann", "cooccurrence", "fresh"))
+        return {"candidates": merge_candidates(by_source, self.cfg.sources, k) if personal else [],
+                "personal": personal}
 
     async def similar(self, item_id: str, k: int) -> list[tuple[str, float]] | None:
         """Items nearest to an item (itself left out); None when the index lacks it."""
@@ -146,8 +102,14 @@ class Retriever:
         """The user's retrieval score for each given item; None when the history has no known id."""
         return await asyncio.to_thread(self.model.score_items, history, item_ids)
 
+    async def batch_stats(self) -> dict[str, Any]:
+        """Sizes of the recent encoder batches (oldest first) and the batching settings."""
+        return {"batch_sizes": list(self.batch_sizes), "max_batch_size": self.cfg.max_batch_size,
+                "batch_wait_timeout_s": self.cfg.batch_wait_timeout_s}
+
     async def info(self) -> dict:
-        """What this replica serves: index version, item count, model path."""
+        """What this replica serves: index version, item counts, model path."""
         return {"index_version": self.model.index.version, "items": self.model.size,
+                "fresh_items": len(self.model.fresh),
                 "model_path": str(self.model.index.manifest.get("model_path")),
                 "user_tower": "sequence" if self.model.user_tower is not None else "text"}

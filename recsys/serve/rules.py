@@ -48,7 +48,7 @@ class Candidate:
     in_stock: bool
     retrieval_score: float
     rank_score: float
-    source: str  # "ann", "popular" or "pin"
+    source: str  # a candidate source (candidate_sources.SOURCE_NAMES) or "pin"
     brand: str = ""
     price: float | None = None  # None: the catalog has no price for it
     product_group: str = ""     # dedupe key; "" = a group of its own

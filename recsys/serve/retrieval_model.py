@@ -1,0 +1,158 @@
+"""The Retriever's in-process core: query / history text -> encoder -> Faiss -> (item_id, score)
+pairs; item ids -> stored vectors -> neighbours; and the extra candidate sources of
+/v1/recommend (co-occurrence, fresh items, popular). No Ray: retrieve.py is the Serve shell.
+
+The query side must embed with the very model the index was built with, so the model
+path comes from the index manifest, never from a separate setting that could drift.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from recsys.data.text import history_text_for_items
+from recsys.index.faiss_index import ItemIndex, load_item_index
+from recsys.models.encoder import TextEmbedder, query_tower_path
+from recsys.models.sequence_tower import USER_TOWER_DIR, SequenceTowerInput
+from recsys.serve.candidate_sources import CooccurrenceSource
+from recsys.serve.catalog import POPULARITY_FILE, SEQUENCES_DIR, CatalogLookup, load_popularity, load_user_histories
+from recsys.serve.fresh_items import FreshItems, load_fresh_items
+from recsys.serve.item_vectors import ItemVectors
+
+logger = logging.getLogger(__name__)
+
+
+class RetrievalModel:
+    """Index + query encoder + item titles; plain Python so it can be used outside Serve."""
+
+    def __init__(self, index_dir: str | Path, catalog_path: str | Path,
+                 query_max_length: int = 128, max_history_items: int = 8,
+                 data_dir: str | Path | None = None, embed_fresh_items: bool = True):
+        self.index: ItemIndex = load_item_index(Path(index_dir))
+        model_path = self.index.manifest.get("model_path")
+        if not model_path:
+            raise ValueError(f"{index_dir}/manifest.json has no model_path: cannot embed queries "
+                             f"with the model the items were embedded with")
+        self.embedder = TextEmbedder(query_tower_path(model_path), max_length=query_max_length)
+        if self.embedder.dim != self.index.index.d:
+            raise ValueError(f"model {model_path} gives {self.embedder.dim}-d vectors but index "
+                             f"{index_dir} holds {self.index.index.d}-d vectors")
+        self.catalog = CatalogLookup.from_parquet(catalog_path)
+        self.max_history_items = max_history_items
+        self.user_tower = None
+        # Item-to-item answers use the text vectors (as search does); user-to-item scores use the
+        # space the user vectors live in: the sequence tower's item vectors when it serves.
+        self.text_vectors = ItemVectors(self.index.index, self.index.item_ids)
+        self.user_space_vectors = self.text_vectors
+        if self.index.recommend_index is not None:
+            self.user_tower = SequenceTowerInput(Path(model_path) / USER_TOWER_DIR)
+            self.user_space_vectors = ItemVectors(self.index.recommend_index, self.index.item_ids)
+        self.fresh = self._load_fresh(catalog_path, str(model_path), embed_fresh_items)
+        # Co-occurrence and popularity come from the data version beside the catalog (sequences/,
+        # popularity.parquet); without data_dir those sources stay empty.
+        self.cooccurrence = CooccurrenceSource([])
+        self.popular: list[str] = []
+        if data_dir is not None:
+            self.cooccurrence = CooccurrenceSource(load_user_histories(Path(data_dir) / SEQUENCES_DIR).values())
+            ranked, _ = load_popularity(Path(data_dir) / POPULARITY_FILE)
+            self.popular = [i for i in ranked if self.catalog.in_stock(i)]
+
+    def _load_fresh(self, catalog_path: str | Path, model_path: str, enabled: bool) -> FreshItems:
+        """Catalog items the index lacks, embedded with the item tower (the index's own model)."""
+        item_max_length = int(self.index.manifest.get("item_max_length", 48))
+        item_embedder = self.embedder   # shared towers: the query encoder is the item encoder
+        if enabled and query_tower_path(model_path) != model_path:
+            item_embedder = TextEmbedder(model_path, max_length=item_max_length)
+        indexed = set(self.index.item_ids.tolist()) if enabled else set(self.catalog.titles)
+        return load_fresh_items(catalog_path, indexed, self.embedder.dim,
+                                lambda texts: item_embedder.embed(texts, max_length=item_max_length))
+
+    @property
+    def size(self) -> int:
+        return len(self.index.item_ids)
+
+    def history_text(self, history: list[str]) -> str:
+        """Item ids, oldest first -> query-tower text (newest first, unknown ids skipped)."""
+        return history_text_for_items(history, self.catalog.titles, self.max_history_items)
+
+    def retrieve(self, texts: list[str], k: int) -> list[list[tuple[str, float]]]:
+        """texts [Q] -> per text, up to k (item_id, cosine score) pairs, best first."""
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        return self._search(self.embedder.embed(texts), k, recommend=False)   # [Q, D] unit rows
+
+    def recommend(self, history: list[str], k: int) -> list[tuple[str, float]]:
+        """Item ids, oldest first -> up to k (item_id, score): the sequence user tower when the index was
+        built for it, else the text tower over the history's titles; [] when no id is known."""
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        vector = self.user_vector(history)
+        return [] if vector is None else self._search(vector[None], k, recommend=True)[0]
+
+    def user_vector(self, history: list[str]) -> np.ndarray | None:
+        """Item ids, oldest first -> the user's query vector [D] (sequence tower, else the text tower
+        over the history's titles); None when no id is known."""
+        if self.user_tower is not None:
+            return self.user_tower.user_vector(history)
+        text = self.history_text(history)
+        return self.embedder.embed([text])[0] if text else None
+
+    def similar(self, item_id: str, k: int) -> list[tuple[str, float]] | None:
+        """Up to k (item_id, cosine) nearest to the item's text vector, itself left out; None when
+        the index does not hold the item."""
+        if item_id not in self.text_vectors:
+            return None
+        _, vecs = self.text_vectors.vectors([item_id])
+        return self.text_vectors.search(vecs[0], k, exclude=[item_id])
+
+    def complements(self, item_ids: list[str], k: int) -> list[tuple[str, float]]:
+        """Up to k (item_id, cosine to the items' mean direction), the items themselves left out;
+        [] when the index holds none of them."""
+        centre = self.text_vectors.mean_direction(item_ids)
+        return [] if centre is None else self.text_vectors.search(centre, k, exclude=item_ids)
+
+    def score_items(self, history: list[str], item_ids: list[str]) -> list[tuple[str, float]] | None:
+        """(item_id, the user's retrieval score) for the given items the index holds, in their order;
+        None when the history gives no user vector."""
+        vector = self.user_vector(history)
+        return None if vector is None else self.user_space_vectors.score(vector, item_ids)
+
+    def search_vectors(self, vectors: np.ndarray, k: int) -> list[list[tuple[str, float]]]:
+        """Query vectors [Q, D] (already embedded, e.g. by a batch) -> per row up to k (item_id, score)."""
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        return self._search(vectors, k, recommend=False)
+
+    def candidate_sources(self, history: list[str], quotas: dict[str, int],
+                          text_vector: np.ndarray | None = None) -> dict[str, list[tuple[str, float]]]:
+        """History (oldest first) -> {source: up to quota (item_id, score)} for merge_candidates.
+
+        `text_vector` is the history text's query-tower vector [D] when the caller already has it
+        (the Retriever embeds it in a batch); fresh items are scored against it, as is ANN when no
+        sequence tower serves."""
+        out: dict[str, list[tuple[str, float]]] = {}
+        need_text = quotas.get("fresh", 0) > 0 and len(self.fresh) > 0 or self.user_tower is None
+        if text_vector is None and need_text:
+            text = self.history_text(history)
+            text_vector = self.embedder.embed([text])[0] if text else None
+        if quotas.get("ann", 0) > 0:
+            user = self.user_tower.user_vector(history) if self.user_tower is not None else text_vector
+            out["ann"] = [] if user is None else self._search(user[None], quotas["ann"], recommend=True)[0]
+        if quotas.get("cooccurrence", 0) > 0:
+            out["cooccurrence"] = self.cooccurrence.neighbours(history, quotas["cooccurrence"])
+        if quotas.get("fresh", 0) > 0:
+            out["fresh"] = self.fresh.search(text_vector, quotas["fresh"])
+        if quotas.get("popular", 0) > 0:
+            seen = set(history)
+            top = [i for i in self.popular[:quotas["popular"] + len(seen)] if i not in seen]
+            # Rank scores, not counts: popularity only fills the tail, whatever the head's counts.
+            out["popular"] = [(i, 1.0 / (r + 1)) for r, i in enumerate(top[:quotas["popular"]])]
+        return out
+
+    def _search(self, vectors: np.ndarray, k: int, recommend: bool) -> list[list[tuple[str, float]]]:
+        scores, ids = self.index.search(vectors, k, recommend=recommend)   # [Q, k'], Q lists of ids
+        return [[(item, float(s)) for item, s in zip(row_ids, np.asarray(row_scores))]
+                for row_ids, row_scores in zip(ids, scores)]

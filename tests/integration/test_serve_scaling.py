@@ -1,0 +1,140 @@
+"""Serving under load, on a real local Ray Serve over real HTTP: multi-source candidates with a
+cold-start item, the Retriever's dynamic batching, and load shedding (503 + Retry-After)."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from fastapi import FastAPI
+from ray import cloudpickle, serve
+from ray.serve.config import BackpressureConfig
+from test_serve_http import HISTORIES, write_artifacts
+
+from recsys.artifacts import resolve_artifact
+from recsys.serve.app import build_app
+from recsys.serve.candidate_sources import SourcesConfig, merge_candidates
+from recsys.serve.http_errors import install_error_handlers
+from recsys.serve.retrieval_model import RetrievalModel
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
+
+# Serve pickles the test deployments below; by value, since replicas cannot import a test module.
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+FRESH = {"item_id": "c99", "title": "Titanium Camping Frying Pan", "brand": "Acme", "category": "cookware",
+         "description": "a pan newer than the index", "price": 30.0, "in_stock": True}
+TEXTS = [f"{adjective} {noun}" for adjective in ("red", "steel", "wireless", "leather")
+         for noun in ("pan", "boots", "speaker")]
+
+
+def test_sources_and_batching(serve_app, recsys_home: Path) -> None:
+    write_artifacts(unindexed=[FRESH])
+    index_dir, data_dir = resolve_artifact("indexes", "latest"), resolve_artifact("data", "latest")
+
+    # The Retriever's core, in this process: which source proposes what.
+    model = RetrievalModel(index_dir, data_dir / "catalog.parquet", data_dir=data_dir)
+    assert model.fresh.item_ids == ["c99"] and model.size == 40, "the unindexed item is embedded at start"
+    by_source = model.candidate_sources(["c01"], {"ann": 20, "cooccurrence": 20, "fresh": 5, "popular": 5})
+    assert [i for i, _ in by_source["cooccurrence"]] == ["c02", "c00"], by_source["cooccurrence"]
+    assert by_source["fresh"][0][0] == "c99" and by_source["fresh"][0][1] > 0.3, by_source["fresh"]
+    assert by_source["popular"][0][0] == "b03", "e00 is out of stock"
+    merged = merge_candidates(by_source, SourcesConfig(), k=100)
+    # c02/c00 may come back as "ann" (ANN finds them too, with a higher weighted score); the others
+    # are proposed by one source only.
+    assert {c["source"] for c in merged} >= {"ann", "fresh", "popular"}, merged
+    assert {c["item_id"] for c in merged} >= {"c02", "c00", "c99", "b03"}
+
+    base_url = serve_app(build_app({"index": "latest", "data": "latest", "retrieval_k": 40}))
+    retriever = serve.get_deployment_handle("Retriever", app_name="recsys")
+
+    # Dynamic batching: concurrent calls share forwards, and give the vectors of unbatched calls.
+    started = time.monotonic()
+    responses = [retriever.embed.remote(t) for t in TEXTS]
+    vectors = np.array([r.result(timeout_s=120) for r in responses], dtype=np.float32)
+    stats = retriever.batch_stats.remote().result(timeout_s=30)
+    alone = np.concatenate([model.embedder.embed([t]) for t in TEXTS])
+    assert max(stats["batch_sizes"]) > 1, f"no batch held more than one text: {stats}"
+    assert sum(stats["batch_sizes"]) >= len(TEXTS), stats
+    np.testing.assert_allclose(vectors, alone, atol=1e-4, err_msg="batched vectors differ from unbatched")
+    print(f"batch sizes {Counter(stats['batch_sizes'])}, {len(TEXTS)} texts in {time.monotonic() - started:.2f}s")
+
+    with httpx.Client(base_url=base_url, timeout=60) as http:
+        assert http.get("/healthz").json()["items"] == 40
+        r = http.post("/v1/recommend", json={"history": ["c01"], "k": 40})
+        assert r.status_code == 200, r.text
+        why = {i["item_id"]: i["explanation"]["source"] for i in r.json()["items"]}
+        assert why.get("c99") == "fresh", f"the fresh pan is not recommended as fresh: {why}"
+        assert set(why.values()) <= {"ann", "cooccurrence", "fresh", "popular"}, why
+        r = http.post("/v1/recommend", json={"user_id": "u1", "k": 10})
+        assert r.status_code == 200 and not {i["item_id"] for i in r.json()["items"]} & set(HISTORIES["u1"])
+
+
+# ------------------------------------------------------------------------------ load shedding
+
+SLOW_S = 0.4
+shed_app = FastAPI()
+install_error_handlers(shed_app)   # the Ingress's own error mapping
+
+
+@serve.deployment(max_ongoing_requests=1, max_queued_requests=1, ray_actor_options={"num_cpus": 0})
+class SlowStage:
+    async def __call__(self) -> str:
+        await asyncio.sleep(SLOW_S)
+        return "done"
+
+
+@serve.deployment(max_ongoing_requests=32, ray_actor_options={"num_cpus": 0})
+@serve.ingress(shed_app)
+class FrontDoor:
+    """Takes everything; its downstream stage sheds (the handle raises BackPressureError)."""
+
+    def __init__(self, stage) -> None:  # type: ignore[no-untyped-def]
+        self.stage = stage
+
+    @shed_app.get("/work")
+    async def work(self) -> dict:
+        return {"answer": await self.stage.remote()}
+
+
+@serve.deployment(max_ongoing_requests=1, max_queued_requests=1, ray_actor_options={"num_cpus": 0},
+                  backpressure_config=BackpressureConfig(retry_after_s=1))
+class FullDoor:
+    """Sheds itself: Serve's proxy answers 503 before any replica code runs."""
+
+    async def __call__(self) -> str:
+        await asyncio.sleep(SLOW_S)
+        return "done"
+
+
+async def _burst(url: str, n: int) -> list[httpx.Response]:
+    async with httpx.AsyncClient(timeout=30) as client:
+        return list(await asyncio.gather(*(client.get(url) for _ in range(n))))
+
+
+def _check_shed(responses: list[httpx.Response], where: str) -> None:
+    codes = Counter(r.status_code for r in responses)
+    assert set(codes) <= {200, 503}, f"{where}: only 200 and 503 expected, got {codes}"
+    assert codes[200] >= 1 and codes[503] >= 1, f"{where}: expected some served and some shed, got {codes}"
+    for r in responses:
+        if r.status_code == 503:
+            assert int(r.headers.get("retry-after", 0)) >= 1, f"{where}: 503 without Retry-After: {r.headers} {r.text}"
+
+
+def test_load_shedding_gives_503_with_retry_after(serve_app) -> None:
+    base_url = serve_app(FrontDoor.bind(SlowStage.bind()))
+    serve.run(FullDoor.bind(), name="full", route_prefix="/full")
+    assert httpx.get(f"{base_url}/work", timeout=30).status_code == 200   # warm
+
+    downstream = asyncio.run(_burst(f"{base_url}/work", 12))
+    _check_shed(downstream, "downstream stage full")
+    shed = [r.json() for r in downstream if r.status_code == 503]
+    assert all("overloaded" in b["detail"] and b["retry_after_s"] >= 1 for b in shed), shed
+
+    _check_shed(asyncio.run(_burst(f"{base_url}/full", 12)), "ingress full (proxy)")
