@@ -24,7 +24,7 @@ def log_sampling_probability(item_ids: Iterable[str]) -> dict[str, float]:
 
 def in_batch_softmax_loss(query: torch.Tensor, item: torch.Tensor, item_keys: torch.Tensor,
                           temperature: float = 0.05, log_q: torch.Tensor | None = None,
-                          first_positive: int = 0) -> torch.Tensor:
+                          first_positive: int = 0, anchor_keys: torch.Tensor | None = None) -> torch.Tensor:
     """InfoNCE over the batch: query[i] should pick item[first_positive + i] among all candidate items.
 
     query: [B, H]; item: [C, H] candidates, C >= B (the batch's positives, and optionally hard negatives
@@ -45,6 +45,8 @@ def in_batch_softmax_loss(query: torch.Tensor, item: torch.Tensor, item_keys: to
         logits = logits - log_q.to(logits.dtype).unsqueeze(0)   # column j = candidate item j
     targets = torch.arange(n_queries, device=logits.device) + first_positive
     same_item = item_keys.unsqueeze(0) == item_keys[targets].unsqueeze(1)
+    if anchor_keys is not None:
+        same_item = same_item | (anchor_keys.unsqueeze(0) == anchor_keys[targets].unsqueeze(1))
     not_own = torch.arange(item.shape[0], device=logits.device).unsqueeze(0) != targets.unsqueeze(1)
     logits = logits.masked_fill(same_item & not_own, torch.finfo(logits.dtype).min)
     return F.cross_entropy(logits, targets)

@@ -80,7 +80,7 @@ def limit_cpu_heap_growth(zero_stage: int, use_gpu: bool) -> None:
 
 
 def item_keys(item_ids) -> torch.Tensor:
-    """Stable int ids for the same-item mask of the loss (crc32 is the same on every worker)."""
+    """Stable int ids (item ids or anchor texts) for the masks of the loss (crc32 is the same on every worker)."""
     return torch.tensor([zlib.crc32(str(i).encode()) for i in item_ids], dtype=torch.int64)
 
 
@@ -138,6 +138,9 @@ def train_step(engine, tokenizer, batch: dict, cfg: TrainConfig, rank: int = 0, 
     tok = tokenize_pairs(tokenizer, batch["anchor_text"], items, cfg.query_max_length, cfg.item_max_length)
     query, item = engine(tok["input_ids"].to(engine.device), tok["attention_mask"].to(engine.device), n_queries=n)
     keys = item_keys(ids).to(engine.device)
+    anchors = item_keys(batch["anchor_text"]).to(engine.device)
+    if hard:   # -1: a hard negative is no row's positive, so no anchor's other positive either
+        anchors = torch.cat([anchors, torch.full((n,), -1, dtype=torch.int64, device=engine.device)])
     log_q = None
     if cfg.logq_correction:   # only in-batch positives were sampled by frequency; hard negatives get no correction
         log_q = torch.as_tensor(batch["positive_log_q"], dtype=torch.float32).to(engine.device)
@@ -146,8 +149,9 @@ def train_step(engine, tokenizer, batch: dict, cfg: TrainConfig, rank: int = 0, 
     if cfg.negatives_across_workers and world > 1:
         first = rank * len(ids)
         item, keys = gather_candidates(item, rank, world), gather_candidates(keys, rank, world)
+        anchors = gather_candidates(anchors, rank, world)
         log_q = gather_candidates(log_q, rank, world) if log_q is not None else None
-    loss = in_batch_softmax_loss(query.float(), item, keys, cfg.temperature, log_q, first)
+    loss = in_batch_softmax_loss(query.float(), item, keys, cfg.temperature, log_q, first, anchors)
     engine.backward(loss)
     engine.step()
     return float(loss.detach())

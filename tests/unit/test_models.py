@@ -327,3 +327,16 @@ def test_first_positive_offsets_the_targets_into_gathered_candidates() -> None:
     assert torch.allclose(loss, expected)
     with pytest.raises(ValueError, match="2 queries from candidate 3 need that many candidates"):
         in_batch_softmax_loss(query, gathered, torch.arange(4), 0.1, first_positive=3)
+
+
+def test_other_positives_of_the_same_anchor_are_not_negatives() -> None:
+    """A query with two clicked products in one batch: neither product is a negative for the other row."""
+    torch.manual_seed(3)
+    query = torch.nn.functional.normalize(torch.randn(3, 8), dim=-1)
+    items = torch.nn.functional.normalize(torch.randn(4, 8), dim=-1)   # 3 positives + 1 hard negative
+    keys, anchors = torch.tensor([1, 2, 3, 4]), torch.tensor([7, 7, 8, -1])   # rows 0 and 1: same query
+    logits = query @ items.T / 0.1
+    logits[0, 1] = logits[1, 0] = torch.finfo(logits.dtype).min
+    expected = torch.nn.functional.cross_entropy(logits, torch.arange(3))
+    assert torch.allclose(in_batch_softmax_loss(query, items, keys, 0.1, anchor_keys=anchors), expected)
+    assert not torch.allclose(in_batch_softmax_loss(query, items, keys, 0.1), expected)
