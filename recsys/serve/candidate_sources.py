@@ -8,9 +8,11 @@ Sources (each a list of (item_id, score), best first):
   Retriever start-up and scored against the history's text vector (cold-start items);
 - "popular": the most interacted-with items (cold-start users, and filler for everyone).
 
-Scores of different sources are not comparable (a cosine, a sum of 1/distance, a count), so
-each list is scaled to (0, 1] by its own best score and multiplied by the source's weight;
-a source contributes at most its quota. Each item keeps the source that gave it the highest
+Scores of different sources are not comparable (a cosine, a sum of 1/distance, a rank). The
+cosine sources (ann, fresh) keep their cosines (clipped at 0): scaling them by their own best would
+lift the best of a weak list (a lone new gift card for a cookware shopper) to full marks. The others
+are scaled to (0, 1] by their own best score. Then each is multiplied by the source's weight; a
+source contributes at most its quota. Each item keeps the source that gave it the highest
 merged score: that is the `source` its explanation reports.
 """
 
@@ -25,6 +27,8 @@ from pydantic import BaseModel, Field
 from recsys.eval.baselines import CooccurrenceRecommender
 
 SOURCE_NAMES = ("ann", "cooccurrence", "fresh", "popular")
+# Sources whose scores are already cosines in [-1, 1], comparable across requests and with each other.
+COSINE_SOURCES = frozenset({"ann", "fresh"})
 
 
 class SourceQuota(BaseModel, extra="forbid"):
@@ -81,7 +85,10 @@ def merge_candidates(by_source: Mapping[str, Sequence[tuple[str, float]]], cfg: 
         pairs = list(by_source.get(name, ()))
         if quota.quota == 0 or not pairs:
             continue
-        for item_id, score in scale_scores(pairs[:quota.quota]):
+        taken = pairs[:quota.quota]
+        scaled = ([(i, max(float(s), 0.0)) for i, s in taken] if name in COSINE_SOURCES
+                  else scale_scores(taken))
+        for item_id, score in scaled:
             merged = quota.weight * score
             if item_id not in best or merged > best[item_id][0]:
                 best[item_id] = (merged, name)

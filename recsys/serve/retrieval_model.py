@@ -134,7 +134,7 @@ class RetrievalModel:
         (the Retriever embeds it in a batch); fresh items are scored against it, as is ANN when no
         sequence tower serves."""
         out: dict[str, list[tuple[str, float]]] = {}
-        need_text = quotas.get("fresh", 0) > 0 and len(self.fresh) > 0 or self.user_tower is None
+        need_text = (quotas.get("fresh", 0) > 0 and len(self.fresh) > 0) or self.user_tower is None
         if text_vector is None and need_text:
             text = self.history_text(history)
             text_vector = self.embedder.embed([text])[0] if text else None

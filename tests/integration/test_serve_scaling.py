@@ -28,7 +28,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 # Serve pickles the test deployments below; by value, since replicas cannot import a test module.
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
-FRESH = {"item_id": "c99", "title": "Titanium Camping Frying Pan", "brand": "Acme", "category": "cookware",
+# Its own category, so the Reranker's per-category cap cannot hide it behind indexed cookware.
+FRESH = {"item_id": "c99", "title": "Titanium Camping Frying Pan", "brand": "Acme", "category": "camping",
          "description": "a pan newer than the index", "price": 30.0, "in_stock": True}
 TEXTS = [f"{adjective} {noun}" for adjective in ("red", "steel", "wireless", "leather")
          for noun in ("pan", "boots", "speaker")]

@@ -30,14 +30,15 @@ def test_merge_dedupes_keeps_best_source_and_respects_quota_and_k() -> None:
     cfg = SourcesConfig(ann=SourceQuota(quota=2, weight=1.0), cooccurrence=SourceQuota(quota=5, weight=0.8),
                         fresh=SourceQuota(quota=5, weight=0.6), popular=SourceQuota(quota=5, weight=0.3))
     merged = merge_candidates({
-        "ann": [("a", 0.9), ("b", 0.45), ("c", 0.3)],          # c is over the quota of 2
-        "cooccurrence": [("b", 4.0), ("d", 2.0)],              # b: 0.8 beats its ann 0.5
-        "fresh": [("n", 0.7)],
+        "ann": [("a", 0.9), ("b", 0.45), ("c", 0.3)],          # cosines kept; c is over the quota of 2
+        "cooccurrence": [("b", 4.0), ("d", 2.0)],              # scaled: b 0.8 beats its ann 0.45
+        "fresh": [("n", 0.7)],                                 # cosine 0.7 x 0.6, not its own best x 0.6
         "popular": [("a", 10.0), ("p", 5.0)],
     }, cfg, k=10)
     by_id = {c["item_id"]: c for c in merged}
     assert [c["item_id"] for c in merged] == ["a", "b", "n", "d", "p"]
-    assert by_id["a"]["source"] == "ann" and by_id["a"]["retrieval_score"] == pytest.approx(1.0)
+    assert by_id["a"]["source"] == "ann" and by_id["a"]["retrieval_score"] == pytest.approx(0.9)
+    assert by_id["n"]["retrieval_score"] == pytest.approx(0.42)
     assert by_id["b"]["source"] == "cooccurrence" and by_id["b"]["retrieval_score"] == pytest.approx(0.8)
     assert by_id["n"]["source"] == "fresh" and by_id["p"]["source"] == "popular"
     assert "c" not in by_id, "a source gives at most its quota"
@@ -46,7 +47,7 @@ def test_merge_dedupes_keeps_best_source_and_respects_quota_and_k() -> None:
 
 def test_merge_ties_go_to_the_more_personal_source_and_zero_quota_turns_a_source_off() -> None:
     cfg = SourcesConfig(popular=SourceQuota(quota=0, weight=1.0), cooccurrence=SourceQuota(weight=1.0))
-    merged = merge_candidates({"cooccurrence": [("x", 3.0)], "ann": [("x", 0.5)], "popular": [("p", 9.0)]},
+    merged = merge_candidates({"cooccurrence": [("x", 3.0)], "ann": [("x", 1.0)], "popular": [("p", 9.0)]},
                               cfg, k=5)
     assert merged == [{"item_id": "x", "retrieval_score": 1.0, "source": "ann"}]
 
