@@ -83,7 +83,10 @@ class Retriever:
         "personal": whether any history-based source (not popularity alone) found something}."""
         quotas = {name: getattr(self.cfg.sources, name).quota for name in ("ann", "cooccurrence", "fresh",
                                                                              "popular")}
-        text = self.model.history_text(history)
+        # The history text's vector feeds ANN without a sequence tower, and the fresh items; skip
+        # the forward pass when neither needs it.
+        need_text = self.model.user_tower is None or (quotas["fresh"] > 0 and len(self.model.fresh) > 0)
+        text = self.model.history_text(history) if need_text else ""
         vector = await self._embed_batch(text) if text else None
         by_source = await asyncio.to_thread(self.model.candidate_sources, history, quotas, vector)
         personal = any(by_source.get(s) for s in ("ann", "cooccurrence", "fresh"))
