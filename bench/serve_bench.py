@@ -91,6 +91,21 @@ def deployment_options(config: dict, name: str) -> dict:
             for k, v in d.items() if k != "name"}
 
 
+def colocated(config: dict) -> bool:
+    """Whether the config's app runs its stages inside the Ingress (args.colocate_stages)."""
+    return bool(config["applications"][0]["args"].get("colocate_stages", False))
+
+
+def stage_user_configs(config: dict) -> dict:
+    """Each stage's user_config: in the Ingress's when colocated, else on the stage's own deployment."""
+    import copy
+
+    from recsys.serve.colocated import STAGES, stage_user_config
+
+    app = copy.deepcopy(config["applications"][0])   # stage_user_config adds what is missing
+    return {n: stage_user_config(app, n) for n in STAGES}
+
+
 # ---------------------------------------------------------------- the stage code, in one process
 
 
@@ -370,7 +385,9 @@ def run_serve(args, art: dict, requests: list[list[str]]) -> dict:
     else:
         serve.run(proto_app(art, config, app_name), name="recsys", route_prefix="/", logging_config=logging_config)
     port = direct_ingress_port() or proxy_port
-    out = {"startup_s": time.perf_counter() - t0, "via": "direct ingress" if port != proxy_port else "proxy"}
+    out = {"startup_s": time.perf_counter() - t0, "via": "direct ingress" if port != proxy_port else "proxy",
+           # the shipped app with colocated stages has the hops of the `single` prototype: none
+           "topology": "single" if app_name == "staged" and colocated(config) else app_name}
     settle = time.perf_counter()   # the controller keeps a core busy for a while after a deploy: let it finish
     while idle_cores(1.0) > 0.3 and time.perf_counter() - settle < 60:
         pass
@@ -395,7 +412,7 @@ def run_serve(args, art: dict, requests: list[list[str]]) -> dict:
     out["reconnects"] = next(RECONNECTS)
     if args.breakdown:
         try:   # it calls stage methods by name: a renamed one costs the breakdown, not the measurement
-            out["breakdown"] = serve_breakdown(args, app_name, art, requests, bodies, port, proxy_port)
+            out["breakdown"] = serve_breakdown(args, out["topology"], art, requests, bodies, port, proxy_port)
         except Exception as exc:   # noqa: BLE001
             say(f"serve {args.variant}: breakdown failed: {exc!r}")
     with contextlib.suppress(Exception):   # handles made on the breakdown's closed loop cannot shut down cleanly
@@ -664,7 +681,7 @@ def report_breakdown(ref: dict, serve: dict[str, dict]) -> None:
     compute = {"Retriever": st["encode"] + st["sources"] + st["merge"], "Ranker": st["rank"],
                "Reranker": st["rerank"], "Post": st["rank"] + st["rerank"]}
     for variant, r in serve.items():
-        b, app, http_ms = r.get("breakdown"), parse_variant(variant)[0], r["c1"]["p50_ms"]
+        b, app, http_ms = r.get("breakdown"), r.get("topology", parse_variant(variant)[0]), r["c1"]["p50_ms"]
         if not b:
             continue
         print(f"  Serve {variant}: POST /v1/recommend {http_ms:.2f} = in-process {ref['c1']['p50_ms']:.2f} "
@@ -745,8 +762,7 @@ def main() -> None:
         app_args = config["applications"][0]["args"]
         art["retrieval_k"] = int(app_args.get("retrieval_k", 100))
         art["embed_fresh_items"] = bool(app_args.get("embed_fresh_items", True))
-        art["user_configs"] = {n: deployment_options(config, n).get("user_config") for n in
-                               ("Retriever", "Ranker", "Reranker")}
+        art["user_configs"] = stage_user_configs(config)
         run = run_reference if args.child == "ref" else run_serve
         Path(args.result).write_text(json.dumps(run(args, art, art["requests"][:args.distinct])))
         return

@@ -18,6 +18,7 @@ from ray.serve import Deployment
 from recsys.artifacts import ArtifactNotFound, read_manifest, resolve_artifact
 from recsys.config import validate_mapping
 from recsys.serve.catalog import CATALOG_FILE, POPULARITY_FILE, SEQUENCES_DIR
+from recsys.serve.colocated import StageSpec
 from recsys.serve.ingress import Ingress
 from recsys.serve.ingress_base import DEFAULT_PROMOTION_POOL
 from recsys.serve.rank import Ranker
@@ -82,6 +83,13 @@ class ServeArgs(BaseModel, extra="forbid"):
         description="At Retriever start-up embed catalog items the index lacks with the item tower, so "
                     "new items are retrievable (source 'fresh') before the next index build.",
     )
+    colocate_stages: bool = Field(
+        default=False,
+        description="Run the Retriever, Ranker and Reranker inside each Ingress replica instead of as "
+                    "deployments of their own: no hops between stages, best on CPU nodes (see "
+                    "recsys/serve/colocated.py for the measurements). Their user_configs then go in the "
+                    "Ingress's, keyed by stage name, and the config names only the Ingress deployment.",
+    )
     promotion_pool_size: int = Field(
         default=DEFAULT_PROMOTION_POOL, ge=1, le=100_000,
         description="/v1/promotions: the most popular promoted items scored per request.",
@@ -122,21 +130,32 @@ def resolve_serving_artifacts(args: ServeArgs) -> dict[str, Any]:
 
 
 def build_app(args: dict[str, Any]) -> serve.Application:
-    """Serve args -> Ingress bound to Retriever, Ranker and Reranker (names fixed for configs)."""
+    """Serve args -> Ingress bound to Retriever, Ranker and Reranker (names fixed for configs), or
+    with colocate_stages the Ingress alone, constructing the three in its replicas."""
     cfg = parse_serve_args(args)
     paths = resolve_serving_artifacts(cfg)
     logger.info("building recsys app: %s", {**cfg.model_dump(), **paths})
     catalog_path = f"{paths['data_dir']}/{CATALOG_FILE}"
-    retriever = _named(Retriever, "Retriever").bind(
-        paths["index_dir"], catalog_path, paths["query_max_length"], paths["max_history_items"],
-        data_dir=paths["data_dir"], embed_fresh_items=cfg.embed_fresh_items)
-    ranker = _named(Ranker, "Ranker").bind(f"{paths['data_dir']}/{POPULARITY_FILE}")
-    reranker = _named(Reranker, "Reranker").bind(catalog_path)
+    stages = {
+        "Retriever": StageSpec(args=[paths["index_dir"], catalog_path, paths["query_max_length"],
+                                     paths["max_history_items"]],
+                               kwargs={"data_dir": paths["data_dir"], "embed_fresh_items": cfg.embed_fresh_items}),
+        "Ranker": StageSpec(args=[f"{paths['data_dir']}/{POPULARITY_FILE}"]),
+        "Reranker": StageSpec(args=[catalog_path]),
+    }
+    ingress_kwargs: dict[str, Any] = {
+        "user_state": resolve_user_state(cfg.user_state).model_dump(), "api_key_env": cfg.api_key_env,
+        "cart_same_category_penalty": cfg.cart_same_category_penalty,
+        "promotion_pool_size": cfg.promotion_pool_size, "seed_user_state": cfg.seed_user_state}
+    if cfg.colocate_stages:
+        handles: list[Any] = [None, None, None]
+        ingress_kwargs["colocated"] = {name: spec.model_dump() for name, spec in stages.items()}
+    else:
+        handles = [_named(deployment, name).bind(*stages[name].args, **stages[name].kwargs)
+                   for deployment, name in ((Retriever, "Retriever"), (Ranker, "Ranker"), (Reranker, "Reranker"))]
     return _named(Ingress, "Ingress").bind(
-        retriever, ranker, reranker, paths["data_dir"], paths["index_version"],
-        paths["model_version"], cfg.retrieval_k, user_state=resolve_user_state(cfg.user_state).model_dump(),
-        api_key_env=cfg.api_key_env, cart_same_category_penalty=cfg.cart_same_category_penalty,
-        promotion_pool_size=cfg.promotion_pool_size, seed_user_state=cfg.seed_user_state)
+        *handles, paths["data_dir"], paths["index_version"], paths["model_version"], cfg.retrieval_k,
+        **ingress_kwargs)
 
 
 def resolve_user_state(cfg: ServingUserStateConfig) -> ServingUserStateConfig:

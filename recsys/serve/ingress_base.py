@@ -17,12 +17,30 @@ from ray.serve.handle import DeploymentHandle
 from recsys.schema import RecsResponse, ScoredItem
 from recsys.serve.api_key import API_KEY_HEADER, ApiKeyGuard
 from recsys.serve.catalog import CATALOG_FILE, POPULARITY_FILE, SEQUENCES_DIR, CatalogLookup, load_popularity
+from recsys.serve.colocated import STAGES, StageSpec, construct_stage, reconfigure_stages
 from recsys.serve.http_errors import install_error_handlers
 from recsys.serve.http_metrics import install_request_metrics
+from recsys.serve.rank import parse_ranker_config
+from recsys.serve.rerank import check_rules_fit_catalog, parse_rules_config
 from recsys.serve.storefront import DEFAULT_SAME_CATEGORY_PENALTY, to_candidates
 from recsys.serve.user_context import UserContext, open_serving_store, read_user_context, seed_user_store
 
 logger = logging.getLogger("ray.serve")
+
+
+def construct_colocated_stages(specs: dict[str, dict[str, Any]]) -> tuple[Any, Any, Any]:
+    """Retriever, Ranker and Reranker built in this process from their bind() arguments."""
+    # Imported here: a staged Ingress never loads the encoder's libraries.
+    from recsys.serve.rank import Ranker
+    from recsys.serve.rerank import Reranker
+    from recsys.serve.retrieve import Retriever
+
+    missing = sorted(set(STAGES) - set(specs))
+    if missing:
+        raise ValueError(f"colocated stages: no construction arguments for {missing}")
+    parsed = {name: StageSpec.model_validate(specs[name]) for name in STAGES}
+    return (construct_stage(Retriever, parsed["Retriever"]), construct_stage(Ranker, parsed["Ranker"]),
+            construct_stage(Reranker, parsed["Reranker"]))
 
 app = FastAPI(title="recsys", description="Search, recommendations and storefront endpoints from "
                                           "transformer encoders. Errors name the field and value.")
@@ -36,12 +54,19 @@ DEFAULT_PROMOTION_POOL = 500
 class IngressBase:
     """Owns the catalog, popularity and the user-state store; calls the stage handles."""
 
-    def __init__(self, retriever: DeploymentHandle, ranker: DeploymentHandle, reranker: DeploymentHandle,
-                 data_dir: str, index_version: str, model_version: str, retrieval_k: int = 100,
-                 user_state: dict[str, Any] | None = None, api_key_env: str | None = None,
+    def __init__(self, retriever: DeploymentHandle | None, ranker: DeploymentHandle | None,
+                 reranker: DeploymentHandle | None, data_dir: str, index_version: str, model_version: str,
+                 retrieval_k: int = 100, user_state: dict[str, Any] | None = None, api_key_env: str | None = None,
                  cart_same_category_penalty: float = DEFAULT_SAME_CATEGORY_PENALTY,
-                 promotion_pool_size: int = DEFAULT_PROMOTION_POOL, seed_user_state: bool = True):
-        self._retriever, self._ranker, self._reranker = retriever, ranker, reranker
+                 promotion_pool_size: int = DEFAULT_PROMOTION_POOL, seed_user_state: bool = True,
+                 colocated: dict[str, dict[str, Any]] | None = None):
+        """Stage handles, or with `colocated` ({stage name: StageSpec dict}) none: the stages are then
+        constructed in this replica (see colocated.py)."""
+        self.colocated = colocated is not None
+        if colocated is not None:
+            self._retriever, self._ranker, self._reranker = construct_colocated_stages(colocated)
+        else:
+            self._retriever, self._ranker, self._reranker = retriever, ranker, reranker
         data = Path(data_dir)
         self.catalog = CatalogLookup.from_parquet(data / CATALOG_FILE)
         popular, self.popularity = load_popularity(data / POPULARITY_FILE)
@@ -60,6 +85,27 @@ class IngressBase:
                         time.monotonic() - started, seeded)
         logger.info("Ingress ready: %d catalog items, %d popular in-stock items, API key %s",
                     len(self.catalog), len(self.popular_in_stock), "on" if self.api_key.enabled else "off")
+
+    def reconfigure(self, user_config: dict[str, Any]) -> None:
+        """Colocated stages get their parts of this user_config; a staged Ingress refuses one."""
+        if not self.colocated:
+            reconfigure_stages({}, user_config, colocated=False, validators={})
+            return
+        from recsys.serve.retrieve import parse_retriever_config  # loaded already: the Retriever runs here
+
+        reranker = self._reranker.obj
+        reconfigure_stages(
+            {"Retriever": self._retriever, "Ranker": self._ranker, "Reranker": self._reranker}, user_config,
+            colocated=True, validators={
+                "Retriever": parse_retriever_config, "Ranker": parse_ranker_config,
+                "Reranker": lambda cfg: check_rules_fit_catalog(parse_rules_config(cfg), reranker.catalog)})
+
+    async def call_stage(self, stage: str, method: str, *args: Any) -> Any:
+        """One stage method's answer, in either topology (operators' and tests' view of a stage)."""
+        handle = {"Retriever": self._retriever, "Ranker": self._ranker, "Reranker": self._reranker}.get(stage)
+        if handle is None:
+            raise ValueError(f"stage={stage!r}: want one of {list(STAGES)}")
+        return await getattr(handle, method).remote(*args)
 
     async def _user_context(self, user_id: str | None, explicit: list[str] | None = None) -> UserContext:
         """The user's stored history and purchases plus `explicit`, catalog ids only."""

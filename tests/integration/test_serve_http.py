@@ -24,6 +24,7 @@ from recsys.index.faiss_index import build_faiss_index, save_item_index
 from recsys.models.encoder import TextEmbedder, resolve_model_path
 from recsys.schema import CATALOG_SCHEMA
 from recsys.serve.app import build_app
+from recsys.serve.colocated import stage_user_config
 from recsys.serve.rank import parse_ranker_config
 from recsys.serve.rerank import parse_rules_config
 
@@ -229,8 +230,7 @@ def serve_config(recsys_home: Path, reranker_rules: dict) -> dict:
     app = config["applications"][0]
     app["runtime_env"]["env_vars"].update(RECSYS_HOME=str(recsys_home), TOKENIZERS_PARALLELISM="false")
     app["args"]["retrieval_k"] = 40   # every indexed item is a candidate: pins of candidates are sure to apply
-    reranker = next(d for d in app["deployments"] if d["name"] == "Reranker")
-    reranker["user_config"] = {**reranker["user_config"], **reranker_rules}
+    stage_user_config(app, "Reranker").update(reranker_rules)
     return config
 
 
@@ -272,12 +272,14 @@ def test_serve_rules_from_user_config_and_live_update(serve_config_deploy, recsy
         # A changed user_config reaches the running replica through reconfigure: same actor after.
         from ray import serve
 
-        reranker = serve.get_deployment_handle("Reranker", app_name="recsys")
-        before = reranker.info.remote().result()
+        # local.yaml colocates the stages in the Ingress: its call_stage reaches the Reranker object.
+        ingress = serve.get_deployment_handle("Ingress", app_name="recsys")
+        before = ingress.call_stage.remote("Reranker", "info").result()
         assert before["rules"]["pins"][0]["item_id"] == "x00"
         serve_config_deploy(serve_config(recsys_home, {"blocked_categories": ["Cookware"]}))
         deadline = time.monotonic() + 60
-        while (after := reranker.info.remote().result())["rules"]["blocked_categories"] != ["Cookware"]:
+        while (after := ingress.call_stage.remote("Reranker", "info").result())["rules"]["blocked_categories"] \
+                != ["Cookware"]:
             assert time.monotonic() < deadline, f"the new rules never reached the Reranker: {after}"
             time.sleep(0.5)
         assert after["actor_id"] == before["actor_id"], "the Reranker replica restarted for a rules change"

@@ -18,6 +18,8 @@ import pytest
 import yaml
 from test_serve_http import GIFT_CARD, HISTORIES, OUT_OF_STOCK, REPO, category_of, write_artifacts
 
+from recsys.serve.colocated import stage_user_config
+
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
 API_KEY = "test-key-" + uuid.uuid4().hex
@@ -35,8 +37,7 @@ def storefront_config(home: Path, user_state: dict) -> dict:
     app["args"].update(retrieval_k=40, user_state={**app["args"]["user_state"], **user_state},
                        api_key_env="RECSYS_TEST_API_KEY")
     now = datetime.now(timezone.utc)
-    reranker = next(d for d in app["deployments"] if d["name"] == "Reranker")
-    reranker["user_config"]["boosts"] = [
+    stage_user_config(app, "Reranker")["boosts"] = [
         {"name": "book_week", "categories": ["Books"], "item_ids": [GIFT_CARD["item_id"]], "add": 0.05,
          "start": (now - timedelta(days=1)).isoformat(), "end": (now + timedelta(days=1)).isoformat()},
         {"name": "shoe_sale", "categories": ["footwear"], "multiply": 2.0,

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from recsys.serve.colocated import stage_user_config
 from recsys.serve.rerank import parse_rules_config
 from recsys.serve.rules_config import BoostCampaign, RulesConfig
 
@@ -103,24 +104,27 @@ def test_campaign_window_is_start_inclusive_end_exclusive() -> None:
 def uncommented_reranker_config(path: Path) -> dict:
     """The Reranker's user_config with its commented examples switched on."""
     lines = path.read_text().splitlines()
-    start = next(i for i, line in enumerate(lines) if line.strip() == "- name: Reranker")
-    block_start = next(i for i in range(start, len(lines)) if lines[i].strip() == "user_config:")
+    # Colocated stages: the rules are the Ingress user_config's "Reranker:" block; else the
+    # Reranker deployment's own "user_config:" block.
+    block_start = next((i for i, line in enumerate(lines) if line.strip() == "Reranker:"), None)
+    if block_start is None:
+        start = next(i for i, line in enumerate(lines) if line.strip() == "- name: Reranker")
+        block_start = next(i for i in range(start, len(lines)) if lines[i].strip() == "user_config:")
     indent = len(lines[block_start]) - len(lines[block_start].lstrip())
     out = lines[:block_start + 1]
     for line in lines[block_start + 1:]:
         if line.strip() and len(line) - len(line.lstrip()) <= indent:
-            break   # the block ends at the first line back at user_config's indentation
+            break   # the block ends at the first line back at the block's own indentation
         out.append(re.sub(r"^(\s*)# ", r"\1", line))
     raw = yaml.safe_load("\n".join(out))
-    reranker = next(d for d in raw["applications"][0]["deployments"] if d["name"] == "Reranker")
-    return reranker["user_config"]
+    return stage_user_config(raw["applications"][0], "Reranker")
 
 
 @pytest.mark.parametrize("name", ["local.yaml", "production.yaml"])
 def test_serve_config_examples_are_valid_and_cover_every_rule(name: str) -> None:
     path = REPO / "serve_configs" / name
     raw = yaml.safe_load(path.read_text())
-    live = next(d for d in raw["applications"][0]["deployments"] if d["name"] == "Reranker")["user_config"]
+    live = stage_user_config(raw["applications"][0], "Reranker")
     assert parse_rules_config(live) == RulesConfig(), "the shipped rules must stay the defaults"
 
     examples = uncommented_reranker_config(path)
