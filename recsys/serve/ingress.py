@@ -98,10 +98,12 @@ class Ingress(IngressBase):
 
     @app.post("/v1/search", response_model=RecsResponse)
     async def search(self, req: SearchRequest) -> RecsResponse:
-        """Free-text search; a known user_id keeps items already in its history out."""
+        """Free-text search over the index and the items newer than it (explanation.source ann or
+        fresh); a known user_id keeps items already in its history out."""
         retrieved = self._retriever.search.remote(req.query, max(self.retrieval_k, req.k))
         ctx = await self._user_context(req.user_id)   # read while the Retriever encodes
-        return self._response(await self._answer(await retrieved, "ann", ctx, req.k))
+        cands, _ = drop_items(await retrieved, ctx.purchased)
+        return self._response(await self._rank_and_rerank(cands, ctx.history, req.k))
 
     @app.get("/v1/similar/{item_id}", response_model=RecsResponse,
              responses={404: {"description": "the index holds no such item"}})

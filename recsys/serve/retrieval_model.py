@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -125,6 +126,18 @@ class RetrievalModel:
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
         return self._search(vectors, k, recommend=False)
+
+    def search_candidates(self, vector: np.ndarray, k: int, fresh_quota: int) -> list[dict[str, Any]]:
+        """A query's vector [D] -> up to k candidates {item_id, retrieval_score, source}, best first:
+        the index's nearest ("ann") and up to fresh_quota items newer than the index ("fresh"). Both
+        scores are cosines to item-tower vectors, so one scale: a fresh item ranks where its text
+        puts it, not by a source weight as in /v1/recommend's merge."""
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        found = [(s, i, "ann") for i, s in self._search(vector[None], k, recommend=False)[0]]
+        found += [(s, i, "fresh") for i, s in self.fresh.search(vector, min(fresh_quota, k))]
+        found.sort(key=lambda t: -t[0])
+        return [{"item_id": i, "retrieval_score": s, "source": source} for s, i, source in found[:k]]
 
     def candidate_sources(self, history: list[str], quotas: dict[str, int],
                           text_vector: np.ndarray | None = None) -> dict[str, list[tuple[str, float]]]:

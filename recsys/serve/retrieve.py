@@ -69,10 +69,11 @@ class Retriever:
         """One text's query vector [D], through the batcher (tests compare it with unbatched)."""
         return (await self._embed_batch(text)).tolist()
 
-    async def search(self, query: str, k: int) -> list[tuple[str, float]]:
-        """Free-text query -> up to k (item_id, score), best first."""
+    async def search(self, query: str, k: int) -> list[dict[str, Any]]:
+        """Free-text query -> up to k candidates {item_id, retrieval_score, source}, best first: the
+        index's nearest and catalog items newer than it (up to the fresh source's quota)."""
         vector = await self._embed_batch(query)
-        return (await asyncio.to_thread(self.model.search_vectors, vector[None], k))[0]
+        return await asyncio.to_thread(self.model.search_candidates, vector, k, self.cfg.sources.fresh.quota)
 
     async def recommend(self, history: list[str], k: int) -> list[tuple[str, float]]:
         """Item ids, oldest first -> up to k (item_id, score) from ANN alone; [] when no id is known."""

@@ -46,6 +46,9 @@ def test_sources_and_batching(serve_app, recsys_home: Path) -> None:
     assert [i for i, _ in by_source["cooccurrence"]] == ["c02", "c00"], by_source["cooccurrence"]
     assert by_source["fresh"][0][0] == "c99" and by_source["fresh"][0][1] > 0.3, by_source["fresh"]
     assert by_source["popular"][0][0] == "b03", "e00 is out of stock"
+    searched = model.search_candidates(model.embedder.embed(["titanium camping frying pan"])[0], 5, fresh_quota=3)
+    assert searched[0]["item_id"] == "c99" and searched[0]["source"] == "fresh", searched
+    assert [c["source"] for c in model.search_candidates(model.embedder.embed(["pan"])[0], 5, 0)] == ["ann"] * 5
     merged = merge_candidates(by_source, SourcesConfig(), k=100)
     # c02/c00 may come back as "ann" (ANN finds them too, with a higher weighted score); the others
     # are proposed by one source only.
@@ -75,6 +78,11 @@ def test_sources_and_batching(serve_app, recsys_home: Path) -> None:
         assert set(why.values()) <= {"ann", "cooccurrence", "fresh", "popular"}, why
         r = http.post("/v1/recommend", json={"user_id": "u1", "k": 10})
         assert r.status_code == 200 and not {i["item_id"] for i in r.json()["items"]} & set(HISTORIES["u1"])
+        # Search finds the fresh pan by its text, on the same cosine scale as indexed items.
+        r = http.post("/v1/search", json={"query": "titanium camping frying pan", "k": 5})
+        assert r.status_code == 200, r.text
+        top = r.json()["items"][0]
+        assert (top["item_id"], top["explanation"]["source"]) == ("c99", "fresh"), r.json()["items"]
 
 
 # ------------------------------------------------------------------------------ load shedding
