@@ -29,6 +29,13 @@ class HardNegativeSettings(JobConfig):
                                                 "null = in-batch negatives only")
     top_k: int = Field(30, ge=1, description="a hard negative is drawn uniformly from the anchor's top-k, never "
                                              "one of the anchor's positives")
+    judgments: str | None = Field(None, description="graded search judgments (the Home Depot directory, or a CSV / "
+                                                    "Parquet with query, item_id, relevance): a pair whose query has "
+                                                    "items judged at most max_relevance gets one of those as its "
+                                                    "hard negative (the index's top-k, if set, serves the other "
+                                                    "queries); null = none")
+    max_relevance: float = Field(1.75, description="judged items at or below this relevance are negatives of their "
+                                                   "query (Home Depot: 1 = irrelevant ... 3 = exact match)")
     embed_batch_size: int = Field(64, ge=1, description="anchors per forward pass while mining")
     embed_concurrency: int = Field(2, ge=1, description="embedding actors while mining (one CPU or GPU each)")
 

@@ -44,6 +44,19 @@ def pick_hard_negatives(candidates: Sequence[Sequence[str]], excluded: Sequence[
     return picked
 
 
+def judged_negative_candidates(judgments: pd.DataFrame, anchors: Sequence[str],
+                               max_relevance: float) -> dict[str, list[str]]:
+    """Anchor (query) text -> the items judged at most `max_relevance` for exactly that query.
+
+    Human judgments of shown results are true negatives, unlike an index's unjudged top-k, which holds
+    relevant items nobody labelled (other sizes and colours of the product): those taught the tower to
+    push relevant items away (README, Home Depot experiments). Anchors without such items are left out.
+    """
+    wanted = set(anchors)
+    low = judgments[(judgments["relevance"] <= max_relevance) & judgments["query"].isin(wanted)]
+    return {str(q): [str(i) for i in items] for q, items in low.groupby("query", sort=False)["item_id"]}
+
+
 def pairs_with_hard_negatives(pairs: pd.DataFrame, candidates: Mapping[str, Sequence[str]],
                               item_texts: Mapping[str, str], seed: int) -> tuple[pd.DataFrame, dict[str, int]]:
     """Training pairs + one hard negative each (NEGATIVE_COLUMNS) -> (pairs, counts).

@@ -15,11 +15,13 @@ import pyarrow.parquet as pq
 
 from recsys.artifacts import resolve_artifact
 from recsys.data.text import catalog_texts
+from recsys.eval.search import read_judgments
 from recsys.index.embed import embed_texts
 from recsys.index.faiss_index import ItemIndex, load_item_index
 from recsys.models.encoder import query_tower_path
 from recsys.runtime import log
-from recsys.train.hard_negatives import pairs_with_hard_negatives, retrieve_candidates
+from recsys.train.config import HardNegativeSettings
+from recsys.train.hard_negatives import judged_negative_candidates, pairs_with_hard_negatives, retrieve_candidates
 
 HARD_NEGATIVE_PAIRS = "hard_negative_pairs"   # in the model version directory: a resumed run reuses it
 
@@ -47,30 +49,40 @@ def embed_with_retriever(index: ItemIndex, texts: list[str], batch_size: int, co
     return vectors
 
 
-def mine_pair_hard_negatives(ref: str, top_k: int, data_dir: Path, data_version: str, out_dir: Path,
-                             batch_size: int, concurrency: int, use_gpu: bool, seed: int, job: str) -> Path:
-    """train_pairs + one hard negative per pair from index `ref`'s top-k -> parquet under out_dir.
+def mine_pair_hard_negatives(hn: HardNegativeSettings, data_dir: Path, data_version: str, out_dir: Path,
+                             use_gpu: bool, seed: int, job: str) -> Path:
+    """train_pairs + one hard negative per pair -> parquet under out_dir. The negative comes from the
+    pair's query's judged-irrelevant items (hn.judgments), else from index hn.index's top-k, else it
+    is a uniform catalog item.
 
     Written once per run: a resumed run (or a restarted worker group) trains on the same negatives."""
     target = out_dir / HARD_NEGATIVE_PAIRS
     if target.is_dir() and any(target.glob("*.parquet")):
         log(job, f"hard negatives: reusing {target}")
         return target
-    index = load_retriever(ref, "hard_negatives.index", data_version)
     pairs = pq.read_table(data_dir / "train_pairs").to_pandas()
     anchors = list(dict.fromkeys(pairs["anchor_text"].tolist()))
-    log(job, f"hard negatives: {len(pairs)} pairs, {len(anchors)} distinct anchors, top-{top_k} of index "
-             f"{index.version} (model {index.manifest.get('model_version')})")
-    vectors = embed_with_retriever(index, anchors, batch_size, concurrency, use_gpu, job)
-    positives = pairs.groupby("anchor_text")["positive_item_id"].agg(lambda s: sorted(set(map(str, s))))
-    lists = retrieve_candidates(index, vectors, [positives[a] for a in anchors], top_k)
+    candidates: dict[str, list[str]] = {}
+    if hn.judgments is not None:
+        judgments, _ = read_judgments(hn.judgments)
+        candidates = judged_negative_candidates(judgments, anchors, hn.max_relevance)
+        log(job, f"hard negatives: {len(candidates)} of {len(anchors)} distinct anchors have items judged "
+                 f"<= {hn.max_relevance} in {hn.judgments}")
+    rest = [a for a in anchors if a not in candidates]
+    if hn.index is not None and rest:
+        index = load_retriever(hn.index, "hard_negatives.index", data_version)
+        log(job, f"hard negatives: {len(rest)} anchors from the top-{hn.top_k} of index {index.version} "
+                 f"(model {index.manifest.get('model_version')})")
+        vectors = embed_with_retriever(index, rest, hn.embed_batch_size, hn.embed_concurrency, use_gpu, job)
+        positives = pairs.groupby("anchor_text")["positive_item_id"].agg(lambda s: sorted(set(map(str, s))))
+        candidates.update(zip(rest, retrieve_candidates(index, vectors, [positives[a] for a in rest], hn.top_k)))
+    candidates.update((a, []) for a in anchors if a not in candidates)   # -> a uniform catalog item
     ids, _, texts = catalog_texts(pq.read_table(data_dir / "catalog.parquet").to_pandas())
-    mined, counts = pairs_with_hard_negatives(pairs, dict(zip(anchors, lists)), dict(zip(ids, texts)), seed)
+    mined, counts = pairs_with_hard_negatives(pairs, candidates, dict(zip(ids, texts)), seed)
     target.mkdir(parents=True, exist_ok=True)
     tmp = target / "part-0.parquet.tmp"
     mined.to_parquet(tmp, index=False)
     tmp.rename(target / "part-0.parquet")
-    log(job, f"hard negatives: {counts['mined']} mined, {counts['uniform_fallback']} uniform (no eligible "
-             f"candidate) -> {target}")
+    log(job, f"hard negatives: {len(pairs)} pairs, {counts['mined']} from judgments or the index, "
+             f"{counts['uniform_fallback']} uniform (no eligible candidate) -> {target}")
     return target
-

@@ -79,9 +79,8 @@ def run_training(cfg: TrainConfig) -> dict:
         raise ArtifactNotFound(f"data {data_version} of run {record['run_name']} is gone: {data_dir / 'train_pairs'}")
     pairs_dir = data_dir / "train_pairs"
     hn = cfg.hard_negatives
-    if hn.index is not None:
-        pairs_dir = mine_pair_hard_negatives(hn.index, hn.top_k, data_dir, data_version, model_dir,
-                                             hn.embed_batch_size, hn.embed_concurrency, cfg.use_gpu, cfg.seed, JOB)
+    if hn.index is not None or hn.judgments is not None:
+        pairs_dir = mine_pair_hard_negatives(hn, data_dir, data_version, model_dir, cfg.use_gpu, cfg.seed, JOB)
     pairs = ray.data.read_parquet(str(pairs_dir))
     n_pairs = pairs.count()
     if cfg.logq_correction:
@@ -89,7 +88,7 @@ def run_training(cfg: TrainConfig) -> dict:
     total_steps = plan_total_steps(cfg, n_pairs, cfg.num_workers)
     log(JOB, f"data {data_version}: {n_pairs} pairs; {total_steps} steps x {cfg.num_workers} workers x "
              f"{cfg.micro_batch_size} pairs"
-             f"{' + 1 hard negative each' if cfg.hard_negatives.index else ''}"
+             f"{' + 1 hard negative each' if hn.index or hn.judgments else ''}"
              f"{', negatives shared across workers' if cfg.negatives_across_workers else ''}; "
              f"ZeRO-{cfg.zero_stage}{' + LoRA' if cfg.lora.enabled else ''}, "
              f"{'GPU/NCCL' if cfg.use_gpu else 'CPU/gloo'}, bf16={cfg.use_bf16}")

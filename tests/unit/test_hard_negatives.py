@@ -8,7 +8,12 @@ import pandas as pd
 import pytest
 
 from recsys.index.faiss_index import ItemIndex, build_faiss_index
-from recsys.train.hard_negatives import pairs_with_hard_negatives, pick_hard_negatives, retrieve_candidates
+from recsys.train.hard_negatives import (
+    judged_negative_candidates,
+    pairs_with_hard_negatives,
+    pick_hard_negatives,
+    retrieve_candidates,
+)
 
 
 def test_hard_negatives_skip_excluded_items_and_are_seeded() -> None:
@@ -53,3 +58,18 @@ def test_pair_without_an_eligible_candidate_gets_a_uniform_catalog_item() -> Non
     assert counts["uniform_fallback"] == 1 and out.loc[0, "negative_item_id"] in {"x", "y"}
     with pytest.raises(ValueError, match="no retrieved candidates for 1 anchors, e.g. 'a'"):
         pairs_with_hard_negatives(pairs, {}, texts, seed=0)
+
+
+def test_judged_negatives_are_the_low_graded_items_of_the_same_query() -> None:
+    judgments = pd.DataFrame({"query": ["drill", "drill", "drill", "saw", "saw", "held out"],
+                              "item_id": ["p1", "n1", "n2", "p3", "n3", "n4"],
+                              "relevance": [3.0, 1.0, 1.75, 2.67, 2.0, 1.0]})
+    found = judged_negative_candidates(judgments, ["drill", "saw", "glue"], max_relevance=1.75)
+    assert found == {"drill": ["n1", "n2"]}, "saw's items are all above 1.75; glue and 'held out' are no anchors"
+    assert judged_negative_candidates(judgments, ["saw"], max_relevance=2.0) == {"saw": ["n3"]}
+    # Fed to the pair builder: judged items first, an anchor without any falls back to a uniform item.
+    pairs = pd.DataFrame({"anchor_text": ["drill", "saw"], "positive_item_id": ["p1", "p3"],
+                          "positive_text": ["t1", "t3"]})
+    texts = {i: f"text {i}" for i in ["p1", "p3", "n1", "n2", "n3"]}
+    out, counts = pairs_with_hard_negatives(pairs, {**found, "saw": []}, texts, seed=0)
+    assert out.loc[0, "negative_item_id"] in {"n1", "n2"} and counts["uniform_fallback"] == 1
