@@ -93,7 +93,7 @@ class Ingress(IngressBase):
             found = await self._retriever.recommend_candidates.remote(ctx.history, max(self.retrieval_k, req.k))
             if found["personal"]:
                 cands, _ = drop_items(found["candidates"], ctx.purchased)
-                return self._response(await self._rank_and_rerank(cands, ctx.history, req.k))
+                return self._response(await self._rank_and_rerank(cands, ctx.history, req.k), served=found)
         return await self._popular(ctx, req.k)
 
     @app.post("/v1/search", response_model=RecsResponse)
@@ -102,8 +102,9 @@ class Ingress(IngressBase):
         fresh); a known user_id keeps items already in its history out."""
         retrieved = self._retriever.search.remote(req.query, max(self.retrieval_k, req.k))
         ctx = await self._user_context(req.user_id)   # read while the Retriever encodes
-        cands, _ = drop_items(await retrieved, ctx.purchased)
-        return self._response(await self._rank_and_rerank(cands, ctx.history, req.k))
+        answer = await retrieved
+        cands, _ = drop_items(answer["found"], ctx.purchased)
+        return self._response(await self._rank_and_rerank(cands, ctx.history, req.k), served=answer)
 
     @app.get("/v1/similar/{item_id}", response_model=RecsResponse,
              responses={404: {"description": "the index holds no such item"}})
@@ -111,11 +112,11 @@ class Ingress(IngressBase):
         """Items whose item-tower vectors are nearest to this item's (the item itself left out)."""
         retrieved = self._retriever.similar.remote(item_id, max(self.retrieval_k, k))
         ctx = await self._user_context(user_id)
-        found = await retrieved
-        if found is None:
+        answer = await retrieved
+        if answer["found"] is None:
             raise HTTPException(status_code=404, detail=f"item_id={item_id!r} is not in index "
-                                f"{self.index_version}: there is no vector to find similar items by")
-        return self._response(await self._answer(found, "ann", ctx, k, exclude=[item_id]))
+                                f"{answer['index_version']}: there is no vector to find similar items by")
+        return self._response(await self._answer(answer["found"], "ann", ctx, k, exclude=[item_id]), served=answer)
 
     @app.post("/v1/cart", response_model=RecsResponse)
     async def cart(self, req: CartRequest) -> RecsResponse:
@@ -123,13 +124,13 @@ class Ingress(IngressBase):
         preferred (see storefront.prefer_other_categories for why a penalty, not a filter)."""
         in_cart = list(dict.fromkeys(req.items))
         ctx = await self._user_context(req.user_id)
-        retrieved = await self._retriever.complements.remote(in_cart, max(self.retrieval_k, req.k))
-        if not retrieved:   # nothing in the cart is indexed (a catalog ahead of the index)
+        answer = await self._retriever.complements.remote(in_cart, max(self.retrieval_k, req.k))
+        if not answer["found"]:   # nothing in the cart is indexed (a catalog ahead of the index)
             return await self._popular(ctx, req.k, exclude=in_cart)
-        cands, _ = to_candidates(retrieved, "ann", ctx.purchased)
+        cands, _ = to_candidates(answer["found"], "ann", ctx.purchased)
         cands = prefer_other_categories(cands, {self.catalog.category(i) for i in in_cart},
                                         self.catalog.category, self.cart_same_category_penalty)
-        return self._response(await self._rank_and_rerank(cands, ctx.history + in_cart, req.k))
+        return self._response(await self._rank_and_rerank(cands, ctx.history + in_cart, req.k), served=answer)
 
     @app.get("/v1/promotions", response_model=RecsResponse)
     async def promotions(self, user_id: OptionalUser = None, k: K = 10) -> RecsResponse:
@@ -148,9 +149,11 @@ class Ingress(IngressBase):
         pool = promotion_pool(await promoted, self.popularity, self.promotion_pool_size)
         if not pool:
             return self._response([], cold_start=not ctx.history)
-        scored = await self._retriever.score_items.remote(ctx.history, pool) if ctx.history else None
+        answer = await self._retriever.score_items.remote(ctx.history, pool) if ctx.history else None
+        scored = answer["found"] if answer is not None else None
         cands, _ = promotion_candidates(pool, scored, ctx.purchased)
-        return self._response(await self._rank_and_rerank(cands, ctx.history, req.k), cold_start=scored is None)
+        return self._response(await self._rank_and_rerank(cands, ctx.history, req.k), cold_start=scored is None,
+                              served=answer)
 
     # ------------------------------------------------------------ writes and operations
 

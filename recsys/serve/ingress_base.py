@@ -7,6 +7,7 @@ handles, the catalog, popularity, the user-state store and the API key. Endpoint
 import asyncio
 import logging
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -142,9 +143,14 @@ class IngressBase:
         popular = [(i, 0.0) for i in self.popular_in_stock[:max(self.retrieval_k, k)]]
         return self._response(await self._answer(popular, "popular", ctx, k, exclude), cold_start=True)
 
-    def _response(self, items: list[ScoredItem], cold_start: bool = False) -> RecsResponse:
-        return RecsResponse(items=items, cold_start=cold_start, model_version=self.model_version,
-                            index_version=self.index_version)
+    def _response(self, items: list[ScoredItem], cold_start: bool = False,
+                  served: Mapping[str, Any] | None = None) -> RecsResponse:
+        """The answer, naming the versions of the Retriever replica that computed it (`served`, from
+        its answer: mid-swap that may be an old one), else this replica's (popularity answers)."""
+        served = served or {}
+        return RecsResponse(items=items, cold_start=cold_start,
+                            model_version=served.get("model_version", self.model_version),
+                            index_version=served.get("index_version", self.index_version))
 
     def __del__(self) -> None:
         store = getattr(self, "user_store", None)

@@ -43,6 +43,10 @@ class Retriever:
         self.model = RetrievalModel(index_dir, catalog_path, query_max_length, max_history_items,
                                     data_dir=data_dir, embed_fresh_items=embed_fresh_items)
         self.batch_sizes: deque[int] = deque(maxlen=_BATCH_HISTORY)
+        # Sent with every answer: during a version swap the Ingress may reach an old or a new
+        # Retriever replica, and the response must name the versions that really computed it.
+        self.served = {"index_version": self.model.index.version,
+                       "model_version": str(self.model.index.manifest.get("model_version", "unknown"))}
         self.reconfigure({})   # defaults until (unless) a user_config arrives
         logger.info("Retriever ready: index %s (%d items, %d fresh), %d co-occurring items, model %s",
                     self.model.index.version, self.model.size, len(self.model.fresh),
@@ -69,11 +73,13 @@ class Retriever:
         """One text's query vector [D], through the batcher (tests compare it with unbatched)."""
         return (await self._embed_batch(text)).tolist()
 
-    async def search(self, query: str, k: int) -> list[dict[str, Any]]:
-        """Free-text query -> up to k candidates {item_id, retrieval_score, source}, best first: the
-        index's nearest and catalog items newer than it (up to the fresh source's quota)."""
+    async def search(self, query: str, k: int) -> dict[str, Any]:
+        """Free-text query -> {"found": up to k candidates {item_id, retrieval_score, source}, best first:
+        the index's nearest and catalog items newer than it (up to the fresh source's quota), and the
+        index_version / model_version that found them}."""
         vector = await self._embed_batch(query)
-        return await asyncio.to_thread(self.model.search_candidates, vector, k, self.cfg.sources.fresh.quota)
+        found = await asyncio.to_thread(self.model.search_candidates, vector, k, self.cfg.sources.fresh.quota)
+        return {"found": found, **self.served}
 
     async def recommend(self, history: list[str], k: int) -> list[tuple[str, float]]:
         """Item ids, oldest first -> up to k (item_id, score) from ANN alone; [] when no id is known."""
@@ -81,7 +87,8 @@ class Retriever:
 
     async def recommend_candidates(self, history: list[str], k: int) -> dict[str, Any]:
         """Item ids, oldest first -> {"candidates": up to k merged [{item_id, retrieval_score, source}],
-        "personal": whether any history-based source (not popularity alone) found something}."""
+        "personal": whether any history-based source (not popularity alone) found something, and the
+        index_version / model_version}."""
         quotas = {name: getattr(self.cfg.sources, name).quota for name in ("ann", "cooccurrence", "fresh",
                                                                              "popular")}
         # The history text's vector feeds ANN without a sequence tower, and the fresh items; skip
@@ -92,19 +99,20 @@ class Retriever:
         by_source = await asyncio.to_thread(self.model.candidate_sources, history, quotas, vector)
         personal = any(by_source.get(s) for s in ("ann", "cooccurrence", "fresh"))
         return {"candidates": merge_candidates(by_source, self.cfg.sources, k) if personal else [],
-                "personal": personal}
+                "personal": personal, **self.served}
 
-    async def similar(self, item_id: str, k: int) -> list[tuple[str, float]] | None:
-        """Items nearest to an item (itself left out); None when the index lacks it."""
-        return await asyncio.to_thread(self.model.similar, item_id, k)
+    async def similar(self, item_id: str, k: int) -> dict[str, Any]:
+        """{"found": items nearest to an item (itself left out), None when the index lacks it; versions}."""
+        return {"found": await asyncio.to_thread(self.model.similar, item_id, k), **self.served}
 
-    async def complements(self, item_ids: list[str], k: int) -> list[tuple[str, float]]:
-        """Items nearest to the mean direction of `item_ids` (those left out)."""
-        return await asyncio.to_thread(self.model.complements, item_ids, k)
+    async def complements(self, item_ids: list[str], k: int) -> dict[str, Any]:
+        """{"found": items nearest to the mean direction of `item_ids` (those left out); versions}."""
+        return {"found": await asyncio.to_thread(self.model.complements, item_ids, k), **self.served}
 
-    async def score_items(self, history: list[str], item_ids: list[str]) -> list[tuple[str, float]] | None:
-        """The user's retrieval score for each given item; None when the history has no known id."""
-        return await asyncio.to_thread(self.model.score_items, history, item_ids)
+    async def score_items(self, history: list[str], item_ids: list[str]) -> dict[str, Any]:
+        """{"found": the user's retrieval score for each given item, None when the history has no known
+        id; versions}."""
+        return {"found": await asyncio.to_thread(self.model.score_items, history, item_ids), **self.served}
 
     async def batch_stats(self) -> dict[str, Any]:
         """Sizes of the recent encoder batches (oldest first) and the batching settings."""
