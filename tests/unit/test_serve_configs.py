@@ -1,0 +1,32 @@
+"""The shipped Serve configs: the KubeRay RayService's inline serveConfigV2 mirrors
+serve_configs/local.yaml (only the HTTP host differs), and every shipped config builds a valid
+ServeDeploySchema, as `serve deploy` would check it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from ray.serve.schema import ServeDeploySchema
+
+from recsys.serve.app import parse_serve_args
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_rayservice_mirrors_local_config() -> None:
+    service = yaml.safe_load((REPO / "cluster" / "kuberay" / "rayservice.yaml").read_text())
+    inline = yaml.safe_load(service["spec"]["serveConfigV2"])
+    local = yaml.safe_load((REPO / "serve_configs" / "local.yaml").read_text())
+    assert inline["http_options"]["host"] == "0.0.0.0", "the Kubernetes Service must reach the proxies"
+    local["http_options"]["host"] = "0.0.0.0"
+    assert inline == local, "cluster/kuberay/rayservice.yaml serveConfigV2 differs from serve_configs/local.yaml"
+
+
+@pytest.mark.parametrize("name", ["local.yaml", "production.yaml"])
+def test_shipped_configs_are_valid_serve_configs(name: str) -> None:
+    raw = yaml.safe_load((REPO / "serve_configs" / name).read_text())
+    ServeDeploySchema.model_validate(raw)   # what serve deploy checks before it sends the config
+    for app in raw["applications"]:
+        parse_serve_args(app["args"])     # what build_app checks on the cluster
