@@ -48,7 +48,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from common import CHILD_ENV, say
+from common import CHILD_ENV, cpu_by_process, say
 
 K = 10
 APPS = ("staged", "post", "fused", "single")
@@ -418,20 +418,6 @@ def run_serve(args, art: dict, requests: list[list[str]]) -> dict:
     with contextlib.suppress(Exception):   # handles made on the breakdown's closed loop cannot shut down cleanly
         serve.shutdown()
     ray.shutdown()
-    return out
-
-
-def cpu_by_process() -> dict[str, float]:
-    """CPU seconds so far of this process and its descendants (Ray's processes), by role."""
-    import psutil
-
-    me, out = psutil.Process(), {}
-    for p in [me, *me.children(recursive=True)]:
-        with contextlib.suppress(psutil.Error):
-            cmd = p.cmdline()
-            role = ("client + driver" if p.pid == me.pid else cmd[0].split(" ")[0] if cmd[0].startswith("ray::")
-                    else Path(cmd[0]).name if cmd[0].endswith(("raylet", "gcs_server")) else "other Ray processes")
-            out[role] = out.get(role, 0.0) + sum(p.cpu_times()[:2])
     return out
 
 

@@ -122,12 +122,45 @@ def run_ray(args) -> dict:
              runtime_env={"env_vars": worker_env()})
     init_s = time.perf_counter() - t0
     started = time.perf_counter()
+    sampler = SteadyStateCpu(Path(os.environ["RECSYS_HOME"]), args.warmup, args.steps)
+    sampler.start()
     out = run_training(train_config(args))
     wall = time.perf_counter() - started
+    sampler.stop()
     ray.shutdown()
     # Rank 0 writes one record per step; its elapsed_s counts from after DeepSpeed init, like `elapsed` above.
     records = read_metrics(Path(out["path"]) / "logs" / METRICS_FILE)
-    return {"elapsed": [r["elapsed_s"] for r in records], "wall": wall, "init": init_s}
+    return {"elapsed": [r["elapsed_s"] for r in records], "wall": wall, "init": init_s, "cpu": sampler.result()}
+
+
+class SteadyStateCpu(threading.Thread):
+    """CPU seconds by process role between the step-`warmup` and the last-step records of the run's metrics
+    file: where the 2 cores went in the steady state (the workers' training, or Ray's own processes)."""
+
+    def __init__(self, home: Path, warmup: int, steps: int):
+        super().__init__(daemon=True)
+        self.home, self.marks, self.snaps = home, (warmup, steps), {}
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        from common import cpu_by_process
+
+        while not self.done.wait(0.2) and len(self.snaps) < 2:
+            files = list(self.home.glob("artifacts/models/*/logs/metrics.jsonl"))
+            lines = len(files[0].read_text().splitlines()) if files else 0
+            for mark in self.marks:
+                if lines >= mark and mark not in self.snaps:
+                    self.snaps[mark] = (time.perf_counter(), cpu_by_process("driver"))
+
+    def stop(self) -> None:
+        self.done.set()
+        self.join()
+
+    def result(self) -> dict:
+        if len(self.snaps) < 2:
+            return {}
+        (t0, a), (t1, b) = (self.snaps[m] for m in self.marks)
+        return {"seconds": t1 - t0, "cpu_s": {k: v - a.get(k, 0.0) for k, v in b.items() if v - a.get(k, 0.0) > 0}}
 
 
 def _rss_bytes(field: str) -> int:
@@ -337,6 +370,11 @@ def main() -> None:
         for name, r in thr.items():
             print(f"{labels[name]:<42} {rate[name][0]:>9.1f} {rate[name][1]:>7.1f} {r['wall']:>7.1f}")
         print(f"end-to-end ratio ray / single (incl. start-up) = {rate['ray'][1] / rate['single'][1]:.2f}")
+        if cpu := thr["ray"].get("cpu"):
+            used = sorted(cpu["cpu_s"].items(), key=lambda kv: -kv[1])
+            print(f"Ray path, steady state ({cpu['seconds']:.1f}s wall, {2 * cpu['seconds']:.1f} core-s on 2 cores): "
+                  f"CPU s by process: " + ", ".join(f"{k} {v:.1f}" for k, v in used if v >= 0.05)
+                  + f"; total {sum(cpu['cpu_s'].values()):.1f}")
     print(f"bench wall time {time.perf_counter() - wall0:.0f}s")
     if thr:   # the last line: the ratio of the part that ran (throughput when both did)
         print(f"ratio ray_zero2_samples_per_s / single_process_samples_per_s = "
