@@ -8,7 +8,7 @@ measured, on 2 cores, ~4 ms per hop to the Ranker and the Reranker (whose work t
 the staged app reached 0.39x the in-process throughput and 1.9x its latency, the colocated one
 ~0.7-0.9x and ~1.1x. Separate deployments pay off where a stage needs its own hardware or
 scale (an encoder on GPUs batching queries from many Ingress replicas): serve_configs/
-production.yaml keeps them, serve_configs/local.yaml colocates (ServeArgs.colocate_stages).
+prod.yaml keeps them, serve_configs/local.yaml colocates (ServeArgs.colocate_stages).
 
 With colocation the stages' user_configs move into the Ingress's, keyed by the stage's
 deployment name ({"Retriever": {...}, "Ranker": {...}, "Reranker": {...}}), and still apply in

@@ -6,7 +6,7 @@ deployed again with `args.index` pinned to v2. Serve starts new replicas and dra
 while a steady stream of /v1/recommend (with a history) and /v1/search requests arrives. Every
 answer must be a 200: a 5xx, a 503, a reset connection or a client timeout all count as failures,
 and nothing is retried. Both topologies: local.yaml's (stages colocated in the Ingress) and
-production.yaml's (a deployment per stage: the Ingress calls stage replicas that come and go).
+prod.yaml's (a deployment per stage: the Ingress calls stage replicas that come and go).
 """
 
 from __future__ import annotations
@@ -79,11 +79,11 @@ def colocated_config() -> dict:
 
 
 def staged_config() -> dict:
-    """serve_configs/production.yaml's app (a deployment per stage, its Serve settings as shipped)
+    """serve_configs/prod.yaml's app (a deployment per stage, its Serve settings as shipped)
     fitted into the 2-CPU test cluster: one replica each, a quarter CPU each, no GPU, the
     embedded user-state store, no API key; local.yaml's proxy settings."""
     config = colocated_config()
-    app = yaml.safe_load((REPO / "serve_configs" / "production.yaml").read_text())["applications"][0]
+    app = yaml.safe_load((REPO / "serve_configs" / "prod.yaml").read_text())["applications"][0]
     app["runtime_env"]["env_vars"]["OMP_NUM_THREADS"] = "1"
     app["args"].update(user_state=config["applications"][0]["args"]["user_state"], api_key_env=None)
     for deployment in app["deployments"]:
@@ -97,7 +97,7 @@ TOPOLOGIES = {"colocated": colocated_config, "staged": staged_config}
 
 
 def swap_config(topology: str, home: Path, index_version: str) -> dict:
-    """The topology's config with args.index pinned to one version (as production.yaml asks
+    """The topology's config with args.index pinned to one version (as prod.yaml asks
     operators to pin it) and this test's RECSYS_HOME."""
     config = TOPOLOGIES[topology]()
     app = config["applications"][0]

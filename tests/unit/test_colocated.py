@@ -77,7 +77,7 @@ def test_colocated_user_config_is_split_by_stage_and_validated_before_any_is_app
         reconfigure_stages({}, {"Ranker": {}}, colocated=False, validators={})
 
 
-@pytest.mark.parametrize(("name", "colocated"), [("local.yaml", True), ("production.yaml", False)])
+@pytest.mark.parametrize(("name", "colocated"), [("local.yaml", True), ("prod.yaml", False)])
 def test_stage_user_config_finds_each_stage_in_the_shipped_configs(name: str, colocated: bool) -> None:
     app = yaml.safe_load((REPO / "serve_configs" / name).read_text())["applications"][0]
     assert bool(app["args"].get("colocate_stages", False)) is colocated

@@ -120,7 +120,7 @@ def uncommented_reranker_config(path: Path) -> dict:
     return stage_user_config(raw["applications"][0], "Reranker")
 
 
-@pytest.mark.parametrize("name", ["local.yaml", "production.yaml"])
+@pytest.mark.parametrize("name", ["local.yaml", "prod.yaml"])
 def test_serve_config_examples_are_valid_and_cover_every_rule(name: str) -> None:
     path = REPO / "serve_configs" / name
     raw = yaml.safe_load(path.read_text())

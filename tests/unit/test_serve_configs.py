@@ -24,7 +24,7 @@ def test_rayservice_mirrors_local_config() -> None:
     assert inline == local, "cluster/kuberay/rayservice.yaml serveConfigV2 differs from serve_configs/local.yaml"
 
 
-@pytest.mark.parametrize("name", ["local.yaml", "production.yaml"])
+@pytest.mark.parametrize("name", ["local.yaml", "prod.yaml"])
 def test_shipped_configs_are_valid_serve_configs(name: str) -> None:
     raw = yaml.safe_load((REPO / "serve_configs" / name).read_text())
     ServeDeploySchema.model_validate(raw)   # what serve deploy checks before it sends the config
