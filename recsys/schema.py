@@ -80,10 +80,23 @@ class _Strict(BaseModel):
 MAX_K = 100
 
 
+def _not_blank(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must contain non-space characters")
+    return value
+
+
+# An item or user id in a request: what user_state.check_id accepts, checked at the HTTP edge (a blank
+# one used to reach the store, whose ValueError answered 500). Query and path parameters need the same
+# checks: Annotated[str | None, Query(min_length=1, max_length=200), NOT_BLANK].
+NOT_BLANK = AfterValidator(_not_blank)
+RequestId = Annotated[str, Field(min_length=1, max_length=200), NOT_BLANK]
+
+
 class RecommendRequest(_Strict):
     """Recommendations from a known user's history and/or an explicit history (most recent last)."""
 
-    user_id: str | None = Field(default=None, min_length=1, max_length=200)
+    user_id: RequestId | None = None
     history: list[str] | None = Field(default=None, max_length=200,
                                       description="item ids the user browsed, oldest first")
     k: int = Field(default=10, ge=1, le=MAX_K)
@@ -94,7 +107,7 @@ class SearchRequest(_Strict):
 
     query: str = Field(min_length=1, max_length=500)
     k: int = Field(default=10, ge=1, le=MAX_K)
-    user_id: str | None = Field(default=None, min_length=1, max_length=200)
+    user_id: RequestId | None = None
 
     @model_validator(mode="after")
     def _query_not_blank(self) -> SearchRequest:
@@ -135,14 +148,6 @@ class RecsResponse(BaseModel):
 
 
 # ---------------------------------------------------------------- storefront endpoints
-def _not_blank(value: str) -> str:
-    if not value.strip():
-        raise ValueError("must contain non-space characters")
-    return value
-
-
-# An item or user id in a request: what user_state.check_id accepts, checked at the HTTP edge.
-RequestId = Annotated[str, Field(min_length=1, max_length=200), AfterValidator(_not_blank)]
 # The event types POST /v1/feedback accepts (user_state.FEEDBACK_EVENT_TYPES, weakest first).
 FeedbackEventType = Literal["view", "click", "cart", "purchase"]
 MAX_FEEDBACK_EVENTS = 1000
@@ -209,3 +214,9 @@ class PromotionsRequest(_Strict):
 class ReadinessResponse(BaseModel):
     status: Literal["ready", "not_ready"]
     stages: dict[str, str] = Field(description="Per stage: 'ok', or why it did not answer.")
+
+
+# The models that validate what a client sent. One of them failing inside endpoint code (built there from
+# query parameters, say) is still the client's error: http_errors answers 422, not 500.
+REQUEST_MODELS: tuple[type[BaseModel], ...] = (RecommendRequest, SearchRequest, FeedbackEvent, FeedbackRequest,
+                                               CartRequest, PromotionsRequest)

@@ -8,6 +8,10 @@
   refused the call (BackPressureError), or it has no running replica. When the Ingress itself is
   full, Serve's proxy answers 503 + Retry-After before this code runs;
 - 500 {"detail": "internal error: <Type>"}: bugs, whose traceback goes to the replica log only.
+
+Client errors that endpoint code finds after FastAPI's own validation are 422s too, not 500s: a request
+model (schema.REQUEST_MODELS) rejecting a value when endpoint code builds it, and an id the user-state
+store refuses (user_state.InvalidId, e.g. a blank user_id in a query string).
 """
 
 # No `from __future__ import annotations`: FastAPI inspects the handlers' signatures.
@@ -19,11 +23,17 @@ from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import ValidationError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
+
+from recsys.schema import REQUEST_MODELS
+from recsys.serve.user_state import InvalidId
 
 logger = logging.getLogger("ray.serve")
 
 _LOCATIONS = ("body", "query", "path", "header", "cookie")
+
+_REQUEST_MODEL_NAMES = frozenset(model.__name__ for model in REQUEST_MODELS)
 
 # Retry-After (seconds) when Serve gives no hint: long enough for a burst to drain or an
 # autoscaled replica to start taking requests, short enough that a storefront retry still helps.
@@ -62,8 +72,13 @@ def request_error(field: str, message: str, value: Any = None) -> RequestValidat
                                     "input": value}])
 
 
+def client_error_response(errors: list[dict[str, Any]]) -> JSONResponse:
+    """422 {"detail": [{"field", "message", "value"}, ...]}."""
+    return JSONResponse(status_code=422, content={"detail": jsonable_encoder(errors)})
+
+
 async def _on_validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-    return JSONResponse(status_code=422, content={"detail": describe_request_errors(list(exc.errors()))})
+    return client_error_response(describe_request_errors(list(exc.errors())))
 
 
 async def _on_unexpected_error(request: Request, call_next):  # type: ignore[no-untyped-def]
@@ -73,9 +88,14 @@ async def _on_unexpected_error(request: Request, call_next):  # type: ignore[no-
         response = await call_next(request)
     except (BackPressureError, DeploymentUnavailableError) as exc:   # overload is not a bug: 503
         return overloaded_response(str(exc), getattr(exc, "retry_after_s", None))
+    except InvalidId as exc:
+        return client_error_response([{"field": exc.field, "message": str(exc), "value": exc.value}])
+    except ValidationError as exc:
+        if exc.title not in _REQUEST_MODEL_NAMES:   # a response or stage model: our bug
+            return _internal_error(request, exc)
+        return client_error_response(describe_request_errors([dict(e) for e in exc.errors()]))
     except Exception as exc:  # the boundary where every bug becomes a 500
-        logger.exception("unhandled error on %s %s", request.method, request.url.path)
-        return JSONResponse(status_code=500, content={"detail": f"internal error: {type(exc).__name__}"})
+        return _internal_error(request, exc)
     # Serve registers its own FastAPI handlers for BackPressureError / DeploymentUnavailableError on
     # the replica (ray/serve/_private/replica.py), so a shed call to a downstream stage usually
     # arrives here as their plain-text 503, without Retry-After unless that stage configured one.
@@ -87,10 +107,17 @@ async def _on_unexpected_error(request: Request, call_next):  # type: ignore[no-
     return response
 
 
-def overloaded_response(reason: str, retry_after_hint: float | None = None) -> JSONResponse:
-    """503 + Retry-After for a request a downstream stage shed; the client may resend it as is."""
+def _internal_error(request: Request, exc: Exception) -> JSONResponse:
+    logger.exception("unhandled error on %s %s", request.method, request.url.path)
+    return JSONResponse(status_code=500, content={"detail": f"internal error: {type(exc).__name__}"})
+
+
+def overloaded_response(reason: str, retry_after_hint: float | None = None, log: bool = True) -> JSONResponse:
+    """503 + Retry-After for a request this replica or a downstream stage shed; the client may resend it as
+    is. `log` False for callers that may shed many requests a second and count them instead."""
     retry_after = max(1, math.ceil(retry_after_hint)) if retry_after_hint is not None else DEFAULT_RETRY_AFTER_S
-    logger.warning("shed a request: %s", reason)
+    if log:
+        logger.warning("shed a request: %s", reason)
     return JSONResponse(status_code=503, headers={"Retry-After": str(retry_after)},
                         content={"detail": f"service overloaded, retry after {retry_after}s: {reason}",
                                  "retry_after_s": retry_after})

@@ -55,11 +55,19 @@ class UserEvent:
     timestamp: float
 
 
-def check_id(field: str, value: Any) -> str:
-    """`value` if it is a usable id (non-blank str, at most MAX_ID_LENGTH chars), else ValueError."""
-    if not isinstance(value, str) or not value.strip() or len(value) > MAX_ID_LENGTH:
-        raise ValueError(f"{field} must be a non-blank string of at most {MAX_ID_LENGTH} characters, "
+class InvalidId(ValueError):
+    """An id no store accepts; names the field and the value (HTTP: a 422, see http_errors)."""
+
+    def __init__(self, field: str, value: Any):
+        super().__init__(f"{field} must be a non-blank string of at most {MAX_ID_LENGTH} characters, "
                          f"got {value!r}")
+        self.field, self.value = field, value
+
+
+def check_id(field: str, value: Any) -> str:
+    """`value` if it is a usable id (non-blank str, at most MAX_ID_LENGTH chars), else InvalidId."""
+    if not isinstance(value, str) or not value.strip() or len(value) > MAX_ID_LENGTH:
+        raise InvalidId(field, value)
     return value
 
 
