@@ -90,6 +90,14 @@ class ServeArgs(BaseModel, extra="forbid"):
                     "recsys/serve/colocated.py for the measurements). Their user_configs then go in the "
                     "Ingress's, keyed by stage name, and the config names only the Ingress deployment.",
     )
+    max_in_flight: int | None = Field(
+        default=None, ge=1, le=10_000,
+        description="Requests one Ingress replica works on at once; beyond, it answers 503 + Retry-After "
+                    "at once (recsys/serve/admission.py). Set it, with the Ingress's max_ongoing_requests "
+                    "well above it: at max_ongoing_requests Serve's router re-probes a full replica only "
+                    "every 0.5 s and goodput collapses under overload. With colocated stages keep it >= "
+                    "the Retriever's max_batch_size. null = Serve's limits alone.",
+    )
     promotion_pool_size: int = Field(
         default=DEFAULT_PROMOTION_POOL, ge=1, le=100_000,
         description="/v1/promotions: the most popular promoted items scored per request.",
@@ -146,7 +154,8 @@ def build_app(args: dict[str, Any]) -> serve.Application:
     ingress_kwargs: dict[str, Any] = {
         "user_state": resolve_user_state(cfg.user_state).model_dump(), "api_key_env": cfg.api_key_env,
         "cart_same_category_penalty": cfg.cart_same_category_penalty,
-        "promotion_pool_size": cfg.promotion_pool_size, "seed_user_state": cfg.seed_user_state}
+        "promotion_pool_size": cfg.promotion_pool_size, "seed_user_state": cfg.seed_user_state,
+        "max_in_flight": cfg.max_in_flight}
     if cfg.colocate_stages:
         handles: list[Any] = [None, None, None]
         ingress_kwargs["colocated"] = {name: spec.model_dump() for name, spec in stages.items()}

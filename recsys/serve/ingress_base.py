@@ -16,6 +16,7 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from recsys.schema import RecsResponse, ScoredItem
+from recsys.serve.admission import install_admission_control
 from recsys.serve.api_key import API_KEY_HEADER, ApiKeyGuard
 from recsys.serve.catalog import CATALOG_FILE, POPULARITY_FILE, SEQUENCES_DIR, CatalogLookup, load_popularity
 from recsys.serve.colocated import STAGES, StageSpec, construct_stage, reconfigure_stages
@@ -46,7 +47,10 @@ def construct_colocated_stages(specs: dict[str, dict[str, Any]]) -> tuple[Any, A
 app = FastAPI(title="recsys", description="Search, recommendations and storefront endpoints from "
                                           "transformer encoders. Errors name the field and value.")
 install_error_handlers(app)
-install_request_metrics(app)   # after: the outermost middleware, so it counts the 500s as well
+# At import: the replica re-imports this module, so only what happens here reaches it; the limit
+# is set per replica in IngressBase.__init__ (ServeArgs.max_in_flight).
+ADMISSION = install_admission_control(app)
+install_request_metrics(app)   # after: the outermost middleware, so it counts the 500s and the shed 503s
 
 # Promoted items scored per /v1/promotions request (the most popular of them): see promotion_pool.
 DEFAULT_PROMOTION_POOL = 500
@@ -60,9 +64,11 @@ class IngressBase:
                  retrieval_k: int = 100, user_state: dict[str, Any] | None = None, api_key_env: str | None = None,
                  cart_same_category_penalty: float = DEFAULT_SAME_CATEGORY_PENALTY,
                  promotion_pool_size: int = DEFAULT_PROMOTION_POOL, seed_user_state: bool = True,
-                 colocated: dict[str, dict[str, Any]] | None = None):
+                 colocated: dict[str, dict[str, Any]] | None = None, max_in_flight: int | None = None):
         """Stage handles, or with `colocated` ({stage name: StageSpec dict}) none: the stages are then
-        constructed in this replica (see colocated.py)."""
+        constructed in this replica (see colocated.py). `max_in_flight`: requests this replica works on
+        at once before it answers 503 + Retry-After (admission.py); None = Serve's limits alone."""
+        ADMISSION.limit = max_in_flight
         self.colocated = colocated is not None
         if colocated is not None:
             self._retriever, self._ranker, self._reranker = construct_colocated_stages(colocated)

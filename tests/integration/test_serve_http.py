@@ -231,6 +231,9 @@ def serve_config(recsys_home: Path, reranker_rules: dict) -> dict:
     app["runtime_env"]["env_vars"].update(RECSYS_HOME=str(recsys_home), TOKENIZERS_PARALLELISM="false")
     app["args"]["retrieval_k"] = 40   # every indexed item is a candidate: pins of candidates are sure to apply
     stage_user_config(app, "Reranker").update(reranker_rules)
+    # Search would find the unindexed gift card as a fresh item; off, so pinning it exercises the
+    # catalog fetch of a pin that is no candidate (only_if_candidate: false).
+    stage_user_config(app, "Retriever")["sources"]["fresh"]["quota"] = 0
     return config
 
 
