@@ -331,7 +331,7 @@ def proto_app(art: dict, config: dict, app: str):
 
     def named(deployment, name: str, like: str):   # the options the config gives deployment `like`
         opts = deployment_options(config, like)
-        if like != name:
+        if like != name or name == "Ingress":   # the prototypes take the stages' configs through Stages
             opts.pop("user_config", None)
         return deployment.options(name=name, **opts)
 

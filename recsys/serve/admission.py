@@ -20,10 +20,8 @@ keep the limit >= the Retriever's max_batch_size, or encoder batches can never f
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-
-from fastapi import FastAPI, Request
-from starlette.responses import Response
+from fastapi import FastAPI
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from recsys.serve.http_errors import overloaded_response
 
@@ -60,20 +58,30 @@ class AdmissionGate:
         self.in_flight -= 1
 
 
+class AdmissionMiddleware:
+    """The gate as a plain ASGI middleware (Starlette's BaseHTTPMiddleware costs a task group and
+    streams per request: see http_errors.py)."""
+
+    def __init__(self, app: ASGIApp, gate: AdmissionGate):
+        self.app, self.gate = app, gate
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope.get("path") in UNGATED_PATHS:
+            await self.app(scope, receive, send)
+            return
+        if not self.gate.try_enter():
+            # Not logged one by one: under overload this runs tens of times a second; `shed` counts.
+            await overloaded_response(f"{self.gate.limit} requests in flight in this replica",
+                                      log=False)(scope, receive, send)
+            return
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.gate.leave()
+
+
 def install_admission_control(app: FastAPI, gate: AdmissionGate | None = None) -> AdmissionGate:
     """Add the gate to `app` as its outermost middleware so far (install it last); returns the gate."""
     gate = gate if gate is not None else AdmissionGate()
-
-    async def admit(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        if request.url.path in UNGATED_PATHS:
-            return await call_next(request)
-        if not gate.try_enter():
-            # Not logged one by one: under overload this runs tens of times a second; `shed` counts.
-            return overloaded_response(f"{gate.limit} requests in flight in this replica", log=False)
-        try:
-            return await call_next(request)
-        finally:
-            gate.leave()
-
-    app.middleware("http")(admit)
+    app.add_middleware(AdmissionMiddleware, gate=gate)
     return gate

@@ -25,6 +25,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
+from starlette.datastructures import Headers
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from recsys.schema import REQUEST_MODELS
 from recsys.serve.user_state import InvalidId
@@ -81,35 +83,69 @@ async def _on_validation_error(request: Request, exc: RequestValidationError) ->
     return client_error_response(describe_request_errors(list(exc.errors())))
 
 
-async def _on_unexpected_error(request: Request, call_next):  # type: ignore[no-untyped-def]
-    # A middleware, not exception_handler(Exception): Starlette re-raises after such a handler
-    # runs, and the re-raised error would reach Serve's own error path.
-    try:
-        response = await call_next(request)
-    except (BackPressureError, DeploymentUnavailableError) as exc:   # overload is not a bug: 503
+def error_response(scope: Scope, exc: Exception) -> JSONResponse:
+    """The answer to an exception that escaped an endpoint: 503 for overload, 422 for a bad id or a
+    request model built in endpoint code, else a 500 without the stack trace (which is logged)."""
+    if isinstance(exc, (BackPressureError, DeploymentUnavailableError)):   # overload is not a bug: 503
         return overloaded_response(str(exc), getattr(exc, "retry_after_s", None))
-    except InvalidId as exc:
+    if isinstance(exc, InvalidId):
         return client_error_response([{"field": exc.field, "message": str(exc), "value": exc.value}])
-    except ValidationError as exc:
-        if exc.title not in _REQUEST_MODEL_NAMES:   # a response or stage model: our bug
-            return _internal_error(request, exc)
+    if isinstance(exc, ValidationError) and exc.title in _REQUEST_MODEL_NAMES:
         return client_error_response(describe_request_errors([dict(e) for e in exc.errors()]))
-    except Exception as exc:  # the boundary where every bug becomes a 500
-        return _internal_error(request, exc)
-    # Serve registers its own FastAPI handlers for BackPressureError / DeploymentUnavailableError on
-    # the replica (ray/serve/_private/replica.py), so a shed call to a downstream stage usually
-    # arrives here as their plain-text 503, without Retry-After unless that stage configured one.
-    # Our own 503s are JSON; any other 503 is such a shed request and is rewritten.
-    if response.status_code == 503 and "json" not in response.headers.get("content-type", ""):
-        body = b"".join([chunk async for chunk in response.body_iterator])  # type: ignore[attr-defined]
-        hint = response.headers.get("retry-after")
-        return overloaded_response(body.decode(errors="replace").strip(), float(hint) if hint else None)
-    return response
-
-
-def _internal_error(request: Request, exc: Exception) -> JSONResponse:
-    logger.exception("unhandled error on %s %s", request.method, request.url.path)
+    # A response or stage model's ValidationError is our bug, like any other exception.
+    logger.error("unhandled error on %s %s", scope.get("method"), scope.get("path"), exc_info=exc)
     return JSONResponse(status_code=500, content={"detail": f"internal error: {type(exc).__name__}"})
+
+
+class ErrorBoundaryMiddleware:
+    """Every exception an endpoint raises becomes an answer (error_response), and a plain-text 503
+    becomes the JSON one with Retry-After.
+
+    A plain ASGI middleware, not exception_handler(Exception): Starlette re-raises after such a
+    handler runs, and the re-raised error would reach Serve's own error path. Not Starlette's
+    BaseHTTPMiddleware either: with three of those the Ingress served 0.41x the in-process
+    throughput on 2 cores, without them 0.52x (bench/serve_bench.py --quick).
+    """
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+        held: Headers | None = None   # the headers of a plain-text 503 being rewritten
+        body: list[bytes] = []
+
+        async def checked_send(message: Message) -> None:
+            nonlocal started, held
+            if message["type"] == "http.response.start":
+                started = True
+                headers = Headers(raw=message.get("headers", []))
+                # Serve registers its own FastAPI handlers for BackPressureError /
+                # DeploymentUnavailableError on the replica, so a shed call to a downstream stage
+                # usually arrives as their plain-text 503, without Retry-After unless that stage
+                # configured one. Our own 503s are JSON; any other 503 is such a shed request.
+                if message["status"] == 503 and "json" not in headers.get("content-type", ""):
+                    held = headers
+                    return
+            elif held is not None and message["type"] == "http.response.body":
+                body.append(message.get("body", b""))
+                if not message.get("more_body", False):
+                    hint = held.get("retry-after")
+                    rewritten = overloaded_response(b"".join(body).decode(errors="replace").strip(),
+                                                    float(hint) if hint else None)
+                    await rewritten(scope, receive, send)
+                return
+            await send(message)
+
+        try:
+            await self.app(scope, receive, checked_send)
+        except Exception as exc:  # the boundary where every bug becomes a 500
+            if started:
+                raise   # part of a response is on its way: nothing else can be said now
+            await error_response(scope, exc)(scope, receive, send)
 
 
 def overloaded_response(reason: str, retry_after_hint: float | None = None, log: bool = True) -> JSONResponse:
@@ -126,4 +162,4 @@ def overloaded_response(reason: str, retry_after_hint: float | None = None, log:
 def install_error_handlers(app: FastAPI) -> None:
     """422 bodies naming field and value; a 500 without a stack trace for anything unhandled."""
     app.add_exception_handler(RequestValidationError, _on_validation_error)  # type: ignore[arg-type]
-    app.middleware("http")(_on_unexpected_error)
+    app.add_middleware(ErrorBoundaryMiddleware)

@@ -7,12 +7,12 @@ rejected per event type. Ray exports them on each node's metrics port with the p
 e.g. ray_recsys_http_requests_total{endpoint="/v1/recommend",method="POST",status="200"}.
 """
 
-# No `from __future__ import annotations`: FastAPI inspects the middleware's signature.
 import functools
 import logging
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 logger = logging.getLogger("ray.serve")
 
@@ -46,18 +46,33 @@ def count_feedback(by_event_type: dict[str, int], rejected: int) -> None:
         _inc("feedback", rejected, {"event_type": "any", "outcome": "rejected"})
 
 
-async def _count_request(request: Request, call_next):  # type: ignore[no-untyped-def]
-    status = 500
-    try:
-        response = await call_next(request)
-        status = response.status_code
-        return response
-    finally:
-        # The router leaves the matched route in the scope; unmatched paths share one series.
-        endpoint = getattr(request.scope.get("route"), "path", "unmatched")
-        _inc("requests", 1, {"endpoint": endpoint, "method": request.method, "status": str(status)})
+class RequestMetricsMiddleware:
+    """Counts every request by endpoint, method and status; a plain ASGI middleware (Starlette's
+    BaseHTTPMiddleware costs a task group and streams per request: see http_errors.py)."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status = 500
+
+        async def send_with_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_status)
+        finally:
+            # The router leaves the matched route in the scope; unmatched paths share one series.
+            endpoint = getattr(scope.get("route"), "path", "unmatched")
+            _inc("requests", 1, {"endpoint": endpoint, "method": scope.get("method", ""), "status": str(status)})
 
 
 def install_request_metrics(app: FastAPI) -> None:
     """Count every request by endpoint, method and status (installed outermost: sees the 500s too)."""
-    app.middleware("http")(_count_request)
+    app.add_middleware(RequestMetricsMiddleware)

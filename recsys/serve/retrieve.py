@@ -60,7 +60,10 @@ class Retriever:
         batcher.set_batch_wait_timeout_s(self.cfg.batch_wait_timeout_s)
         logger.info("Retriever config: %s", self.cfg.model_dump())
 
-    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
+    # Two batches in flight: a CPU forward runs on one torch thread (OMP_NUM_THREADS=1), so one batch
+    # at a time left the second core idle under load (bench/serve_bench.py: 0.40x the in-process
+    # throughput); on a GPU the second batch tokenizes while the first runs.
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005, max_concurrent_batches=2)
     async def _embed_batch(self, texts: list[str]) -> list[np.ndarray]:
         """Texts of concurrent calls -> one vector [D] each, in one forward pass."""
         self.batch_sizes.append(len(texts))
