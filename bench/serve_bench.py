@@ -1,7 +1,10 @@
 """Serving: POST /v1/recommend over real HTTP through the Ray Serve app vs the same stage code in one process.
 
-FINDINGS
-    TODO
+FINDINGS (2026-11-28, 2 cores; README "Measured results" has the table): the app as local.yaml ships it (stages
+colocated in the Ingress) 1.40x the in-process p50 at concurrency 1 and 0.69x its saturation throughput; the staged
+four-deployment app was 1.9x / 0.39x (~4-12 ms and the candidates' serialisation per hop); Starlette's
+BaseHTTPMiddleware cost ~25% of throughput; a prototype with direct ingress (RAY_SERVE_THROUGHPUT_OPTIMIZED=1)
+reached 1.16x / 0.97x, so Serve's proxy is most of what is left.
 
 Method. Fresh artifacts in a private temporary RECSYS_HOME: a synthetic shop through `run_preprocess`, a Faiss index
 of the base MiniLM (`model: default`) through `run_build_index`. Requests: {"history": the last --history-len item
