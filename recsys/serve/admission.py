@@ -23,7 +23,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from recsys.serve.http_errors import overloaded_response
+from recsys.serve.http_errors import HttpOnlyMiddleware, overloaded_response
 
 # Never shed: probes must tell "overloaded" from "down", and the docs cost nothing.
 UNGATED_PATHS = frozenset({"/healthz", "/readyz", "/docs", "/openapi.json"})
@@ -58,15 +58,15 @@ class AdmissionGate:
         self.in_flight -= 1
 
 
-class AdmissionMiddleware:
-    """The gate as a plain ASGI middleware (Starlette's BaseHTTPMiddleware costs a task group and
-    streams per request: see http_errors.py)."""
+class AdmissionMiddleware(HttpOnlyMiddleware):
+    """The gate as a middleware."""
 
     def __init__(self, app: ASGIApp, gate: AdmissionGate):
-        self.app, self.gate = app, gate
+        super().__init__(app)
+        self.gate = gate
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope.get("path") in UNGATED_PATHS:
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope.get("path") in UNGATED_PATHS:
             await self.app(scope, receive, send)
             return
         if not self.gate.try_enter():

@@ -97,15 +97,11 @@ def error_response(scope: Scope, exc: Exception) -> JSONResponse:
     return JSONResponse(status_code=500, content={"detail": f"internal error: {type(exc).__name__}"})
 
 
-class ErrorBoundaryMiddleware:
-    """Every exception an endpoint raises becomes an answer (error_response), and a plain-text 503
-    becomes the JSON one with Retry-After.
-
-    A plain ASGI middleware, not exception_handler(Exception): Starlette re-raises after such a
-    handler runs, and the re-raised error would reach Serve's own error path. Not Starlette's
-    BaseHTTPMiddleware either: with three of those the Ingress served 0.41x the in-process
-    throughput on 2 cores, without them 0.52x (bench/serve_bench.py --quick).
-    """
+class HttpOnlyMiddleware:
+    """A plain ASGI middleware that passes non-HTTP traffic (lifespan) through untouched and hands
+    HTTP requests to `handle`. Plain ASGI, not Starlette's BaseHTTPMiddleware: with three of those
+    the Ingress served 0.41x the in-process throughput on 2 cores, without them 0.52x
+    (bench/serve_bench.py --quick): each costs a task group and streams per request."""
 
     def __init__(self, app: ASGIApp):
         self.app = app
@@ -114,6 +110,21 @@ class ErrorBoundaryMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        await self.handle(scope, receive, send)
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        raise NotImplementedError
+
+
+class ErrorBoundaryMiddleware(HttpOnlyMiddleware):
+    """Every exception an endpoint raises becomes an answer (error_response), and a plain-text 503
+    becomes the JSON one with Retry-After.
+
+    A middleware, not exception_handler(Exception): Starlette re-raises after such a handler runs,
+    and the re-raised error would reach Serve's own error path.
+    """
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = False
         held: Headers | None = None   # the headers of a plain-text 503 being rewritten
         body: list[bytes] = []

@@ -12,7 +12,9 @@ import logging
 from typing import Any
 
 from fastapi import FastAPI
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
+
+from recsys.serve.http_errors import HttpOnlyMiddleware
 
 logger = logging.getLogger("ray.serve")
 
@@ -46,17 +48,10 @@ def count_feedback(by_event_type: dict[str, int], rejected: int) -> None:
         _inc("feedback", rejected, {"event_type": "any", "outcome": "rejected"})
 
 
-class RequestMetricsMiddleware:
-    """Counts every request by endpoint, method and status; a plain ASGI middleware (Starlette's
-    BaseHTTPMiddleware costs a task group and streams per request: see http_errors.py)."""
+class RequestMetricsMiddleware(HttpOnlyMiddleware):
+    """Counts every request by endpoint, method and status."""
 
-    def __init__(self, app: ASGIApp):
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         status = 500
 
         async def send_with_status(message: Message) -> None:

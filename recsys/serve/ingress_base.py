@@ -74,6 +74,7 @@ class IngressBase:
             self._retriever, self._ranker, self._reranker = construct_colocated_stages(colocated)
         else:
             self._retriever, self._ranker, self._reranker = retriever, ranker, reranker
+        self._stages = {"Retriever": self._retriever, "Ranker": self._ranker, "Reranker": self._reranker}
         data = Path(data_dir)
         self.catalog = CatalogLookup.from_parquet(data / CATALOG_FILE)
         popular, self.popularity = load_popularity(data / POPULARITY_FILE)
@@ -102,14 +103,14 @@ class IngressBase:
 
         reranker = self._reranker.obj
         reconfigure_stages(
-            {"Retriever": self._retriever, "Ranker": self._ranker, "Reranker": self._reranker}, user_config,
+            self._stages, user_config,
             colocated=True, validators={
                 "Retriever": parse_retriever_config, "Ranker": parse_ranker_config,
                 "Reranker": lambda cfg: check_rules_fit_catalog(parse_rules_config(cfg), reranker.catalog)})
 
     async def call_stage(self, stage: str, method: str, *args: Any) -> Any:
         """One stage method's answer, in either topology (operators' and tests' view of a stage)."""
-        handle = {"Retriever": self._retriever, "Ranker": self._ranker, "Reranker": self._reranker}.get(stage)
+        handle = self._stages.get(stage)
         if handle is None:
             raise ValueError(f"stage={stage!r}: want one of {list(STAGES)}")
         return await getattr(handle, method).remote(*args)
