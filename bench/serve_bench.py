@@ -4,7 +4,10 @@ FINDINGS (2026-11-28, 2 cores; README "Measured results" has the table): the app
 colocated in the Ingress) 1.40x the in-process p50 at concurrency 1 and 0.69x its saturation throughput; the staged
 four-deployment app was 1.9x / 0.39x (~4-12 ms and the candidates' serialisation per hop); Starlette's
 BaseHTTPMiddleware cost ~25% of throughput; a prototype with direct ingress (RAY_SERVE_THROUGHPUT_OPTIMIZED=1)
-reached 1.16x / 0.97x, so Serve's proxy is most of what is left.
+reached 1.16x / 0.97x, so Serve's proxy is most of what is left. 2026-11-29: the proxy ~15 ms CPU per request
+(py-spy); Serve's logging/gRPC/router/GC switches no better; two Ingress replicas at num_cpus 0.5 (variant
+staged+Ingress.autoscaling_config.min_replicas=2+Ingress.autoscaling_config.max_replicas=2+
+Ingress.ray_actor_options.num_cpus=0.5) 0.71x vs 0.60x for one replica in the same run.
 
 Method. Fresh artifacts in a private temporary RECSYS_HOME: a synthetic shop through `run_preprocess`, a Faiss index
 of the base MiniLM (`model: default`) through `run_build_index`. Requests: {"history": the last --history-len item
