@@ -7,7 +7,10 @@ BaseHTTPMiddleware cost ~25% of throughput; a prototype with direct ingress (RAY
 reached 1.16x / 0.97x, so Serve's proxy is most of what is left. 2026-11-29: the proxy ~15 ms CPU per request
 (py-spy); Serve's logging/gRPC/router/GC switches no better; two Ingress replicas at num_cpus 0.5 (variant
 staged+Ingress.autoscaling_config.min_replicas=2+Ingress.autoscaling_config.max_replicas=2+
-Ingress.ray_actor_options.num_cpus=0.5) 0.71x vs 0.60x for one replica in the same run.
+Ingress.ray_actor_options.num_cpus=0.5) 0.71x vs 0.60x for one replica in the same run. 2026-12-01: Serve's
+HAProxy mode (`haproxy`: HAProxy in C instead of the Python proxy, forwarding to the Ingress replica's own port;
+what the README's `ray start` and jobs/demo.py now run) 1.16x / 0.75x vs 1.50x / 0.57x for the Python proxy in
+the same run.
 
 Method. Fresh artifacts in a private temporary RECSYS_HOME: a synthetic shop through `run_preprocess`, a Faiss index
 of the base MiniLM (`model: default`) through `run_build_index`. Requests: {"history": the last --history-len item
@@ -23,7 +26,8 @@ torch on 1 thread as in a replica (OMP_NUM_THREADS=1). Latency: p50/p99 of --req
 caller with torch on 2 threads (reference: the forward releases the GIL, so threads share both cores). Each path
 runs alone in its own process (each Serve path on its own Ray); the answers' item ids are checked against the
 reference's, and the CPU other processes used meanwhile is printed. The last two lines are the latency ratio and
-the throughput ratio of the first --variants entry (default `staged`: the app as configured).
+the throughput ratio of the first --variants entry (default `staged+haproxy`: the app as configured, on a
+cluster started as the README starts one; then `staged`, the same app behind Serve's Python proxy).
 --breakdown: each stage's compute in the reference process; in the Serve process each deployment awaited through a
 DeploymentHandle from the driver, GET /healthz (HTTP + FastAPI + one empty hop) and, under direct ingress, the
 request through the proxy. Hop overhead = handle time - compute time.
@@ -31,6 +35,8 @@ request through the proxy. Hop overhead = handle time - compute time.
 deployment: post (Ingress -> Retriever -> Post = rank + rules: 2 hops), fused (rank + rules in the Ingress: 1 hop),
 single (everything in the Ingress: 0 hops). FLAG: opt = RAY_SERVE_THROUGHPUT_OPTIMIZED=1 (direct ingress, gRPC
 between replicas, user code and router on each replica's main loop, buffered request logs), nolog (no access log),
+haproxy = Serve's high-throughput mode as the product's clusters run it (recsys.runtime.SERVE_HIGH_THROUGHPUT_ENV:
+the `opt` flags plus HAProxy on the proxy's port; the client calls HAProxy, as a storefront would),
 NAME=VALUE (that environment variable), Deployment.key...=VALUE (a config override, e.g.
 Retriever.user_config.batch_wait_timeout_s=0 or Ingress.max_ongoing_requests=8).
 
@@ -56,9 +62,11 @@ from pathlib import Path
 
 from common import CHILD_ENV, cpu_by_process, say
 
+from recsys.runtime import SERVE_HIGH_THROUGHPUT_ENV
+
 K = 10
 APPS = ("staged", "post", "fused", "single")
-FLAGS = {"opt": {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}, "nolog": {}}
+FLAGS = {"opt": {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}, "nolog": {}, "haproxy": SERVE_HIGH_THROUGHPUT_ENV}
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "serve_configs" / "local.yaml"
 
 
@@ -390,7 +398,8 @@ def run_serve(args, art: dict, requests: list[list[str]]) -> dict:
         deploy_config({"applications": config["applications"]})   # http_options: serve.start's above
     else:
         serve.run(proto_app(art, config, app_name), name="recsys", route_prefix="/", logging_config=logging_config)
-    port = direct_ingress_port() or proxy_port
+    # Under HAProxy the client calls HAProxy on the proxy's port, as a storefront would; it forwards to the replica.
+    port = proxy_port if "haproxy" in flags else direct_ingress_port() or proxy_port
     out = {"startup_s": time.perf_counter() - t0, "via": "direct ingress" if port != proxy_port else "proxy",
            # the shipped app with colocated stages has the hops of the `single` prototype: none
            "topology": "single" if app_name == "staged" and colocated(config) else app_name}
@@ -719,8 +728,8 @@ def main() -> None:
     add("--concurrency", default="2,4,8,16", help="HTTP client threads, one saturation level each")
     add("--ref-threads", default="1,2,3,4", help="reference caller threads, one saturation level each")
     add("--sat-requests", type=int, default=300, help="timed requests per saturation level")
-    add("--variants", default="staged", help="Serve paths, comma-separated (see above); the first one's ratios "
-        "are printed last")
+    add("--variants", default="staged+haproxy,staged",
+        help="Serve paths, comma-separated (see above); the first one's ratios are printed last")
     add("--serve-config", default=str(DEFAULT_CONFIG), help="Serve config file whose first app is measured")
     add("--breakdown", action="store_true", help="per-stage and per-hop times at concurrency 1")
     add("--breakdown-requests", type=int, default=100)

@@ -22,6 +22,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from recsys.runtime import serve_cluster_env
+
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 DASHBOARD = "http://127.0.0.1:8265"
@@ -108,9 +110,10 @@ def main() -> int:
     home = Path(env.setdefault("RECSYS_HOME", str(Path.home() / ".recsys"))).expanduser()
     env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
     started = time.perf_counter()
-    say(f"artifacts go to {home}/artifacts; starting a local Ray cluster")
+    say(f"artifacts go to {home}/artifacts; starting a local Ray cluster, Serve in HAProxy mode")
+    # Serve's mode is the cluster's: the controller, HAProxy and replicas inherit it from `ray start`.
     if run([str(BIN / "ray"), "start", "--head", "--num-cpus=2", "--dashboard-host=127.0.0.1",
-            "--disable-usage-stats"], env, check=False).returncode != 0:
+            "--disable-usage-stats"], {**env, **serve_cluster_env(env)}, check=False).returncode != 0:
         print("could not start Ray: is a cluster already running? Stop it with `ray stop`.", file=sys.stderr)
         return 1
     try:

@@ -44,11 +44,32 @@ def ray_cluster():
     """A real local Ray cluster (2 CPUs), shared by every test that needs Ray."""
     import ray
 
+    from recsys.runtime import serve_cluster_env
+
     if not ray.is_initialized():
-        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=True,
-                 runtime_env={"env_vars": {k: os.environ[k] for k in
-                                           ("HF_HUB_OFFLINE", "RAY_AUTH_MODE", "OMP_NUM_THREADS",
-                                            "TOKENIZERS_PARALLELISM")}})
+        # The cluster runs Serve the way the README's `ray start` does (HAProxy + throughput-optimized
+        # mode): the raylet, and so every worker, inherits the variables from this process's environment
+        # at start-up. They are taken out again before this process imports Serve: the test process is a
+        # client, and in that mode a client's handles refuse blocking `.result()` calls.
+        # A stopping ingress replica drains for 30 s by default so that an external load balancer in front
+        # of the nodes can deregister it; nothing stands in front of the test cluster's HAProxy (which
+        # stops routing to it at once), and serve.shutdown() gives up at 30 s and leaves a dying controller
+        # behind for the next test's serve.start() to find.
+        mode = {**serve_cluster_env(), "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": os.environ.get(
+            "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "2")}
+        saved = {k: os.environ.get(k) for k in mode}
+        os.environ.update(mode)
+        try:
+            ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=True,
+                     runtime_env={"env_vars": {k: os.environ[k] for k in
+                                               ("HF_HUB_OFFLINE", "RAY_AUTH_MODE", "OMP_NUM_THREADS",
+                                                "TOKENIZERS_PARALLELISM")}})
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
     yield ray
     from ray import serve
 
