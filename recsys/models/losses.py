@@ -24,7 +24,8 @@ def log_sampling_probability(item_ids: Iterable[str]) -> dict[str, float]:
 
 def in_batch_softmax_loss(query: torch.Tensor, item: torch.Tensor, item_keys: torch.Tensor,
                           temperature: float = 0.05, log_q: torch.Tensor | None = None,
-                          first_positive: int = 0, anchor_keys: torch.Tensor | None = None) -> torch.Tensor:
+                          first_positive: int = 0, anchor_keys: torch.Tensor | None = None,
+                          symmetric: bool = False) -> torch.Tensor:
     """InfoNCE over the batch: query[i] should pick item[first_positive + i] among all candidate items.
 
     query: [B, H]; item: [C, H] candidates, C >= B (the batch's positives, and optionally hard negatives
@@ -35,6 +36,9 @@ def in_batch_softmax_loss(query: torch.Tensor, item: torch.Tensor, item_keys: to
     candidates that were not sampled as positives). Popular items are over-represented among in-batch
     negatives, which pushes them down; subtracting log q from every logit of that item's column corrects
     the sampled softmax towards the full one (Yi et al., "Sampling-bias-corrected neural modeling", RecSys 2019).
+    symmetric: also the item -> query direction (CLIP; sentence-transformers' MultipleNegativesSymmetricRankingLoss):
+    positive i should pick query i among the batch's queries, and the loss is the mean of the two directions.
+    A query whose positive is the same item, or whose text is the same anchor, is a true match there and masked.
     """
     n_queries = query.shape[0]
     if item.shape[0] < first_positive + n_queries or item_keys.shape[0] != item.shape[0]:
@@ -48,5 +52,18 @@ def in_batch_softmax_loss(query: torch.Tensor, item: torch.Tensor, item_keys: to
     if anchor_keys is not None:
         same_item = same_item | (anchor_keys.unsqueeze(0) == anchor_keys[targets].unsqueeze(1))
     not_own = torch.arange(item.shape[0], device=logits.device).unsqueeze(0) != targets.unsqueeze(1)
-    logits = logits.masked_fill(same_item & not_own, torch.finfo(logits.dtype).min)
-    return F.cross_entropy(logits, targets)
+    masked = logits.masked_fill(same_item & not_own, torch.finfo(logits.dtype).min)
+    loss = F.cross_entropy(masked, targets)
+    if not symmetric:
+        return loss
+    # Row i: positive candidate first_positive + i against every query. log q is constant along a row here, so
+    # the correction cancels in this direction's softmax.
+    by_item = logits[:, first_positive:first_positive + n_queries].T                  # [B items, B queries]
+    own = torch.arange(n_queries, device=logits.device)
+    pos_keys = item_keys[first_positive:first_positive + n_queries]
+    twin = pos_keys.unsqueeze(1) == pos_keys.unsqueeze(0)
+    if anchor_keys is not None:
+        anchors = anchor_keys[first_positive:first_positive + n_queries]
+        twin = twin | (anchors.unsqueeze(1) == anchors.unsqueeze(0))
+    by_item = by_item.masked_fill(twin & (own.unsqueeze(1) != own.unsqueeze(0)), torch.finfo(logits.dtype).min)
+    return (loss + F.cross_entropy(by_item, own)) / 2

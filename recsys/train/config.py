@@ -68,6 +68,9 @@ class TrainConfig(JobConfig):
     lr_schedule: Literal["linear", "cosine", "constant"] = Field(
         "linear", description="after warm-up: linear decay to 0, cosine decay, or constant lr")
     temperature: float = Field(0.05, gt=0, description="softmax temperature of the contrastive loss")
+    symmetric_loss: bool = Field(False, description="also train item -> query (each positive picks its own query "
+                                                    "among the batch's; mean of both directions), as CLIP and "
+                                                    "sentence-transformers' symmetric ranking loss do")
     logq_correction: bool = Field(False, description="subtract log(item's share of the training pairs) from its "
                                                      "in-batch logits: popular items stop being over-penalised "
                                                      "as negatives (sampled-softmax correction)")

@@ -151,7 +151,8 @@ def train_step(engine, tokenizer, batch: dict, cfg: TrainConfig, rank: int = 0, 
         item, keys = gather_candidates(item, rank, world), gather_candidates(keys, rank, world)
         anchors = gather_candidates(anchors, rank, world)
         log_q = gather_candidates(log_q, rank, world) if log_q is not None else None
-    loss = in_batch_softmax_loss(query.float(), item, keys, cfg.temperature, log_q, first, anchors)
+    loss = in_batch_softmax_loss(query.float(), item, keys, cfg.temperature, log_q, first, anchors,
+                                 symmetric=cfg.symmetric_loss)
     engine.backward(loss)
     engine.step()
     return float(loss.detach())

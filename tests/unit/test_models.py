@@ -79,6 +79,26 @@ def test_duplicate_positive_pair_has_finite_loss_and_gradients() -> None:
     assert torch.isfinite(q.grad).all() and torch.isfinite(i.grad).all()
 
 
+def test_symmetric_loss_adds_the_item_to_query_direction_with_twins_masked() -> None:
+    gen = torch.Generator().manual_seed(2)
+    q = F.normalize(torch.randn(4, 16, generator=gen), dim=-1)
+    cands = F.normalize(torch.randn(6, 16, generator=gen), dim=-1)   # 4 positives, then 2 hard negatives
+    keys = torch.tensor([10, 11, 12, 11, 20, 21])        # positives 1 and 3: the same item
+    anchors = torch.tensor([0, 1, 2, 3, -1, -1])
+    t = 0.1
+    one_way = in_batch_softmax_loss(q, cands, keys, t, anchor_keys=anchors)
+    both = in_batch_softmax_loss(q, cands, keys, t, anchor_keys=anchors, symmetric=True)
+    # item -> query by hand: row i = positive i against the 4 queries; query 3 is a true match for item 1 (and
+    # query 1 for item 3), so each leaves the other's row; hard negatives take no part in this direction.
+    terms = []
+    for i in range(4):
+        logits = (cands[i] @ q.T) / t
+        allowed = [j for j in range(4) if j == i or keys[j] != keys[i]]
+        terms.append(-(logits[i] - torch.logsumexp(logits[allowed], 0)))
+    assert both.item() == pytest.approx(((one_way + torch.stack(terms).mean()) / 2).item(), rel=1e-5)
+    assert abs(both.item() - one_way.item()) > 1e-3
+
+
 def test_gradient_flows_to_both_towers() -> None:
     gen = torch.Generator().manual_seed(1)
     q = F.normalize(torch.randn(6, 8, generator=gen), dim=-1).requires_grad_(True)
