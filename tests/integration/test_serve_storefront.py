@@ -228,6 +228,14 @@ def test_request_counters_reach_the_metrics_port(storefront) -> None:
         assert time.monotonic() < deadline, "no ray_recsys_http_requests series for the similar-items 404s"
         time.sleep(1)
     assert any(line.startswith("ray_recsys_feedback_events") for line in text.splitlines())
+    # Serve's own series, in HAProxy mode too (HAProxy's per-request log feeds the proxy's HTTP families)
+    deadline = time.monotonic() + 30
+    while not all(f"\n{name}" in text for name in ("ray_serve_num_http_requests_total",
+                                                     "ray_serve_deployment_processing_latency_ms_bucket")):
+        assert time.monotonic() < deadline, sorted({line.split("{")[0] for line in text.splitlines()
+                                                    if line.startswith("ray_serve_")})
+        time.sleep(1)
+        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
 
 
 def test_redis_backend_feedback_and_readiness(storefront, redis_server: str) -> None:
