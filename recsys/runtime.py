@@ -80,3 +80,24 @@ def run_job(job: str, config_cls, run, description: str, argv: list[str] | None 
         sys.exit(2)
     print(json.dumps({"job": job, **result}, indent=2, default=str), flush=True)
     return result
+
+
+def pin_threads_to_cores(local_rank: int, local_world_size: int) -> set[int] | None:
+    """Pin every thread of this process (and so the threads it starts later) to its own block of the cores it
+    may run on: local rank r of n gets the r-th of n equal blocks. None (nothing pinned) when there are fewer
+    cores than local workers.
+
+    Why: CPU training workers that the scheduler moves between cores lose their caches and collide with each
+    other's one compute thread; pinned, 2 workers x 1 thread on 2 cores spent 11% less CPU for the same steps
+    (bench/train_bench.py: 159 vs 179 worker core-seconds, 8.5 vs 7.4 samples/s in paired runs)."""
+    allowed = sorted(os.sched_getaffinity(0))
+    per = len(allowed) // max(1, local_world_size)
+    if per < 1 or local_rank >= local_world_size:
+        return None
+    cores = set(allowed[local_rank * per:(local_rank + 1) * per])
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            os.sched_setaffinity(int(tid), cores)
+        except OSError:   # a thread that ended meanwhile
+            pass
+    return cores

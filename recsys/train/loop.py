@@ -28,6 +28,7 @@ from recsys.models.encoder import (
 from recsys.models.lora import apply_lora, merge_lora
 from recsys.models.losses import in_batch_softmax_loss
 from recsys.models.towers import TwoTowerModel, tokenize_pairs
+from recsys.runtime import pin_threads_to_cores
 from recsys.train.checkpoints import TrainState, load_best_weights, report_checkpoint, report_final, restore_checkpoint
 from recsys.train.config import TrainConfig
 from recsys.train.curves import MetricsWriter
@@ -170,6 +171,9 @@ def train_loop_per_worker(config: dict) -> None:
     torch.manual_seed(cfg.seed)
     if not cfg.use_gpu:
         torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
+        if cfg.pin_cpu_cores:
+            cores = pin_threads_to_cores(ctx.get_local_rank(), ctx.get_local_world_size())
+            logger.info(f"[train] rank {rank}: threads pinned to cores {sorted(cores) if cores else 'none (too few)'}")
     # Reuses the process group Ray Train already set up (gloo on CPU, NCCL on GPU).
     deepspeed.init_distributed(dist_backend="nccl" if cfg.use_gpu else "gloo")
     limit_cpu_heap_growth(cfg.zero_stage, cfg.use_gpu)
