@@ -57,19 +57,13 @@ def ray_cluster():
         # behind for the next test's serve.start() to find.
         mode = {**serve_cluster_env(), "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": os.environ.get(
             "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "2")}
-        saved = {k: os.environ.get(k) for k in mode}
-        os.environ.update(mode)
-        try:
+        with pytest.MonkeyPatch.context() as patch:   # restores this process's environment afterwards
+            for key, value in mode.items():
+                patch.setenv(key, value)
             ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=True,
                      runtime_env={"env_vars": {k: os.environ[k] for k in
                                                ("HF_HUB_OFFLINE", "RAY_AUTH_MODE", "OMP_NUM_THREADS",
                                                 "TOKENIZERS_PARALLELISM")}})
-        finally:
-            for k, v in saved.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
     yield ray
     from ray import serve
 

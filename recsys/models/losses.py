@@ -52,18 +52,13 @@ def in_batch_softmax_loss(query: torch.Tensor, item: torch.Tensor, item_keys: to
     if anchor_keys is not None:
         same_item = same_item | (anchor_keys.unsqueeze(0) == anchor_keys[targets].unsqueeze(1))
     not_own = torch.arange(item.shape[0], device=logits.device).unsqueeze(0) != targets.unsqueeze(1)
-    masked = logits.masked_fill(same_item & not_own, torch.finfo(logits.dtype).min)
-    loss = F.cross_entropy(masked, targets)
+    drop = same_item & not_own
+    loss = F.cross_entropy(logits.masked_fill(drop, torch.finfo(logits.dtype).min), targets)
     if not symmetric:
         return loss
-    # Row i: positive candidate first_positive + i against every query. log q is constant along a row here, so
-    # the correction cancels in this direction's softmax.
-    by_item = logits[:, first_positive:first_positive + n_queries].T                  # [B items, B queries]
+    # Row i: positive candidate first_positive + i against every query. Its twins are the same mask read the
+    # other way round, and log q is constant along a row here, so the correction cancels in this softmax.
+    cols = slice(first_positive, first_positive + n_queries)
+    by_item = logits[:, cols].T.masked_fill(drop[:, cols].T, torch.finfo(logits.dtype).min)   # [B items, B queries]
     own = torch.arange(n_queries, device=logits.device)
-    pos_keys = item_keys[first_positive:first_positive + n_queries]
-    twin = pos_keys.unsqueeze(1) == pos_keys.unsqueeze(0)
-    if anchor_keys is not None:
-        anchors = anchor_keys[first_positive:first_positive + n_queries]
-        twin = twin | (anchors.unsqueeze(1) == anchors.unsqueeze(0))
-    by_item = by_item.masked_fill(twin & (own.unsqueeze(1) != own.unsqueeze(0)), torch.finfo(logits.dtype).min)
     return (loss + F.cross_entropy(by_item, own)) / 2
