@@ -6,6 +6,8 @@ import math
 from collections import Counter
 from collections.abc import Iterable
 
+import numpy as np
+import pandas as pd
 import torch
 import torch.nn.functional as F
 
@@ -22,10 +24,25 @@ def log_sampling_probability(item_ids: Iterable[str]) -> dict[str, float]:
     return {item: math.log(n / total) for item, n in counts.items()}
 
 
+def judged_pair_weights(judgments: pd.DataFrame, floor: float) -> dict[tuple[str, str], float]:
+    """(query, item_id) -> max(relevance - floor, 0) / the largest such gain, for every judged pair.
+
+    Graded NDCG credits a loosely relevant product with part of an exact match's gain; weighting each
+    pair's softmax loss by that share trains towards the same trade-off (a softmax loss with
+    gain-weighted labels bounds NDCG: Bruch et al., "An analysis of the softmax cross entropy loss for
+    learning-to-rank with binary relevance", ICTIR 2019). A pair judged at or below the floor weighs 0."""
+    gain = np.clip(judgments["relevance"].to_numpy(float) - floor, 0.0, None)
+    if not (gain > 0).any():
+        raise ValueError(f"no judged pair has relevance above floor={floor}: every weight would be 0")
+    weights = gain / gain.max()
+    return {(str(q), str(i)): float(w) for q, i, w in
+            zip(judgments["query"].to_numpy(), judgments["item_id"].to_numpy(), weights)}
+
+
 def in_batch_softmax_loss(query: torch.Tensor, item: torch.Tensor, item_keys: torch.Tensor,
                           temperature: float = 0.05, log_q: torch.Tensor | None = None,
                           first_positive: int = 0, anchor_keys: torch.Tensor | None = None,
-                          symmetric: bool = False) -> torch.Tensor:
+                          symmetric: bool = False, weights: torch.Tensor | None = None) -> torch.Tensor:
     """InfoNCE over the batch: query[i] should pick item[first_positive + i] among all candidate items.
 
     query: [B, H]; item: [C, H] candidates, C >= B (the batch's positives, and optionally hard negatives
@@ -39,6 +56,7 @@ def in_batch_softmax_loss(query: torch.Tensor, item: torch.Tensor, item_keys: to
     symmetric: also the item -> query direction (CLIP; sentence-transformers' MultipleNegativesSymmetricRankingLoss):
     positive i should pick query i among the batch's queries, and the loss is the mean of the two directions.
     A query whose positive is the same item, or whose text is the same anchor, is a true match there and masked.
+    weights: [B] per pair (judged_pair_weights); the loss is then the weighted mean over the pairs.
     """
     n_queries = query.shape[0]
     if item.shape[0] < first_positive + n_queries or item_keys.shape[0] != item.shape[0]:
@@ -53,7 +71,8 @@ def in_batch_softmax_loss(query: torch.Tensor, item: torch.Tensor, item_keys: to
         same_item = same_item | (anchor_keys.unsqueeze(0) == anchor_keys[targets].unsqueeze(1))
     not_own = torch.arange(item.shape[0], device=logits.device).unsqueeze(0) != targets.unsqueeze(1)
     drop = same_item & not_own
-    loss = F.cross_entropy(logits.masked_fill(drop, torch.finfo(logits.dtype).min), targets)
+    loss = _mean(F.cross_entropy(logits.masked_fill(drop, torch.finfo(logits.dtype).min), targets,
+                                 reduction="none"), weights)
     if not symmetric:
         return loss
     # Row i: positive candidate first_positive + i against every query. Its twins are the same mask read the
@@ -61,4 +80,11 @@ def in_batch_softmax_loss(query: torch.Tensor, item: torch.Tensor, item_keys: to
     cols = slice(first_positive, first_positive + n_queries)
     by_item = logits[:, cols].T.masked_fill(drop[:, cols].T, torch.finfo(logits.dtype).min)   # [B items, B queries]
     own = torch.arange(n_queries, device=logits.device)
-    return (loss + F.cross_entropy(by_item, own)) / 2
+    return (loss + _mean(F.cross_entropy(by_item, own, reduction="none"), weights)) / 2
+
+
+def _mean(per_pair: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
+    if weights is None:
+        return per_pair.mean()
+    weights = weights.to(per_pair.dtype)
+    return (per_pair * weights).sum() / weights.sum().clamp_min(torch.finfo(per_pair.dtype).tiny)

