@@ -12,7 +12,7 @@ export OMP_NUM_THREADS ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 export TORCH_EXTENSIONS_DIR ?= $(HOME)/.cache/torch_extensions
 
-.PHONY: install demo test test-fast lint bench clean
+.PHONY: install deepspeed-ops demo test test-fast lint bench clean
 
 install: $(VENV)/.installed
 
@@ -21,7 +21,16 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet torch==2.13.0
 	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev]'
+	$(MAKE) --no-print-directory deepspeed-ops
 	touch $@
+
+# DeepSpeed JIT-compiles its CPU shared-memory comm op the first time a training process starts
+# (~60 s on 2 cores) into TORCH_EXTENSIONS_DIR; build it at install so no training run waits for it.
+deepspeed-ops:
+	$(PY) -c "import deepspeed.ops; from deepspeed.accelerator import get_accelerator; \
+	b = get_accelerator().create_op_builder('ShareMemCommBuilder'); \
+	ok = b is not None and deepspeed.ops.__compatible_ops__.get(b.NAME, False); \
+	ok and b.load(verbose=False); print('deepspeed ops:', b.absolute_name() if ok else 'none to build')"
 
 demo: install   ## preprocess -> train -> index -> evaluate -> serve, on synthetic data or DATA=dir
 	$(PY) jobs/demo.py --train-steps $(STEPS) $(if $(DATA),--data $(DATA))
