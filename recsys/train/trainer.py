@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -155,11 +156,7 @@ def with_log_q(pairs, data_dir: Path):
     log(JOB, f"logQ correction: {len(log_q)} distinct positive items, log q from {min(log_q.values()):.2f} "
              f"to {max(log_q.values()):.2f}")
 
-    def add_log_q(batch: dict) -> dict:
-        batch["positive_log_q"] = np.array([log_q[str(i)] for i in batch["positive_item_id"]], dtype=np.float32)
-        return batch
-
-    return pairs.map_batches(add_log_q, batch_format="numpy")
+    return with_pair_column(pairs, "positive_log_q", lambda _anchor, item: log_q[item])
 
 
 def with_positive_weights(pairs, pairs_dir: Path, judgments: str, floor: float):
@@ -176,12 +173,18 @@ def with_positive_weights(pairs, pairs_dir: Path, judgments: str, floor: float):
              f"(mean weight {np.mean(found) if found else float('nan'):.3f}, gain = relevance - {floor}); "
              f"the others weigh 1")
 
-    def add_weights(batch: dict) -> dict:
-        batch["positive_weight"] = np.array([weights.get((str(q), str(i)), 1.0) for q, i in
-                                             zip(batch["anchor_text"], batch["positive_item_id"])], dtype=np.float32)
+    return with_pair_column(pairs, "positive_weight", lambda anchor, item: weights.get((anchor, item), 1.0))
+
+
+def with_pair_column(pairs, column: str, value_of: Callable[[str, str], float]):
+    """Add a float32 column, value_of(anchor_text, positive_item_id) per pair, in one map over the pairs
+    (the driver builds the lookup once; it travels with the function)."""
+    def add(batch: dict) -> dict:
+        batch[column] = np.array([value_of(str(a), str(i)) for a, i in
+                                  zip(batch["anchor_text"], batch["positive_item_id"])], dtype=np.float32)
         return batch
 
-    return pairs.map_batches(add_weights, batch_format="numpy")
+    return pairs.map_batches(add, batch_format="numpy")
 
 
 def finish_model(cfg: TrainConfig, version: str, model_dir: Path, data_version: str, base_model: str,

@@ -106,8 +106,8 @@ def test_two_worker_zero2_learns_from_hard_negatives_and_logs_every_step(ray_clu
     from recsys.index.config import IndexConfig
     from recsys.train.retriever import HARD_NEGATIVE_PAIRS
 
-    make_pair_data(recsys_home, catalog_items=32)
-    pairs = pq.read_table(next((recsys_home / "artifacts" / "data").glob("*/train_pairs"))).to_pandas()
+    data_version = make_pair_data(recsys_home, catalog_items=32)
+    pairs = pq.read_table(recsys_home / "artifacts" / "data" / data_version / "train_pairs").to_pandas()
     judged = recsys_home / "judgments.csv"
     pairs.assign(query=pairs["anchor_text"], item_id=pairs["positive_item_id"],
                  relevance=[2.0 if a.startswith("red") else 3.0 for a in pairs["anchor_text"]])[
