@@ -1,6 +1,10 @@
 """Batch text embedding with Ray Data: an actor pool of TextEmbedder replicas.
 
-Used by build_index (catalog -> item vectors) and evaluate (catalog + user histories).
+Used by build_index (catalog -> item vectors), evaluate (catalog + user histories), training's user-tower
+stage and hard-negative mining. A small CPU job embeds in the calling process instead: starting an actor
+pool (a process, torch, the model) takes ~12 s on a 2-core node, about the time one process needs to embed
+2,000 titles (bench/bench_embed.py: at 2,000 items the pool ran at 0.38x one process), so below that the pool
+cannot win even on a large cluster.
 """
 
 from __future__ import annotations
@@ -21,11 +25,19 @@ class EmbedTexts:
         return {"key": batch["key"], "embedding": self.embedder.embed(list(batch["text"]))}
 
 
+# Below this many texts a CPU embed runs in the caller's process (module docstring).
+IN_PROCESS_MAX_TEXTS = 2048
+
+
 def embed_texts(keys: list[str], texts: list[str], model_path: str, max_length: int,
-                batch_size: int = 64, concurrency: int = 1, num_gpus: float = 0) -> np.ndarray:
-    """Embed `texts` on the cluster; returns float32 [N, D] in the order of `keys`."""
+                batch_size: int = 64, concurrency: int = 1, num_gpus: float = 0,
+                in_process_max: int = IN_PROCESS_MAX_TEXTS) -> np.ndarray:
+    """Embed `texts` on the cluster (or, CPU jobs under `in_process_max` texts, here); returns float32
+    [N, D] in the order of `keys`."""
     if len(keys) != len(texts):
         raise ValueError(f"{len(keys)} keys but {len(texts)} texts")
+    if num_gpus == 0 and len(texts) < in_process_max:
+        return TextEmbedder(model_path, max_length=max_length, batch_size=batch_size, device="cpu").embed(texts)
     ds = ray.data.from_items([{"key": k, "text": t} for k, t in zip(keys, texts)],
                              override_num_blocks=max(1, min(len(keys) // batch_size, 4 * concurrency)))
     out = ds.map_batches(EmbedTexts, fn_constructor_kwargs={"model_path": model_path, "max_length": max_length,

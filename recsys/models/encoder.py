@@ -150,11 +150,16 @@ class TextEmbedder:
 
     @torch.inference_mode()
     def embed(self, texts: Sequence[str], max_length: int | None = None) -> np.ndarray:
+        """Texts -> unit vectors in input order. Batches are cut from the texts sorted by length, so a
+        batch pads to its own longest text instead of to the longest of a random mix (catalog titles run
+        from 3 to 30+ tokens); pooling ignores padding, so each vector is the same either way."""
+        texts = [str(t) for t in texts]
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        order = np.argsort([len(t) for t in texts], kind="stable")
         for start in range(0, len(texts), self.batch_size):
-            chunk = [str(t) for t in texts[start:start + self.batch_size]]
-            tok = self.tokenizer(chunk, padding=True, truncation=True,
+            rows = order[start:start + self.batch_size]
+            tok = self.tokenizer([texts[i] for i in rows], padding=True, truncation=True,
                                  max_length=max_length or self.max_length, return_tensors="pt")
             vec = self.encoder(tok["input_ids"].to(self.device), tok["attention_mask"].to(self.device))
-            out[start:start + len(chunk)] = vec.float().cpu().numpy()
+            out[rows] = vec.float().cpu().numpy()
         return out

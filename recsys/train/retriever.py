@@ -40,7 +40,8 @@ def load_retriever(ref: str, field: str, data_version: str) -> ItemIndex:
 
 def embed_with_retriever(index: ItemIndex, texts: list[str], batch_size: int, concurrency: int, use_gpu: bool,
                          job: str) -> np.ndarray:
-    """Query / history texts -> vectors [N, D] with the index's own model (Ray Data actor pool)."""
+    """Query / history texts -> vectors [N, D] with the index's own model (Ray Data actor pool; in process
+    for a small CPU job)."""
     started = time.perf_counter()
     vectors = embed_texts([str(i) for i in range(len(texts))], texts, query_tower_path(index.manifest["model_path"]),
                           int(index.manifest.get("query_max_length", 96)), batch_size, concurrency,

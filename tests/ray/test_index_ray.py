@@ -24,10 +24,13 @@ TITLES = ["Stainless steel skillet 12 inch", "Cast iron dutch oven", "Nonstick f
 
 def test_ray_embedding_matches_in_process_embedding(ray_cluster):
     keys = [f"k{i}" for i in range(len(TITLES))]
-    on_ray = embed_texts(keys, TITLES, "default", max_length=32, batch_size=4, concurrency=2)
+    # in_process_max=0: these 9 texts would otherwise be embedded in this process (a small job)
+    on_ray = embed_texts(keys, TITLES, "default", max_length=32, batch_size=4, concurrency=2, in_process_max=0)
+    small_job = embed_texts(keys, TITLES, "default", max_length=32, batch_size=4, concurrency=2)
     local = TextEmbedder("default", max_length=32).embed(TITLES)
-    assert on_ray.shape == (len(TITLES), 384)
+    assert on_ray.shape == small_job.shape == (len(TITLES), 384)
     np.testing.assert_allclose(on_ray, local, atol=1e-4)   # same rows, same order
+    np.testing.assert_allclose(small_job, local, atol=1e-4)
 
 
 def test_build_index_job_finds_items_by_meaning(ray_cluster, recsys_home):
