@@ -144,7 +144,7 @@ def train_step(engine, tokenizer, batch: dict, cfg: TrainConfig, rank: int = 0, 
         anchors = torch.cat([anchors, torch.full((n,), -1, dtype=torch.int64, device=engine.device)])
     log_q = None
     if cfg.logq_correction:   # only in-batch positives were sampled by frequency; hard negatives get no correction
-        log_q = torch.as_tensor(batch["positive_log_q"], dtype=torch.float32).to(engine.device)
+        log_q = torch.tensor(batch["positive_log_q"], dtype=torch.float32, device=engine.device)
         log_q = torch.cat([log_q, torch.zeros(n if hard else 0, device=engine.device)])
     item, first = item.float(), 0
     if cfg.negatives_across_workers and world > 1:
@@ -152,7 +152,8 @@ def train_step(engine, tokenizer, batch: dict, cfg: TrainConfig, rank: int = 0, 
         item, keys = gather_candidates(item, rank, world), gather_candidates(keys, rank, world)
         anchors = gather_candidates(anchors, rank, world)
         log_q = gather_candidates(log_q, rank, world) if log_q is not None else None
-    weights = torch.as_tensor(batch["positive_weight"], dtype=torch.float32).to(engine.device) \
+    # torch.tensor copies: Ray Data hands read-only numpy arrays, which torch.as_tensor warns about.
+    weights = torch.tensor(batch["positive_weight"], dtype=torch.float32, device=engine.device) \
         if "positive_weight" in batch else None
     loss = in_batch_softmax_loss(query.float(), item, keys, cfg.temperature, log_q, first, anchors,
                                  symmetric=cfg.symmetric_loss, weights=weights)

@@ -124,8 +124,8 @@ def ranker_train_loop(config: dict) -> None:
             tok = tokenize_ranking_pairs(tokenizer, list(batch["context_text"]), list(batch["item_text"]),
                                          cfg.max_length, cfg.item_max_length)
             logits = pair_logits(engine, tok, device)
-            loss = weighted_bce_loss(logits, torch.as_tensor(batch["label"], device=device),
-                                     torch.as_tensor(batch["weight"], device=device))
+            loss = weighted_bce_loss(logits, torch.tensor(batch["label"], device=device),
+                                     torch.tensor(batch["weight"], device=device))
             engine.backward(loss)
             engine.step()
             losses.append(float(loss.detach()))
