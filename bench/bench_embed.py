@@ -33,7 +33,7 @@ def main() -> None:
 
     from recsys.data.synthetic import generate_synthetic
     from recsys.data.text import format_item_text
-    from recsys.index.embed import IN_PROCESS_MAX_TEXTS, embed_texts
+    from recsys.index.embed import IN_PROCESS_MAX_TEXTS, embed_texts, embeds_in_process
     from recsys.models.encoder import TextEmbedder
 
     cores = os.cpu_count() or 1
@@ -59,7 +59,7 @@ def main() -> None:
     ours_rate = len(texts) / (time.perf_counter() - t0)
     ray.shutdown()
     path = ("in this process (a small CPU job: embed_texts skips the pool below "
-            f"{IN_PROCESS_MAX_TEXTS} texts)" if len(texts) < IN_PROCESS_MAX_TEXTS
+            f"{IN_PROCESS_MAX_TEXTS} texts)" if embeds_in_process(len(texts))
             else f"Ray Data actor pool x{cores} (1 thread each, incl. actor start)")
     print(f"ours       {path}: {ours_rate:8.1f} items/s")
     print(f"max |difference| of vectors: {float(np.abs(ours - ref_vectors).max()):.2e}")

@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 from recsys.artifacts import mark_latest, new_version_dir, read_manifest, resolve_artifact
 from recsys.data.text import catalog_texts
 from recsys.index.config import IndexConfig
-from recsys.index.embed import IN_PROCESS_MAX_TEXTS, embed_texts
+from recsys.index.embed import embed_texts, embeds_in_process
 from recsys.index.faiss_index import build_faiss_index, save_item_index
 from recsys.models.encoder import resolve_model_path
 from recsys.models.sequence_tower import USER_TOWER_DIR, item_matrix_for_catalog, load_user_tower
@@ -40,11 +40,12 @@ def run_build_index(cfg: IndexConfig) -> dict:
     data_version = read_manifest(data_dir)["version"]
     item_max_length = int(model_manifest.get("item_max_length", 48))
     item_ids, _, texts = load_item_texts(data_dir)
-    where = ("in this process: a small CPU job" if not cfg.use_gpu and len(item_ids) < IN_PROCESS_MAX_TEXTS
+    num_gpus = 1 if cfg.use_gpu else 0
+    where = ("in this process: a small CPU job" if embeds_in_process(len(item_ids), num_gpus)
              else f"{cfg.embed_concurrency} actor(s)")
     log(JOB, f"embedding {len(item_ids)} items with model {model_version} ({where}, batch {cfg.embed_batch_size})")
     vectors = embed_texts(item_ids, texts, model_path, item_max_length, cfg.embed_batch_size,
-                          cfg.embed_concurrency, num_gpus=1 if cfg.use_gpu else 0)
+                          cfg.embed_concurrency, num_gpus=num_gpus)
     log(JOB, f"embedded in {time.perf_counter() - started:.1f}s; building Faiss '{cfg.factory}'")
     index = build_faiss_index(vectors, cfg.factory)
     user_tower = str(model_manifest.get("user_tower", {}).get("kind", "text"))

@@ -29,6 +29,11 @@ class EmbedTexts:
 IN_PROCESS_MAX_TEXTS = 2048
 
 
+def embeds_in_process(n_texts: int, num_gpus: float = 0, in_process_max: int = IN_PROCESS_MAX_TEXTS) -> bool:
+    """True when embed_texts would embed these texts here rather than on an actor pool."""
+    return num_gpus == 0 and n_texts < in_process_max
+
+
 def embed_texts(keys: list[str], texts: list[str], model_path: str, max_length: int,
                 batch_size: int = 64, concurrency: int = 1, num_gpus: float = 0,
                 in_process_max: int = IN_PROCESS_MAX_TEXTS) -> np.ndarray:
@@ -36,7 +41,7 @@ def embed_texts(keys: list[str], texts: list[str], model_path: str, max_length: 
     [N, D] in the order of `keys`."""
     if len(keys) != len(texts):
         raise ValueError(f"{len(keys)} keys but {len(texts)} texts")
-    if num_gpus == 0 and len(texts) < in_process_max:
+    if embeds_in_process(len(texts), num_gpus, in_process_max):
         return TextEmbedder(model_path, max_length=max_length, batch_size=batch_size, device="cpu").embed(texts)
     ds = ray.data.from_items([{"key": k, "text": t} for k, t in zip(keys, texts)],
                              override_num_blocks=max(1, min(len(keys) // batch_size, 4 * concurrency)))
