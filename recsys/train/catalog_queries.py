@@ -16,8 +16,9 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
+from recsys.schema import TRAIN_PAIR_COLUMNS
+
 CATALOG_QUERY_KIND = "catalog_query"
-PAIR_COLUMNS = ["kind", "anchor_text", "positive_item_id", "positive_text"]
 EDGE_PUNCTUATION = "()[]{},;:!?\"'"
 # Words a typed query leaves out of a title: dimension glue ("12 in. x 12 in."), joiners.
 FILLER_WORDS = frozenset({"x", "in", "in.", "and", "&", "with", "for", "of", "the", "-", "/", "per"})
@@ -29,11 +30,10 @@ def query_words(title: str) -> list[str]:
     return [w for w in words if w and w not in FILLER_WORDS]
 
 
-def title_words_query(title: str, min_words: int, max_words: int, rng: np.random.Generator) -> str:
-    """Between min_words and max_words of the title's query_words (fewer if it has fewer), in title order."""
-    words = query_words(title)
+def title_words_query(words: Sequence[str], min_words: int, max_words: int, rng: np.random.Generator) -> str:
+    """Between min_words and max_words of a title's query_words (fewer if it has fewer), in title order."""
     if not words:
-        raise ValueError(f"title={title!r} has no words to draw a query from")
+        raise ValueError("a title without query words cannot give a query")
     k = min(len(words), int(rng.integers(min_words, max_words + 1)))
     keep = np.sort(rng.choice(len(words), k, replace=False))
     return " ".join(words[i] for i in keep)
@@ -41,7 +41,7 @@ def title_words_query(title: str, min_words: int, max_words: int, rng: np.random
 
 def catalog_query_pairs(item_ids: Sequence[str], titles: Sequence[str], item_texts: Sequence[str], n: int,
                         min_words: int, max_words: int, seed: int) -> pd.DataFrame:
-    """`n` pairs (PAIR_COLUMNS): query = title_words_query of an item's title, positive = that item.
+    """`n` pairs (TRAIN_PAIR_COLUMNS): query = title_words_query of an item's title, positive = that item.
 
     Items are drawn without replacement (a fresh permutation each time the catalog is used up), so
     n <= catalog size gives n distinct items; items whose title has no query_words are never drawn.
@@ -51,7 +51,8 @@ def catalog_query_pairs(item_ids: Sequence[str], titles: Sequence[str], item_tex
                          "expected one of each per catalog item")
     if min_words < 1 or max_words < min_words:
         raise ValueError(f"min_words={min_words}, max_words={max_words}: need 1 <= min_words <= max_words")
-    usable = np.array([i for i, t in enumerate(titles) if query_words(str(t))], dtype=np.int64)
+    words = [query_words(str(t)) for t in titles]   # once per item: items repeat when n > catalog size
+    usable = np.array([i for i, w in enumerate(words) if w], dtype=np.int64)
     if n > 0 and usable.size == 0:
         raise ValueError(f"catalog_queries.pairs={n} but none of the {len(titles)} catalog items "
                          "has a title with words")
@@ -60,7 +61,7 @@ def catalog_query_pairs(item_ids: Sequence[str], titles: Sequence[str], item_tex
     order = np.concatenate([rng.permutation(usable) for _ in range(rounds)])[:n] if rounds else usable[:0]
     return pd.DataFrame({
         "kind": [CATALOG_QUERY_KIND] * len(order),
-        "anchor_text": [title_words_query(str(titles[i]), min_words, max_words, rng) for i in order],
+        "anchor_text": [title_words_query(words[i], min_words, max_words, rng) for i in order],
         "positive_item_id": [str(item_ids[i]) for i in order],
         "positive_text": [str(item_texts[i]) for i in order],
-    }, columns=PAIR_COLUMNS)
+    }, columns=list(TRAIN_PAIR_COLUMNS))

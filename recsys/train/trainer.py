@@ -89,7 +89,7 @@ def run_training(cfg: TrainConfig) -> dict:
     pairs = ray.data.read_parquet(str(pairs_dir))
     n_pairs = pairs.count()
     if cfg.catalog_queries.pairs:
-        pairs = with_catalog_queries(pairs, pairs_dir, data_dir, cfg, n_pairs)
+        pairs = with_catalog_queries(pairs, data_dir, cfg, n_pairs)
         n_pairs += cfg.catalog_queries.pairs
     if cfg.logq_correction:
         pairs = with_log_q(pairs, data_dir)
@@ -153,7 +153,7 @@ def run_training(cfg: TrainConfig) -> dict:
                         time.perf_counter() - started, user_tower)
 
 
-def with_catalog_queries(pairs, pairs_dir: Path, data_dir: Path, cfg: TrainConfig, n_logged: int):
+def with_catalog_queries(pairs, data_dir: Path, cfg: TrainConfig, n_logged: int):
     """The logged pairs + cfg.catalog_queries.pairs catalog-query pairs, globally shuffled (seeded).
 
     The shuffle is what mixes them: the logged pairs are stored query by query and each worker only
@@ -161,7 +161,7 @@ def with_catalog_queries(pairs, pairs_dir: Path, data_dir: Path, cfg: TrainConfi
     settings = cfg.catalog_queries
     ids, titles, texts = catalog_texts(pq.read_table(data_dir / "catalog.parquet").to_pandas())
     extra = catalog_query_pairs(ids, titles, texts, settings.pairs, settings.min_words, settings.max_words, cfg.seed)
-    schema = pq.read_schema(next(iter(sorted(pairs_dir.glob("*.parquet")))))
+    schema = pairs.schema().base_schema   # the stored pairs' arrow schema, so the union's dtypes agree
     table = pa.Table.from_pandas(extra[schema.names], schema=schema, preserve_index=False)
     log(JOB, f"catalog queries: {len(extra)} pairs of {settings.min_words}-{settings.max_words} title words -> "
              f"their item (e.g. {extra['anchor_text'].iloc[0]!r} -> {extra['positive_text'].iloc[0][:60]!r}), "

@@ -158,8 +158,8 @@ def test_catalog_queries_are_shuffled_into_the_logged_pairs(ray_cluster, recsys_
                       max_steps=None, epochs=1.0, lr=5e-3, warmup_steps=2, temperature=0.1, query_max_length=16,
                       item_max_length=16, eval_every=0, checkpoint_every=0,
                       catalog_queries={"pairs": 64, "min_words": 1, "max_words": 2})
-    mixed = with_catalog_queries(ray.data.read_parquet(str(data_dir / "train_pairs")), data_dir / "train_pairs",
-                                 data_dir, cfg, 192).take_all()
+    mixed = with_catalog_queries(ray.data.read_parquet(str(data_dir / "train_pairs")), data_dir, cfg,
+                                 192).take_all()
     kinds = [row["kind"] for row in mixed]
     assert len(mixed) == 256 and kinds.count("catalog_query") == 64
     assert 16 <= kinds[:128].count("catalog_query") <= 48, kinds      # spread over the stream

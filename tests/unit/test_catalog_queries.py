@@ -6,7 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from recsys.train.catalog_queries import CATALOG_QUERY_KIND, PAIR_COLUMNS, catalog_query_pairs, query_words
+from recsys.schema import TRAIN_PAIR_COLUMNS
+from recsys.train.catalog_queries import CATALOG_QUERY_KIND, catalog_query_pairs, query_words
 from recsys.train.config import TrainConfig
 
 TITLES = ["AmerTac Line Voltage Xenon Pucks (3-Pack)", "MS International 12 in. x 12 in. Glass Tile",
@@ -33,7 +34,7 @@ def test_query_words_drop_fillers_and_edge_punctuation() -> None:
 
 def test_pairs_hold_title_words_of_their_own_item_in_order() -> None:
     pairs = catalog_query_pairs(IDS, TITLES, TEXTS, 30, 2, 3, seed=5)
-    assert list(pairs.columns) == PAIR_COLUMNS and len(pairs) == 30
+    assert list(pairs.columns) == list(TRAIN_PAIR_COLUMNS) and len(pairs) == 30
     assert set(pairs["kind"]) == {CATALOG_QUERY_KIND}
     by_id = dict(zip(IDS, zip(TITLES, TEXTS)))
     for row in pairs.itertuples():
