@@ -115,6 +115,11 @@ class TrainConfig(JobConfig):
                                                               "query at the cost of one small collective")
     query_max_length: int = Field(96, ge=8, description="tokens of history / query text")
     item_max_length: int = Field(48, ge=8, description="tokens of item text")
+    global_shuffle: bool = Field(True, description="shuffle all training pairs once (seeded Ray Data "
+                                                   "random_shuffle) before the workers read them: preprocessing "
+                                                   "stores pairs query by query, so without it a run of "
+                                                   "max_steps < one epoch trains on the first queries only and "
+                                                   "a batch holds few distinct queries; false = stored order")
     shuffle_buffer: int = Field(2048, ge=0, description="rows in each worker's local shuffle buffer")
     lora: LoraSettings = Field(default_factory=LoraSettings, description="optional LoRA fine-tuning")
     user_tower: UserTowerSettings = Field(default_factory=UserTowerSettings,

@@ -87,10 +87,7 @@ def run_training(cfg: TrainConfig) -> dict:
     if hn.index is not None or hn.judgments is not None:
         pairs_dir = mine_pair_hard_negatives(hn, data_dir, data_version, model_dir, cfg.use_gpu, cfg.seed, JOB)
     pairs = ray.data.read_parquet(str(pairs_dir))
-    n_pairs = pairs.count()
-    if cfg.catalog_queries.pairs:
-        pairs = with_catalog_queries(pairs, data_dir, cfg, n_pairs)
-        n_pairs += cfg.catalog_queries.pairs
+    pairs, n_pairs = training_pair_stream(pairs, data_dir, cfg)
     if cfg.logq_correction:
         pairs = with_log_q(pairs, data_dir)
     if cfg.graded_positives.judgments is not None:
@@ -153,11 +150,26 @@ def run_training(cfg: TrainConfig) -> dict:
                         time.perf_counter() - started, user_tower)
 
 
-def with_catalog_queries(pairs, data_dir: Path, cfg: TrainConfig, n_logged: int):
-    """The logged pairs + cfg.catalog_queries.pairs catalog-query pairs, globally shuffled (seeded).
+def training_pair_stream(pairs, data_dir: Path, cfg: TrainConfig):
+    """(pairs, their count): the stored pairs, plus cfg.catalog_queries.pairs catalog-query pairs, then
+    globally shuffled (seeded) when cfg.global_shuffle or catalog pairs are on.
 
-    The shuffle is what mixes them: the logged pairs are stored query by query and each worker only
-    shuffles a local buffer, so unshuffled the catalog pairs would arrive as a block of their own."""
+    Preprocessing stores pairs query by query and each worker only shuffles a local buffer, so the
+    global shuffle is what lets max_steps < an epoch see every part of the data, and what mixes the
+    catalog pairs in (unshuffled they would arrive as a block of their own)."""
+    n_pairs = pairs.count()
+    if cfg.catalog_queries.pairs:
+        pairs = pairs.union(catalog_query_dataset(pairs, data_dir, cfg, n_pairs))
+        n_pairs += cfg.catalog_queries.pairs
+    if cfg.global_shuffle or cfg.catalog_queries.pairs:
+        log(JOB, f"shuffling all {n_pairs} training pairs (seed {cfg.seed})")
+        pairs = pairs.random_shuffle(seed=cfg.seed)
+    return pairs, n_pairs
+
+
+def catalog_query_dataset(pairs, data_dir: Path, cfg: TrainConfig, n_logged: int):
+    """cfg.catalog_queries.pairs pairs of a few catalog title words -> their item, as a Ray dataset with
+    the stored pairs' schema."""
     settings = cfg.catalog_queries
     ids, titles, texts = catalog_texts(pq.read_table(data_dir / "catalog.parquet").to_pandas())
     extra = catalog_query_pairs(ids, titles, texts, settings.pairs, settings.min_words, settings.max_words, cfg.seed)
@@ -166,7 +178,7 @@ def with_catalog_queries(pairs, data_dir: Path, cfg: TrainConfig, n_logged: int)
     log(JOB, f"catalog queries: {len(extra)} pairs of {settings.min_words}-{settings.max_words} title words -> "
              f"their item (e.g. {extra['anchor_text'].iloc[0]!r} -> {extra['positive_text'].iloc[0][:60]!r}), "
              f"shuffled in with the {n_logged} logged pairs")
-    return pairs.union(ray.data.from_arrow(table)).random_shuffle(seed=cfg.seed)
+    return ray.data.from_arrow(table)
 
 
 def with_log_q(pairs, data_dir: Path):

@@ -144,25 +144,35 @@ def test_two_worker_zero2_learns_from_hard_negatives_and_logs_every_step(ray_clu
 
 
 def test_catalog_queries_are_shuffled_into_the_logged_pairs(ray_cluster, recsys_home, tiny_model_dir):
-    """catalog_queries.pairs: pairs made from the catalog's own titles join the logged pairs through a
-    seeded global shuffle (not a block at the end), each one some of its own item's title words.
-    (No training run of its own, to keep the suite's time: run_training adds these rows to its stream
-    in three lines, and the Home Depot run in the README trained on them.)"""
+    """The pair stream run_training feeds the workers: catalog_queries.pairs pairs made from the catalog's
+    own titles join the logged pairs through a seeded global shuffle (not a block at the end), each one
+    some of its own item's title words; and the logged pairs lose their stored query-by-query order.
+    (No training run of its own, to keep the suite's time: the other training tests run this stream,
+    and the Home Depot runs in the README trained on it.)"""
     import ray
 
-    from recsys.train.trainer import with_catalog_queries
+    from recsys.train.trainer import training_pair_stream
 
     data_version = make_pair_data(recsys_home, catalog_items=32)
     data_dir = recsys_home / "artifacts" / "data" / data_version
+    stored = ray.data.read_parquet(str(data_dir / "train_pairs"))
     cfg = TrainConfig(model_name_or_path=str(tiny_model_dir), num_workers=2, zero_stage=2, micro_batch_size=8,
                       max_steps=None, epochs=1.0, lr=5e-3, warmup_steps=2, temperature=0.1, query_max_length=16,
                       item_max_length=16, eval_every=0, checkpoint_every=0,
                       catalog_queries={"pairs": 64, "min_words": 1, "max_words": 2})
-    mixed = with_catalog_queries(ray.data.read_parquet(str(data_dir / "train_pairs")), data_dir, cfg,
-                                 192).take_all()
+    stream, n_pairs = training_pair_stream(stored, data_dir, cfg)
+    mixed = stream.take_all()
     kinds = [row["kind"] for row in mixed]
-    assert len(mixed) == 256 and kinds.count("catalog_query") == 64
+    assert n_pairs == len(mixed) == 256 and kinds.count("catalog_query") == 64
     assert 16 <= kinds[:128].count("catalog_query") <= 48, kinds      # spread over the stream
+    logged = [row["anchor_text"] for row in mixed if row["kind"] != "catalog_query"]
+    stored_order = [row["anchor_text"] for row in stored.take_all()]
+    assert sorted(logged) == sorted(stored_order) and logged != stored_order    # all kept, reordered
+    same_order, _ = training_pair_stream(stored, data_dir, cfg)
+    assert [row["anchor_text"] for row in same_order.take_all()] == [row["anchor_text"] for row in mixed]
+    unshuffled, _ = training_pair_stream(stored, data_dir, cfg.model_copy(update={
+        "global_shuffle": False, "catalog_queries": cfg.catalog_queries.model_copy(update={"pairs": 0})}))
+    assert [row["anchor_text"] for row in unshuffled.take_all()] == stored_order
     titles = {f"{c}-{t}": f"{c} {t}" for c in COLOURS for t in THINGS}
     for row in mixed:
         if row["kind"] == "catalog_query":
