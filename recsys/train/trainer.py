@@ -86,12 +86,7 @@ def run_training(cfg: TrainConfig) -> dict:
     hn = cfg.hard_negatives
     if hn.index is not None or hn.judgments is not None:
         pairs_dir = mine_pair_hard_negatives(hn, data_dir, data_version, model_dir, cfg.use_gpu, cfg.seed, JOB)
-    pairs = ray.data.read_parquet(str(pairs_dir))
-    pairs, n_pairs = training_pair_stream(pairs, data_dir, cfg)
-    if cfg.logq_correction:
-        pairs = with_log_q(pairs, data_dir)
-    if cfg.graded_positives.judgments is not None:
-        pairs = with_positive_weights(pairs, pairs_dir, cfg.graded_positives.judgments, cfg.graded_positives.floor)
+    pairs, n_pairs = training_pair_stream(pairs_dir, data_dir, cfg)
     total_steps = plan_total_steps(cfg, n_pairs, cfg.num_workers)
     log(JOB, f"data {data_version}: {n_pairs} pairs; {total_steps} steps x {cfg.num_workers} workers x "
              f"{cfg.micro_batch_size} pairs"
@@ -150,13 +145,15 @@ def run_training(cfg: TrainConfig) -> dict:
                         time.perf_counter() - started, user_tower)
 
 
-def training_pair_stream(pairs, data_dir: Path, cfg: TrainConfig):
-    """(pairs, their count): the stored pairs, plus cfg.catalog_queries.pairs catalog-query pairs, then
-    globally shuffled (seeded) when cfg.global_shuffle or catalog pairs are on.
+def training_pair_stream(pairs_dir: Path, data_dir: Path, cfg: TrainConfig):
+    """(pairs, their count): the pairs in pairs_dir, plus cfg.catalog_queries.pairs catalog-query pairs,
+    globally shuffled (seeded) when cfg.global_shuffle or catalog pairs are on, then the loss's
+    per-pair columns (log q, judged weight) when those options are on.
 
     Preprocessing stores pairs query by query and each worker only shuffles a local buffer, so the
     global shuffle is what lets max_steps < an epoch see every part of the data, and what mixes the
     catalog pairs in (unshuffled they would arrive as a block of their own)."""
+    pairs = ray.data.read_parquet(str(pairs_dir))
     n_pairs = pairs.count()
     if cfg.catalog_queries.pairs:
         pairs = pairs.union(catalog_query_dataset(pairs, data_dir, cfg, n_pairs))
@@ -164,6 +161,10 @@ def training_pair_stream(pairs, data_dir: Path, cfg: TrainConfig):
     if cfg.global_shuffle or cfg.catalog_queries.pairs:
         log(JOB, f"shuffling all {n_pairs} training pairs (seed {cfg.seed})")
         pairs = pairs.random_shuffle(seed=cfg.seed)
+    if cfg.logq_correction:
+        pairs = with_log_q(pairs, data_dir)
+    if cfg.graded_positives.judgments is not None:
+        pairs = with_positive_weights(pairs, pairs_dir, cfg.graded_positives.judgments, cfg.graded_positives.floor)
     return pairs, n_pairs
 
 

@@ -160,7 +160,7 @@ def test_catalog_queries_are_shuffled_into_the_logged_pairs(ray_cluster, recsys_
                       max_steps=None, epochs=1.0, lr=5e-3, warmup_steps=2, temperature=0.1, query_max_length=16,
                       item_max_length=16, eval_every=0, checkpoint_every=0,
                       catalog_queries={"pairs": 64, "min_words": 1, "max_words": 2})
-    stream, n_pairs = training_pair_stream(stored, data_dir, cfg)
+    stream, n_pairs = training_pair_stream(data_dir / "train_pairs", data_dir, cfg)
     mixed = stream.take_all()
     kinds = [row["kind"] for row in mixed]
     assert n_pairs == len(mixed) == 256 and kinds.count("catalog_query") == 64
@@ -168,9 +168,9 @@ def test_catalog_queries_are_shuffled_into_the_logged_pairs(ray_cluster, recsys_
     logged = [row["anchor_text"] for row in mixed if row["kind"] != "catalog_query"]
     stored_order = [row["anchor_text"] for row in stored.take_all()]
     assert sorted(logged) == sorted(stored_order) and logged != stored_order    # all kept, reordered
-    same_order, _ = training_pair_stream(stored, data_dir, cfg)
+    same_order, _ = training_pair_stream(data_dir / "train_pairs", data_dir, cfg)
     assert [row["anchor_text"] for row in same_order.take_all()] == [row["anchor_text"] for row in mixed]
-    unshuffled, _ = training_pair_stream(stored, data_dir, cfg.model_copy(update={
+    unshuffled, _ = training_pair_stream(data_dir / "train_pairs", data_dir, cfg.model_copy(update={
         "global_shuffle": False, "catalog_queries": cfg.catalog_queries.model_copy(update={"pairs": 0})}))
     assert [row["anchor_text"] for row in unshuffled.take_all()] == stored_order
     titles = {f"{c}-{t}": f"{c} {t}" for c in COLOURS for t in THINGS}
