@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Mapping
 
 import numpy as np
 import pandas as pd
@@ -12,16 +11,16 @@ import torch
 import torch.nn.functional as F
 
 
-def log_sampling_probability(item_ids: Iterable[str]) -> dict[str, float]:
-    """item id -> log(share of training pairs whose positive is that item).
+def log_sampling_probability(pair_counts: Mapping[str, int]) -> dict[str, float]:
+    """item id -> log(share of training pairs whose positive is that item), from pairs per item.
 
     In-batch negatives are the batch's positives, so an item turns up as a negative as often as it
-    is a positive: this share is its sampling probability q for the logQ correction."""
-    counts = Counter(str(i) for i in item_ids)
-    if not counts:
+    is a positive: this share is its sampling probability q for the logQ correction. Counts, not the
+    pairs' ids, so the caller can count them where the pairs are (a Ray Data groupby)."""
+    total = sum(pair_counts.values())
+    if not total:
         raise ValueError("no training pairs to count item frequencies over")
-    total = sum(counts.values())
-    return {item: math.log(n / total) for item, n in counts.items()}
+    return {str(item): math.log(n / total) for item, n in pair_counts.items() if n > 0}
 
 
 def judged_pair_weights(judgments: pd.DataFrame, floor: float) -> dict[tuple[str, str], float]:

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pyarrow.parquet as pq
 
 from recsys.artifacts import resolve_artifact
@@ -51,12 +52,13 @@ def embed_with_retriever(index: ItemIndex, texts: list[str], batch_size: int, co
 
 
 def mine_pair_hard_negatives(hn: HardNegativeSettings, data_dir: Path, data_version: str, out_dir: Path,
-                             use_gpu: bool, seed: int, job: str) -> Path:
+                             use_gpu: bool, seed: int, job: str, judgments: pd.DataFrame | None = None) -> Path:
     """train_pairs + one hard negative per pair -> parquet under out_dir. The negative comes from the
     pair's query's judged-irrelevant items (hn.judgments), else from index hn.index's top-k, else it
     is a uniform catalog item.
 
-    Written once per run: a resumed run (or a restarted worker group) trains on the same negatives."""
+    Written once per run: a resumed run (or a restarted worker group) trains on the same negatives.
+    `judgments`: hn.judgments already read (read_judgments), so a caller that also weighs by them parses once."""
     target = out_dir / HARD_NEGATIVE_PAIRS
     if target.is_dir() and any(target.glob("*.parquet")):
         log(job, f"hard negatives: reusing {target}")
@@ -65,7 +67,8 @@ def mine_pair_hard_negatives(hn: HardNegativeSettings, data_dir: Path, data_vers
     anchors = list(dict.fromkeys(pairs["anchor_text"].tolist()))
     candidates: dict[str, list[str]] = {}
     if hn.judgments is not None:
-        judgments, _ = read_judgments(hn.judgments)
+        if judgments is None:
+            judgments, _ = read_judgments(hn.judgments)
         candidates = judged_negative_candidates(judgments, anchors, hn.max_relevance)
         log(job, f"hard negatives: {len(candidates)} of {len(anchors)} distinct anchors have items judged "
                  f"<= {hn.max_relevance} in {hn.judgments}")

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
@@ -84,9 +85,13 @@ def run_training(cfg: TrainConfig) -> dict:
         raise ArtifactNotFound(f"data {data_version} of run {record['run_name']} is gone: {data_dir / 'train_pairs'}")
     pairs_dir = data_dir / "train_pairs"
     hn = cfg.hard_negatives
+    # Each judgments file is parsed once, though both the hard negatives and the weights may name it.
+    paths = {path for path in (hn.judgments, cfg.graded_positives.judgments) if path is not None}
+    judged = {path: read_judgments(path)[0] for path in paths}
     if hn.index is not None or hn.judgments is not None:
-        pairs_dir = mine_pair_hard_negatives(hn, data_dir, data_version, model_dir, cfg.use_gpu, cfg.seed, JOB)
-    pairs, n_pairs = training_pair_stream(pairs_dir, data_dir, cfg)
+        pairs_dir = mine_pair_hard_negatives(hn, data_dir, data_version, model_dir, cfg.use_gpu, cfg.seed, JOB,
+                                             judged.get(hn.judgments or ""))
+    pairs, n_pairs = training_pair_stream(pairs_dir, data_dir, cfg, judged)
     total_steps = plan_total_steps(cfg, n_pairs, cfg.num_workers)
     log(JOB, f"data {data_version}: {n_pairs} pairs; {total_steps} steps x {cfg.num_workers} workers x "
              f"{cfg.micro_batch_size} pairs"
@@ -145,10 +150,12 @@ def run_training(cfg: TrainConfig) -> dict:
                         time.perf_counter() - started, user_tower)
 
 
-def training_pair_stream(pairs_dir: Path, data_dir: Path, cfg: TrainConfig):
+def training_pair_stream(pairs_dir: Path, data_dir: Path, cfg: TrainConfig,
+                         judged: Mapping[str, pd.DataFrame] | None = None):
     """(pairs, their count): the pairs in pairs_dir, plus cfg.catalog_queries.pairs catalog-query pairs,
     globally shuffled (seeded) when cfg.global_shuffle or catalog pairs are on, then the loss's
-    per-pair columns (log q, judged weight) when those options are on.
+    per-pair columns (log q, judged weight) when those options are on. `judged`: judgments path ->
+    frame already read (read_judgments); a path not in it is read here.
 
     Preprocessing stores pairs query by query and each worker only shuffles a local buffer, so the
     global shuffle is what lets max_steps < an epoch see every part of the data, and what mixes the
@@ -164,7 +171,8 @@ def training_pair_stream(pairs_dir: Path, data_dir: Path, cfg: TrainConfig):
     if cfg.logq_correction:
         pairs = with_log_q(pairs, data_dir)
     if cfg.graded_positives.judgments is not None:
-        pairs = with_positive_weights(pairs, pairs_dir, cfg.graded_positives.judgments, cfg.graded_positives.floor)
+        path = cfg.graded_positives.judgments
+        pairs = with_positive_weights(pairs, pairs_dir, path, cfg.graded_positives.floor, (judged or {}).get(path))
     return pairs, n_pairs
 
 
@@ -185,28 +193,38 @@ def catalog_query_dataset(pairs, data_dir: Path, cfg: TrainConfig, n_logged: int
 def with_log_q(pairs, data_dir: Path):
     """Add `positive_log_q` (log of the positive item's share of all pairs) for the loss's logQ correction.
 
-    Counted over every pair once on the driver (one id column, not the texts), then looked up per batch."""
-    ids = pq.read_table(data_dir / "train_pairs", columns=["positive_item_id"]).column("positive_item_id")
-    log_q = log_sampling_probability(ids.to_pylist())
+    Counted by a Ray Data groupby over the stored pairs' id column, so the driver holds one count per
+    distinct item rather than every pair's id; the lookup then travels with the map function."""
+    counts = (ray.data.read_parquet(str(data_dir / "train_pairs"), columns=["positive_item_id"])
+              .groupby("positive_item_id").count().to_pandas())
+    log_q = log_sampling_probability(dict(zip(counts["positive_item_id"].astype(str), counts.iloc[:, 1])))
     log(JOB, f"logQ correction: {len(log_q)} distinct positive items, log q from {min(log_q.values()):.2f} "
              f"to {max(log_q.values()):.2f}")
 
     return with_pair_column(pairs, "positive_log_q", lambda _anchor, item: log_q[item])
 
 
-def with_positive_weights(pairs, pairs_dir: Path, judgments: str, floor: float):
+def with_positive_weights(pairs, pairs_dir: Path, judgments: str, floor: float,
+                          table: pd.DataFrame | None = None):
     """Add `positive_weight` (judged_pair_weights of the pair's query and item) for the weighted loss.
 
     A pair without a judgment of its own weighs 1 (a click is a click); judged pairs weigh gain / max gain.
-    The lookup is one dict on the driver (74k pairs for Home Depot), shipped with the map function."""
-    table, _ = read_judgments(judgments)
-    weights = judged_pair_weights(table, floor)
-    ids = pq.read_table(pairs_dir, columns=["anchor_text", "positive_item_id"]).to_pydict()
-    found = [weights[key] for key in zip(map(str, ids["anchor_text"]), map(str, ids["positive_item_id"]))
-             if key in weights]
-    log(JOB, f"graded positives: {len(found)} of {len(ids['anchor_text'])} pairs judged in {judgments} "
-             f"(mean weight {np.mean(found) if found else float('nan'):.3f}, gain = relevance - {floor}); "
-             f"the others weigh 1")
+    The lookup is one dict on the driver (74k pairs for Home Depot), shipped with the map function.
+    `table`: the judgments already read (read_judgments) when the hard negatives used the same file.
+    How many pairs are judged is summed by Ray Data where the pairs are, not read onto the driver."""
+    weights = judged_pair_weights(read_judgments(judgments)[0] if table is None else table, floor)
+
+    def judged(batch: dict) -> dict:
+        found = [weights[key] for key in zip(map(str, batch["anchor_text"]), map(str, batch["positive_item_id"]))
+                 if key in weights]
+        return {"pairs": [len(batch["anchor_text"])], "judged": [len(found)], "weight": [float(sum(found))]}
+
+    sums = (ray.data.read_parquet(str(pairs_dir), columns=["anchor_text", "positive_item_id"])
+            .map_batches(judged, batch_format="numpy").sum(["pairs", "judged", "weight"]))
+    n_pairs, n_judged, weight = (sums[f"sum({name})"] for name in ("pairs", "judged", "weight"))
+    mean = weight / n_judged if n_judged else float("nan")
+    log(JOB, f"graded positives: {n_judged} of {n_pairs} pairs judged in {judgments} "
+             f"(mean weight {mean:.3f}, gain = relevance - {floor}); the others weigh 1")
 
     return with_pair_column(pairs, "positive_weight", lambda anchor, item: weights.get((anchor, item), 1.0))
 

@@ -94,14 +94,19 @@ def test_lora_run_exports_a_plain_model_the_index_job_and_retriever_load(ray_clu
     assert {item for item, _ in found} <= set(retrieval.catalog.titles)
 
 
-def test_two_worker_zero2_learns_from_hard_negatives_and_logs_every_step(ray_cluster, recsys_home, tiny_model_dir):
+def test_two_worker_zero2_learns_from_hard_negatives_and_logs_every_step(ray_cluster, recsys_home, tiny_model_dir,
+                                                                         monkeypatch, capsys):
     """Full fine-tuning, 2 workers, ZeRO-2: the loss goes down, the export is a plain HF directory, and rank 0
     logged every step (JSON lines, TensorBoard, a PNG of the curves).
 
     Mining from a real index (MiniLM item vectors, Faiss) before Ray Train: each pair gets one of its
     anchor's top-k items that is none of the anchor's positives, the run trains on those pairs with the
     other worker's items as extra negatives, and a resumed run would read the same mined file. The pairs
-    also carry graded judgments (red ones judged looser), whose weights reach the loss on the way."""
+    also carry graded judgments (red ones judged looser), whose weights reach the loss on the way; the
+    judgments file, named by both the hard negatives and the weights, is parsed once."""
+    import recsys.train.retriever as retriever
+    import recsys.train.trainer as trainer
+    from recsys.eval.search import read_judgments
     from recsys.index.build import run_build_index
     from recsys.index.config import IndexConfig
     from recsys.train.retriever import HARD_NEGATIVE_PAIRS
@@ -113,12 +118,27 @@ def test_two_worker_zero2_learns_from_hard_negatives_and_logs_every_step(ray_clu
                  relevance=[2.0 if a.startswith("red") else 3.0 for a in pairs["anchor_text"]])[
         ["query", "item_id", "relevance"]].to_csv(judged, index=False)
     index = run_build_index(IndexConfig(model="default", embed_concurrency=1))
+    reads: list[str] = []
+
+    def counted(path):
+        reads.append(str(path))
+        return read_judgments(path)
+
+    monkeypatch.setattr(trainer, "read_judgments", counted)
+    monkeypatch.setattr(retriever, "read_judgments", counted)
+    # No pair is judged <= 1.75, so the judged negatives leave every anchor to the index.
     cfg = TrainConfig(model_name_or_path=str(tiny_model_dir), num_workers=2, zero_stage=2, micro_batch_size=8,
                       max_steps=24, lr=5e-3, warmup_steps=2, temperature=0.1, query_max_length=16,
                       item_max_length=16, shuffle_buffer=0, eval_every=0, checkpoint_every=0,
-                      hard_negatives={"index": index["version"], "top_k": 5, "embed_concurrency": 1},
+                      hard_negatives={"index": index["version"], "top_k": 5, "embed_concurrency": 1,
+                                      "judgments": str(judged)},
                       negatives_across_workers=True, graded_positives={"judgments": str(judged)})
+    capsys.readouterr()
     result = run_training(cfg)
+    assert reads == [str(judged)]
+    red = pairs["anchor_text"].str.startswith("red").mean()   # weight 0.5 (gain 1 of 2), the rest 1.0
+    assert f"graded positives: 192 of 192 pairs judged in {judged} (mean weight {1 - red / 2:.3f}" \
+        in capsys.readouterr().out
     model_dir = recsys_home / "artifacts" / "models" / result["version"]
     mined = pq.read_table(model_dir / HARD_NEGATIVE_PAIRS).to_pandas()
     assert len(mined) == 192 and mined["negative_text"].str.len().gt(0).all()

@@ -325,10 +325,10 @@ def test_partitioned_loading_enables_zero3_only_while_open() -> None:
 
 # ---------------------------------------------------------------- logQ correction
 def test_log_sampling_probability_is_each_items_share_of_the_pairs() -> None:
-    log_q = log_sampling_probability(["a", "b", "a", "c"])
+    log_q = log_sampling_probability({"a": 2, "b": 1, "c": 1, "d": 0})
     assert log_q == pytest.approx({"a": math.log(0.5), "b": math.log(0.25), "c": math.log(0.25)})
     with pytest.raises(ValueError, match="no training pairs"):
-        log_sampling_probability([])
+        log_sampling_probability({})
 
 
 def test_logq_correction_subtracts_log_q_from_each_candidate_column() -> None:
