@@ -197,7 +197,7 @@ def with_log_q(pairs, data_dir: Path):
     distinct item rather than every pair's id; the lookup then travels with the map function."""
     counts = (ray.data.read_parquet(str(data_dir / "train_pairs"), columns=["positive_item_id"])
               .groupby("positive_item_id").count().to_pandas())
-    log_q = log_sampling_probability(dict(zip(counts["positive_item_id"].astype(str), counts.iloc[:, 1])))
+    log_q = log_sampling_probability(dict(zip(counts["positive_item_id"].astype(str), counts["count()"])))
     log(JOB, f"logQ correction: {len(log_q)} distinct positive items, log q from {min(log_q.values()):.2f} "
              f"to {max(log_q.values()):.2f}")
 
