@@ -16,7 +16,6 @@ import pyarrow.parquet as pq
 
 from recsys.artifacts import resolve_artifact
 from recsys.data.text import catalog_texts
-from recsys.eval.search import read_judgments
 from recsys.index.embed import embed_texts
 from recsys.index.faiss_index import ItemIndex, load_item_index
 from recsys.models.encoder import query_tower_path
@@ -52,13 +51,14 @@ def embed_with_retriever(index: ItemIndex, texts: list[str], batch_size: int, co
 
 
 def mine_pair_hard_negatives(hn: HardNegativeSettings, data_dir: Path, data_version: str, out_dir: Path,
-                             use_gpu: bool, seed: int, job: str, judgments: pd.DataFrame | None = None) -> Path:
+                             use_gpu: bool, seed: int, job: str, judgments: pd.DataFrame | None) -> Path:
     """train_pairs + one hard negative per pair -> parquet under out_dir. The negative comes from the
     pair's query's judged-irrelevant items (hn.judgments), else from index hn.index's top-k, else it
     is a uniform catalog item.
 
     Written once per run: a resumed run (or a restarted worker group) trains on the same negatives.
-    `judgments`: hn.judgments already read (read_judgments), so a caller that also weighs by them parses once."""
+    `judgments`: hn.judgments as read_judgments returned it (None when off); the caller reads it, once
+    for the weights too."""
     target = out_dir / HARD_NEGATIVE_PAIRS
     if target.is_dir() and any(target.glob("*.parquet")):
         log(job, f"hard negatives: reusing {target}")
@@ -66,9 +66,7 @@ def mine_pair_hard_negatives(hn: HardNegativeSettings, data_dir: Path, data_vers
     pairs = pq.read_table(data_dir / "train_pairs").to_pandas()
     anchors = list(dict.fromkeys(pairs["anchor_text"].tolist()))
     candidates: dict[str, list[str]] = {}
-    if hn.judgments is not None:
-        if judgments is None:
-            judgments, _ = read_judgments(hn.judgments)
+    if judgments is not None:
         candidates = judged_negative_candidates(judgments, anchors, hn.max_relevance)
         log(job, f"hard negatives: {len(candidates)} of {len(anchors)} distinct anchors have items judged "
                  f"<= {hn.max_relevance} in {hn.judgments}")

@@ -172,7 +172,8 @@ def training_pair_stream(pairs_dir: Path, data_dir: Path, cfg: TrainConfig,
         pairs = with_log_q(pairs, data_dir)
     if cfg.graded_positives.judgments is not None:
         path = cfg.graded_positives.judgments
-        pairs = with_positive_weights(pairs, pairs_dir, path, cfg.graded_positives.floor, (judged or {}).get(path))
+        table = judged[path] if judged and path in judged else read_judgments(path)[0]
+        pairs = with_positive_weights(pairs, pairs_dir, path, cfg.graded_positives.floor, table)
     return pairs, n_pairs
 
 
@@ -205,14 +206,14 @@ def with_log_q(pairs, data_dir: Path):
 
 
 def with_positive_weights(pairs, pairs_dir: Path, judgments: str, floor: float,
-                          table: pd.DataFrame | None = None):
+                          table: pd.DataFrame):
     """Add `positive_weight` (judged_pair_weights of the pair's query and item) for the weighted loss.
 
     A pair without a judgment of its own weighs 1 (a click is a click); judged pairs weigh gain / max gain.
     The lookup is one dict on the driver (74k pairs for Home Depot), shipped with the map function.
-    `table`: the judgments already read (read_judgments) when the hard negatives used the same file.
+    `table`: those judgments as read_judgments returned them.
     How many pairs are judged is summed by Ray Data where the pairs are, not read onto the driver."""
-    weights = judged_pair_weights(read_judgments(judgments)[0] if table is None else table, floor)
+    weights = judged_pair_weights(table, floor)
 
     def judged(batch: dict) -> dict:
         found = [weights[key] for key in zip(map(str, batch["anchor_text"]), map(str, batch["positive_item_id"]))

@@ -104,7 +104,6 @@ def test_two_worker_zero2_learns_from_hard_negatives_and_logs_every_step(ray_clu
     other worker's items as extra negatives, and a resumed run would read the same mined file. The pairs
     also carry graded judgments (red ones judged looser), whose weights reach the loss on the way; the
     judgments file, named by both the hard negatives and the weights, is parsed once."""
-    import recsys.train.retriever as retriever
     import recsys.train.trainer as trainer
     from recsys.eval.search import read_judgments
     from recsys.index.build import run_build_index
@@ -125,7 +124,6 @@ def test_two_worker_zero2_learns_from_hard_negatives_and_logs_every_step(ray_clu
         return read_judgments(path)
 
     monkeypatch.setattr(trainer, "read_judgments", counted)
-    monkeypatch.setattr(retriever, "read_judgments", counted)
     # No pair is judged <= 1.75, so the judged negatives leave every anchor to the index.
     cfg = TrainConfig(model_name_or_path=str(tiny_model_dir), num_workers=2, zero_stage=2, micro_batch_size=8,
                       max_steps=24, lr=5e-3, warmup_steps=2, temperature=0.1, query_max_length=16,
