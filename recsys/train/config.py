@@ -29,6 +29,10 @@ class HardNegativeSettings(JobConfig):
                                                 "null = in-batch negatives only")
     top_k: int = Field(30, ge=1, description="a hard negative is drawn uniformly from the anchor's top-k, never "
                                              "one of the anchor's positives")
+    per_pair: int = Field(1, ge=1, description="distinct hard negatives per pair, drawn together from the same "
+                                               "top-k (or judged items); each joins the batch as a candidate for "
+                                               "every query, so a step encodes micro_batch_size x (1 + per_pair) "
+                                               "items")
     judgments: str | None = Field(None, description="graded search judgments (the Home Depot directory, or a CSV / "
                                                     "Parquet with query, item_id, relevance): a pair whose query has "
                                                     "items judged at most max_relevance gets one of those as its "
@@ -38,6 +42,13 @@ class HardNegativeSettings(JobConfig):
                                                    "query (Home Depot: 1 = irrelevant ... 3 = exact match)")
     embed_batch_size: int = Field(64, ge=1, description="anchors per forward pass while mining")
     embed_concurrency: int = Field(2, ge=1, description="embedding actors while mining (one CPU or GPU each)")
+
+    @model_validator(mode="after")
+    def _check_per_pair(self) -> HardNegativeSettings:
+        if self.per_pair > self.top_k:
+            raise ValueError(f"hard_negatives.per_pair={self.per_pair} is above hard_negatives.top_k={self.top_k}: "
+                             "a pair's negatives are distinct items of its top-k")
+        return self
 
 
 class GradedPositiveSettings(JobConfig):

@@ -1,7 +1,7 @@
 """Hard negatives mined from a retriever's index (pure numpy/pandas/faiss; no Ray).
 
 Shared by both trainers: the ranker adds retrieved items as BCE negatives, the two-tower trainer
-gives each training pair one retrieved item as an extra softmax candidate. The driver embeds the
+gives each training pair `per_pair` retrieved items as extra softmax candidates. The driver embeds the
 anchors with the index's own model (recsys/train/retriever.py); everything after that is here.
 """
 
@@ -14,7 +14,21 @@ import pandas as pd
 
 from recsys.index.faiss_index import ItemIndex
 
-NEGATIVE_COLUMNS = ["negative_item_id", "negative_text"]
+
+def negative_columns(k: int) -> tuple[str, str]:
+    """(item id, text) columns of a pair's k-th mined negative (0-based). The first keeps the plain names,
+    so a one-negative run writes the same table it always did; extras are numbered (negative_text_1 ...)."""
+    suffix = f"_{k}" if k else ""
+    return f"negative_item_id{suffix}", f"negative_text{suffix}"
+
+
+def negative_column_pairs(columns: Sequence[str]) -> list[tuple[str, str]]:
+    """The negative (id, text) column pairs a table or batch with these columns carries, in order."""
+    present = set(columns)
+    out: list[tuple[str, str]] = []
+    while all(c in present for c in negative_columns(len(out))):
+        out.append(negative_columns(len(out)))
+    return out
 
 
 def retrieve_candidates(index: ItemIndex, query_vectors: np.ndarray, histories: Sequence[Sequence[str]],
@@ -58,13 +72,18 @@ def judged_negative_candidates(judgments: pd.DataFrame, anchors: Sequence[str],
 
 
 def pairs_with_hard_negatives(pairs: pd.DataFrame, candidates: Mapping[str, Sequence[str]],
-                              item_texts: Mapping[str, str], seed: int) -> tuple[pd.DataFrame, dict[str, int]]:
-    """Training pairs + one hard negative each (NEGATIVE_COLUMNS) -> (pairs, counts).
+                              item_texts: Mapping[str, str], seed: int,
+                              per_pair: int = 1) -> tuple[pd.DataFrame, dict[str, int]]:
+    """Training pairs + `per_pair` distinct hard negatives each (negative_columns(0 .. per_pair-1))
+    -> (pairs, counts).
 
     `candidates`: anchor text -> the retriever's top-k for it. A pair's negative is never a positive of
-    any pair with the same anchor. A pair whose top-k holds nothing eligible (or nothing with item text)
-    gets a uniformly drawn catalog item instead, so every batch has the same shape; those are counted.
+    any pair with the same anchor. Where a pair's top-k holds fewer than `per_pair` eligible items (with
+    item text), uniformly drawn catalog items fill the rest, so every batch has the same shape; counts
+    says how many negatives came from each.
     """
+    if per_pair < 1:
+        raise ValueError(f"per_pair={per_pair}: need at least one negative per pair")
     positives = pairs.groupby("anchor_text")["positive_item_id"].agg(lambda s: set(map(str, s))).to_dict()
     anchors = pairs["anchor_text"].tolist()
     missing = sorted({a for a in anchors if a not in candidates})
@@ -72,20 +91,24 @@ def pairs_with_hard_negatives(pairs: pd.DataFrame, candidates: Mapping[str, Sequ
         raise ValueError(f"no retrieved candidates for {len(missing)} anchors, e.g. {missing[0]!r}")
     excluded = [positives[a] for a in anchors]
     lists = [[i for i in candidates[a] if i in item_texts] for a in anchors]
-    picked = pick_hard_negatives(lists, excluded, 1, seed)
+    picked = pick_hard_negatives(lists, excluded, per_pair, seed)
     catalog = np.array(sorted(item_texts), dtype=object)
     rng = np.random.default_rng(seed + 1)
-    negatives, fallback = [], 0
+    rows, fallback = [], 0
     for chosen, skip in zip(picked, excluded):
-        if chosen:
-            negatives.append(chosen[0])
-            continue
-        fallback += 1
-        draw = str(catalog[rng.integers(len(catalog))])
-        while draw in skip and len(skip) < len(catalog):
+        row = list(chosen)
+        taken = skip | set(row)
+        while len(row) < per_pair:
+            fallback += 1
             draw = str(catalog[rng.integers(len(catalog))])
-        negatives.append(draw)
+            while draw in taken and len(taken) < len(catalog):
+                draw = str(catalog[rng.integers(len(catalog))])
+            row.append(draw)
+            taken.add(draw)
+        rows.append(row)
     out = pairs.copy()
-    out["negative_item_id"] = negatives
-    out["negative_text"] = [item_texts[i] for i in negatives]
-    return out, {"mined": len(out) - fallback, "uniform_fallback": fallback, "anchors": len(positives)}
+    for k in range(per_pair):
+        id_column, text_column = negative_columns(k)
+        out[id_column] = [row[k] for row in rows]
+        out[text_column] = [item_texts[row[k]] for row in rows]
+    return out, {"mined": len(out) * per_pair - fallback, "uniform_fallback": fallback, "anchors": len(positives)}

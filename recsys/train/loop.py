@@ -34,6 +34,7 @@ from recsys.train.config import TrainConfig
 from recsys.train.curves import MetricsWriter
 from recsys.train.deepspeed_config import build_deepspeed_config
 from recsys.train.evaluator import agree_any, evaluate_retrieval
+from recsys.train.hard_negatives import negative_column_pairs
 from recsys.train.validation import EarlyStopping, ValidationSet, is_due
 
 logger = logging.getLogger("recsys.train")
@@ -128,24 +129,26 @@ def gather_candidates(local: torch.Tensor, rank: int, world: int) -> torch.Tenso
 def train_step(engine, tokenizer, batch: dict, cfg: TrainConfig, rank: int = 0, world: int = 1) -> float:
     """One micro-batch: forward both towers in one pass, softmax over the candidates, backward, step.
 
-    Candidates are the batch's positives, then its mined hard negatives (when the pairs carry them),
-    then with negatives_across_workers the same from every other worker."""
+    Candidates are the batch's positives, then its mined hard negatives (when the pairs carry them: every
+    pair's first, then every pair's second ...), then with negatives_across_workers the same from every
+    other worker."""
     n = len(batch["anchor_text"])
     items, ids = list(batch["positive_text"]), list(batch["positive_item_id"])
-    hard = "negative_text" in batch
-    if hard:
-        items += list(batch["negative_text"])
-        ids += list(batch["negative_item_id"])
+    negatives = negative_column_pairs(list(batch))
+    for id_column, text_column in negatives:
+        items += list(batch[text_column])
+        ids += list(batch[id_column])
+    n_hard = n * len(negatives)
     tok = tokenize_pairs(tokenizer, batch["anchor_text"], items, cfg.query_max_length, cfg.item_max_length)
     query, item = engine(tok["input_ids"].to(engine.device), tok["attention_mask"].to(engine.device), n_queries=n)
     keys = item_keys(ids).to(engine.device)
     anchors = item_keys(batch["anchor_text"]).to(engine.device)
-    if hard:   # -1: a hard negative is no row's positive, so no anchor's other positive either
-        anchors = torch.cat([anchors, torch.full((n,), -1, dtype=torch.int64, device=engine.device)])
+    # -1: a hard negative is no row's positive, so no anchor's other positive either
+    anchors = torch.cat([anchors, torch.full((n_hard,), -1, dtype=torch.int64, device=engine.device)])
     log_q = None
     if cfg.logq_correction:   # only in-batch positives were sampled by frequency; hard negatives get no correction
         log_q = torch.tensor(batch["positive_log_q"], dtype=torch.float32, device=engine.device)
-        log_q = torch.cat([log_q, torch.zeros(n if hard else 0, device=engine.device)])
+        log_q = torch.cat([log_q, torch.zeros(n_hard, device=engine.device)])
     item, first = item.float(), 0
     if cfg.negatives_across_workers and world > 1:
         first = rank * len(ids)

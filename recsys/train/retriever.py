@@ -52,9 +52,9 @@ def embed_with_retriever(index: ItemIndex, texts: list[str], batch_size: int, co
 
 def mine_pair_hard_negatives(hn: HardNegativeSettings, data_dir: Path, data_version: str, out_dir: Path,
                              use_gpu: bool, seed: int, job: str, judgments: pd.DataFrame | None) -> Path:
-    """train_pairs + one hard negative per pair -> parquet under out_dir. The negative comes from the
-    pair's query's judged-irrelevant items (hn.judgments), else from index hn.index's top-k, else it
-    is a uniform catalog item.
+    """train_pairs + hn.per_pair hard negatives per pair -> parquet under out_dir. They come from the
+    pair's query's judged-irrelevant items (hn.judgments), else from index hn.index's top-k; a pair with
+    too few of those gets uniform catalog items for the rest.
 
     Written once per run: a resumed run (or a restarted worker group) trains on the same negatives.
     `judgments`: hn.judgments as read_judgments returned it (None when off); the caller reads it, once
@@ -80,11 +80,11 @@ def mine_pair_hard_negatives(hn: HardNegativeSettings, data_dir: Path, data_vers
         candidates.update(zip(rest, retrieve_candidates(index, vectors, [positives[a] for a in rest], hn.top_k)))
     candidates.update((a, []) for a in anchors if a not in candidates)   # -> a uniform catalog item
     ids, _, texts = catalog_texts(pq.read_table(data_dir / "catalog.parquet").to_pandas())
-    mined, counts = pairs_with_hard_negatives(pairs, candidates, dict(zip(ids, texts)), seed)
+    mined, counts = pairs_with_hard_negatives(pairs, candidates, dict(zip(ids, texts)), seed, hn.per_pair)
     target.mkdir(parents=True, exist_ok=True)
     tmp = target / "part-0.parquet.tmp"
     mined.to_parquet(tmp, index=False)
     tmp.rename(target / "part-0.parquet")
-    log(job, f"hard negatives: {len(pairs)} pairs, {counts['mined']} from judgments or the index, "
-             f"{counts['uniform_fallback']} uniform (no eligible candidate) -> {target}")
+    log(job, f"hard negatives: {len(pairs)} pairs x {hn.per_pair}: {counts['mined']} from judgments or the index, "
+             f"{counts['uniform_fallback']} uniform (too few eligible candidates) -> {target}")
     return target

@@ -95,7 +95,7 @@ def run_training(cfg: TrainConfig) -> dict:
     total_steps = plan_total_steps(cfg, n_pairs, cfg.num_workers)
     log(JOB, f"data {data_version}: {n_pairs} pairs; {total_steps} steps x {cfg.num_workers} workers x "
              f"{cfg.micro_batch_size} pairs"
-             f"{' + 1 hard negative each' if hn.index or hn.judgments else ''}"
+             f"{f' + {hn.per_pair} hard negative(s) each' if hn.index or hn.judgments else ''}"
              f"{', negatives shared across workers' if cfg.negatives_across_workers else ''}; "
              f"ZeRO-{cfg.zero_stage}{' + LoRA' if cfg.lora.enabled else ''}, "
              f"{'GPU/NCCL' if cfg.use_gpu else 'CPU/gloo'}, bf16={cfg.use_bf16}")

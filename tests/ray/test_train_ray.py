@@ -99,8 +99,8 @@ def test_two_worker_zero2_learns_from_hard_negatives_and_logs_every_step(ray_clu
     """Full fine-tuning, 2 workers, ZeRO-2: the loss goes down, the export is a plain HF directory, and rank 0
     logged every step (JSON lines, TensorBoard, a PNG of the curves).
 
-    Mining from a real index (MiniLM item vectors, Faiss) before Ray Train: each pair gets one of its
-    anchor's top-k items that is none of the anchor's positives, the run trains on those pairs with the
+    Mining from a real index (MiniLM item vectors, Faiss) before Ray Train: each pair gets two distinct items
+    of its anchor's top-k that are none of the anchor's positives, the run trains on those pairs with the
     other worker's items as extra negatives, and a resumed run would read the same mined file. The pairs
     also carry graded judgments (red ones judged looser), whose weights reach the loss on the way; the
     judgments file, named by both the hard negatives and the weights, is parsed once."""
@@ -108,6 +108,7 @@ def test_two_worker_zero2_learns_from_hard_negatives_and_logs_every_step(ray_clu
     from recsys.eval.search import read_judgments
     from recsys.index.build import run_build_index
     from recsys.index.config import IndexConfig
+    from recsys.train.hard_negatives import negative_column_pairs, negative_columns
     from recsys.train.retriever import HARD_NEGATIVE_PAIRS
 
     data_version = make_pair_data(recsys_home, catalog_items=32)
@@ -128,7 +129,7 @@ def test_two_worker_zero2_learns_from_hard_negatives_and_logs_every_step(ray_clu
     cfg = TrainConfig(model_name_or_path=str(tiny_model_dir), num_workers=2, zero_stage=2, micro_batch_size=8,
                       max_steps=24, lr=5e-3, warmup_steps=2, temperature=0.1, query_max_length=16,
                       item_max_length=16, shuffle_buffer=0, eval_every=0, checkpoint_every=0,
-                      hard_negatives={"index": index["version"], "top_k": 5, "embed_concurrency": 1,
+                      hard_negatives={"index": index["version"], "top_k": 5, "per_pair": 2, "embed_concurrency": 1,
                                       "judgments": str(judged)},
                       negatives_across_workers=True, graded_positives={"judgments": str(judged)})
     capsys.readouterr()
@@ -139,13 +140,16 @@ def test_two_worker_zero2_learns_from_hard_negatives_and_logs_every_step(ray_clu
         in capsys.readouterr().out
     model_dir = recsys_home / "artifacts" / "models" / result["version"]
     mined = pq.read_table(model_dir / HARD_NEGATIVE_PAIRS).to_pandas()
-    assert len(mined) == 192 and mined["negative_text"].str.len().gt(0).all()
+    assert negative_column_pairs(list(mined.columns)) == [negative_columns(0), negative_columns(1)]
+    assert len(mined) == 192 and (mined["negative_item_id"] != mined["negative_item_id_1"]).all()
     positives = mined.groupby("anchor_text")["positive_item_id"].agg(set)
-    assert not any(neg in positives[a] for a, neg in zip(mined["anchor_text"], mined["negative_item_id"]))
-    # Retrieved, not uniform: MiniLM puts other items of the same colour or kind near each anchor.
-    shares_a_word = [bool(set(a.split(" | ")[0].split()) & set(n.split(".")[0].split()))
-                     for a, n in zip(mined["anchor_text"], mined["negative_text"])]
-    assert sum(shares_a_word) > 0.8 * len(mined), sum(shares_a_word)
+    for id_column, text_column in (negative_columns(0), negative_columns(1)):
+        assert mined[text_column].str.len().gt(0).all()
+        assert not any(neg in positives[a] for a, neg in zip(mined["anchor_text"], mined[id_column]))
+        # Retrieved, not uniform: MiniLM puts other items of the same colour or kind near each anchor.
+        shares_a_word = [bool(set(a.split(" | ")[0].split()) & set(n.split(".")[0].split()))
+                         for a, n in zip(mined["anchor_text"], mined[text_column])]
+        assert sum(shares_a_word) > 0.8 * len(mined), (text_column, sum(shares_a_word))
     curve = json.loads((model_dir / "loss_curve.json").read_text())
     assert len(curve) == 24 and sum(curve[-6:]) < 0.8 * sum(curve[:6]), f"loss did not go down: {curve}"
     assert (model_dir / "model.safetensors").is_file() and (model_dir / "tokenizer.json").is_file()

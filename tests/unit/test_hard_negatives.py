@@ -10,6 +10,8 @@ import pytest
 from recsys.index.faiss_index import ItemIndex, build_faiss_index
 from recsys.train.hard_negatives import (
     judged_negative_candidates,
+    negative_column_pairs,
+    negative_columns,
     pairs_with_hard_negatives,
     pick_hard_negatives,
     retrieve_candidates,
@@ -73,3 +75,34 @@ def test_judged_negatives_are_the_low_graded_items_of_the_same_query() -> None:
     texts = {i: f"text {i}" for i in ["p1", "p3", "n1", "n2", "n3"]}
     out, counts = pairs_with_hard_negatives(pairs, {**found, "saw": []}, texts, seed=0)
     assert out.loc[0, "negative_item_id"] in {"n1", "n2"} and counts["uniform_fallback"] == 1
+
+
+def test_several_negatives_per_pair_are_distinct_and_filled_up_uniformly() -> None:
+    pairs = pd.DataFrame({"anchor_text": ["drill", "drill", "saw"], "positive_item_id": ["p1", "p2", "p3"],
+                          "positive_text": ["t1", "t2", "t3"]})
+    texts = {i: f"text {i}" for i in ["p1", "p2", "p3", "n1", "n2", "n3", "n4", "u1", "u2"]}
+    # drill has three eligible items for three negatives; saw only one (n4), so two come from the catalog.
+    candidates = {"drill": ["p1", "n1", "p2", "n2", "n3"], "saw": ["p3", "n4"]}
+    out, counts = pairs_with_hard_negatives(pairs, candidates, texts, seed=0, per_pair=3)
+    columns = [negative_columns(k) for k in range(3)]
+    assert negative_column_pairs(list(out.columns)) == columns
+    assert columns[0] == ("negative_item_id", "negative_text")             # one-negative tables read as before
+    rows = out[[c for c, _ in columns]].values.tolist()
+    assert sorted(rows[0]) == sorted(rows[1]) == ["n1", "n2", "n3"]
+    assert rows[2][0] == "n4" and len(set(rows[2])) == 3 and "p3" not in rows[2]
+    assert counts == {"mined": 7, "uniform_fallback": 2, "anchors": 2}
+    for id_column, text_column in columns:
+        assert out[text_column].tolist() == [texts[i] for i in out[id_column]]
+    assert pairs_with_hard_negatives(pairs, candidates, texts, seed=0, per_pair=3)[0].equals(out)
+    one, _ = pairs_with_hard_negatives(pairs, candidates, texts, seed=0)
+    assert negative_column_pairs(list(one.columns)) == columns[:1]
+    with pytest.raises(ValueError, match="per_pair=0"):
+        pairs_with_hard_negatives(pairs, candidates, texts, seed=0, per_pair=0)
+
+
+def test_per_pair_above_top_k_is_refused_naming_both_fields() -> None:
+    from recsys.train.config import HardNegativeSettings
+
+    assert HardNegativeSettings(top_k=5, per_pair=5).per_pair == 5
+    with pytest.raises(ValueError, match=r"hard_negatives.per_pair=6 is above hard_negatives.top_k=5"):
+        HardNegativeSettings(top_k=5, per_pair=6)
