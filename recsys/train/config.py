@@ -27,7 +27,7 @@ class HardNegativeSettings(JobConfig):
                                                 "path) on the training data: its model embeds each pair's anchor "
                                                 "and one of its top-k items becomes that pair's hard negative; "
                                                 "null = in-batch negatives only")
-    top_k: int = Field(30, ge=1, description="a hard negative is drawn uniformly from the anchor's top-k, never "
+    top_k: int = Field(100, ge=1, description="a hard negative is drawn uniformly from the anchor's top-k, never "
                                              "one of the anchor's positives")
     per_pair: int = Field(1, ge=1, description="distinct hard negatives per pair, drawn together from the same "
                                                "top-k (or judged items); each joins the batch as a candidate for "
