@@ -25,7 +25,7 @@ class LoraSettings(JobConfig):
 class HardNegativeSettings(JobConfig):
     index: str | None = Field(None, description="index version from jobs/build_index.py ('latest', a name or a "
                                                 "path) on the training data: its model embeds each pair's anchor "
-                                                "and one of its top-k items becomes that pair's hard negative; "
+                                                "and per_pair of its top-k items become that pair's hard negatives; "
                                                 "null = in-batch negatives only")
     top_k: int = Field(100, ge=1, description="a hard negative is drawn uniformly from the anchor's top-k, never "
                                              "one of the anchor's positives")
@@ -35,8 +35,8 @@ class HardNegativeSettings(JobConfig):
                                                "items")
     judgments: str | None = Field(None, description="graded search judgments (the Home Depot directory, or a CSV / "
                                                     "Parquet with query, item_id, relevance): a pair whose query has "
-                                                    "items judged at most max_relevance gets one of those as its "
-                                                    "hard negative (the index's top-k, if set, serves the other "
+                                                    "items judged at most max_relevance gets those as its "
+                                                    "hard negatives (the index's top-k, if set, serves the other "
                                                     "queries); null = none")
     max_relevance: float = Field(1.75, description="judged items at or below this relevance are negatives of their "
                                                    "query (Home Depot: 1 = irrelevant ... 3 = exact match)")
