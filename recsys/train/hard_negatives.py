@@ -36,7 +36,8 @@ def retrieve_candidates(index: ItemIndex, query_vectors: np.ndarray, histories: 
     """Top-n item ids per query, the user's history items excluded (as the Retrieve stage would)."""
     extra = max((len(set(h)) for h in histories), default=0)
     _, ids = index.search(query_vectors, n + extra)
-    return [[i for i in row if i not in set(history)][:n] for row, history in zip(ids, histories)]
+    skips = [set(history) for history in histories]   # once per query, not once per retrieved item
+    return [[i for i in row if i not in skip][:n] for row, skip in zip(ids, skips)]
 
 
 def pick_hard_negatives(candidates: Sequence[Sequence[str]], excluded: Sequence[set[str]], per_positive: int,
