@@ -49,3 +49,17 @@ class BM25Index:
             if ids:
                 out[row] = self.model.get_scores_from_ids(ids)
         return out
+
+    def top_items(self, queries: Sequence[str], k: int, block: int = 256) -> list[list[int]]:
+        """Per query, the positions of its k best-scoring items, best first; only items sharing a word with
+        the query (a query with no catalog word gets none). Scored `block` queries at a time, so mining
+        thousands of training queries never holds a [Q, N] matrix."""
+        out: list[list[int]] = []
+        for start in range(0, len(queries), block):
+            scores = self.scores(queries[start:start + block])
+            n = min(k, self.n_items)
+            top = np.argpartition(-scores, n - 1, axis=1)[:, :n]
+            for row, cols in zip(scores, top):
+                cols = cols[np.argsort(-row[cols], kind="stable")]
+                out.append([int(c) for c in cols if row[c] > 0])
+        return out

@@ -33,15 +33,24 @@ class HardNegativeSettings(JobConfig):
                                                "top-k (or judged items); each joins the batch as a candidate for "
                                                "every query, so a step encodes micro_batch_size x (1 + per_pair) "
                                                "items")
+    bm25_top_k: int = Field(0, ge=0, description="also draw from the anchor's top-k under BM25 over the catalog "
+                                                 "texts (lexical near-misses the tower's own index ranks low; "
+                                                 "DPR's BM25 negatives): the pool is index top-k + BM25 top-k, "
+                                                 "minus the anchor's positives; 0 = off")
     judgments: str | None = Field(None, description="graded search judgments (the Home Depot directory, or a CSV / "
                                                     "Parquet with query, item_id, relevance): a pair whose query has "
                                                     "items judged at most max_relevance gets those as its "
-                                                    "hard negatives (the index's top-k, if set, serves the other "
-                                                    "queries); null = none")
+                                                    "hard negatives (the index's and BM25's top-k, if set, serve "
+                                                    "the other queries); null = none")
     max_relevance: float = Field(1.75, description="judged items at or below this relevance are negatives of their "
                                                    "query (Home Depot: 1 = irrelevant ... 3 = exact match)")
     embed_batch_size: int = Field(64, ge=1, description="anchors per forward pass while mining")
     embed_concurrency: int = Field(2, ge=1, description="embedding actors while mining (one CPU or GPU each)")
+
+    @property
+    def enabled(self) -> bool:
+        """Whether any source of hard negatives is on (else: in-batch negatives only)."""
+        return self.index is not None or self.judgments is not None or self.bm25_top_k > 0
 
     @model_validator(mode="after")
     def _check_per_pair(self) -> HardNegativeSettings:
@@ -173,9 +182,9 @@ class TrainConfig(JobConfig):
     def _check_catalog_queries(self) -> TrainConfig:
         # Catalog pairs carry no mined negative and were not sampled by popularity, so neither the hard-negative
         # columns nor the logQ lookup (counted over the logged pairs) exist for them.
-        if self.catalog_queries.pairs and (self.hard_negatives.index or self.hard_negatives.judgments):
+        if self.catalog_queries.pairs and self.hard_negatives.enabled:
             raise ValueError(f"catalog_queries.pairs={self.catalog_queries.pairs} cannot be combined with "
-                             "hard_negatives (index or judgments): set one of them off")
+                             "hard_negatives (index, bm25_top_k or judgments): set one of them off")
         if self.catalog_queries.pairs and self.logq_correction:
             raise ValueError(f"catalog_queries.pairs={self.catalog_queries.pairs} cannot be combined with "
                              "logq_correction=true: set one of them off")

@@ -1,4 +1,4 @@
-"""Hard negatives mined from a retriever's index (pure numpy/pandas/faiss; no Ray).
+"""Hard negatives mined from a retriever's index or BM25 (pure numpy/pandas/faiss/bm25s; no Ray).
 
 Shared by both trainers: the ranker adds retrieved items as BCE negatives, the two-tower trainer
 gives each training pair `per_pair` retrieved items as extra softmax candidates. The driver embeds the
@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from recsys.eval.bm25 import BM25Index
 from recsys.index.faiss_index import ItemIndex
 
 
@@ -38,6 +39,12 @@ def retrieve_candidates(index: ItemIndex, query_vectors: np.ndarray, histories: 
     _, ids = index.search(query_vectors, n + extra)
     skips = [set(history) for history in histories]   # once per query, not once per retrieved item
     return [[i for i in row if i not in skip][:n] for row, skip in zip(ids, skips)]
+
+
+def bm25_candidates(bm25: BM25Index, item_ids: Sequence[str], anchors: Sequence[str], n: int) -> list[list[str]]:
+    """Top-n item ids per anchor under BM25 (`bm25` indexes the texts of `item_ids`, in that order). Only
+    items sharing a word with the anchor: lexical look-alikes the tower must learn to tell apart."""
+    return [[str(item_ids[i]) for i in row] for row in bm25.top_items(anchors, n)]
 
 
 def pick_hard_negatives(candidates: Sequence[Sequence[str]], excluded: Sequence[set[str]], per_positive: int,

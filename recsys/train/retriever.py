@@ -16,12 +16,18 @@ import pyarrow.parquet as pq
 
 from recsys.artifacts import resolve_artifact
 from recsys.data.text import catalog_texts
+from recsys.eval.bm25 import BM25Index
 from recsys.index.embed import embed_texts
 from recsys.index.faiss_index import ItemIndex, load_item_index
 from recsys.models.encoder import query_tower_path
 from recsys.runtime import log
 from recsys.train.config import HardNegativeSettings
-from recsys.train.hard_negatives import judged_negative_candidates, pairs_with_hard_negatives, retrieve_candidates
+from recsys.train.hard_negatives import (
+    bm25_candidates,
+    judged_negative_candidates,
+    pairs_with_hard_negatives,
+    retrieve_candidates,
+)
 
 HARD_NEGATIVE_PAIRS = "hard_negative_pairs"   # in the model version directory: a resumed run reuses it
 
@@ -53,8 +59,8 @@ def embed_with_retriever(index: ItemIndex, texts: list[str], batch_size: int, co
 def mine_pair_hard_negatives(hn: HardNegativeSettings, data_dir: Path, data_version: str, out_dir: Path,
                              use_gpu: bool, seed: int, job: str, judgments: pd.DataFrame | None) -> Path:
     """train_pairs + hn.per_pair hard negatives per pair -> parquet under out_dir. They come from the
-    pair's query's judged-irrelevant items (hn.judgments), else from index hn.index's top-k; a pair with
-    too few of those gets uniform catalog items for the rest.
+    pair's query's judged-irrelevant items (hn.judgments), else from index hn.index's top-k and BM25's
+    top-(hn.bm25_top_k) together; a pair with too few of those gets uniform catalog items for the rest.
 
     Written once per run: a resumed run (or a restarted worker group) trains on the same negatives.
     `judgments`: hn.judgments as read_judgments returned it (None when off); the caller reads it, once
@@ -78,13 +84,20 @@ def mine_pair_hard_negatives(hn: HardNegativeSettings, data_dir: Path, data_vers
         vectors = embed_with_retriever(index, rest, hn.embed_batch_size, hn.embed_concurrency, use_gpu, job)
         positives = pairs.groupby("anchor_text")["positive_item_id"].agg(lambda s: sorted(set(map(str, s))))
         candidates.update(zip(rest, retrieve_candidates(index, vectors, [positives[a] for a in rest], hn.top_k)))
-    candidates.update((a, []) for a in anchors if a not in candidates)   # -> a uniform catalog item
     ids, _, texts = catalog_texts(pq.read_table(data_dir / "catalog.parquet").to_pandas())
+    if hn.bm25_top_k and rest:
+        started = time.perf_counter()
+        lexical = bm25_candidates(BM25Index(texts), ids, rest, hn.bm25_top_k)
+        for anchor, items in zip(rest, lexical):   # after the index's: pick_hard_negatives drops repeats
+            candidates[anchor] = candidates.get(anchor, []) + items
+        log(job, f"hard negatives: BM25 top-{hn.bm25_top_k} of {len(rest)} anchors over {len(ids)} catalog texts "
+                 f"in {time.perf_counter() - started:.1f}s")
+    candidates.update((a, []) for a in anchors if a not in candidates)   # -> a uniform catalog item
     mined, counts = pairs_with_hard_negatives(pairs, candidates, dict(zip(ids, texts)), seed, hn.per_pair)
     target.mkdir(parents=True, exist_ok=True)
     tmp = target / "part-0.parquet.tmp"
     mined.to_parquet(tmp, index=False)
     tmp.rename(target / "part-0.parquet")
-    log(job, f"hard negatives: {len(pairs)} pairs x {hn.per_pair}: {counts['mined']} from judgments or the index, "
+    log(job, f"hard negatives: {len(pairs)} pairs x {hn.per_pair}: {counts['mined']} mined (judgments, index, BM25), "
              f"{counts['uniform_fallback']} uniform (too few eligible candidates) -> {target}")
     return target

@@ -88,14 +88,14 @@ def run_training(cfg: TrainConfig) -> dict:
     # Each judgments file is parsed once, though both the hard negatives and the weights may name it.
     paths = {path for path in (hn.judgments, cfg.graded_positives.judgments) if path is not None}
     judged = {path: read_judgments(path)[0] for path in paths}
-    if hn.index is not None or hn.judgments is not None:
+    if hn.enabled:
         pairs_dir = mine_pair_hard_negatives(hn, data_dir, data_version, model_dir, cfg.use_gpu, cfg.seed, JOB,
                                              judged.get(hn.judgments or ""))
     pairs, n_pairs = training_pair_stream(pairs_dir, data_dir, cfg, judged)
     total_steps = plan_total_steps(cfg, n_pairs, cfg.num_workers)
     log(JOB, f"data {data_version}: {n_pairs} pairs; {total_steps} steps x {cfg.num_workers} workers x "
              f"{cfg.micro_batch_size} pairs"
-             f"{f' + {hn.per_pair} hard negative(s) each' if hn.index or hn.judgments else ''}"
+             f"{f' + {hn.per_pair} hard negative(s) each' if hn.enabled else ''}"
              f"{', negatives shared across workers' if cfg.negatives_across_workers else ''}; "
              f"ZeRO-{cfg.zero_stage}{' + LoRA' if cfg.lora.enabled else ''}, "
              f"{'GPU/NCCL' if cfg.use_gpu else 'CPU/gloo'}, bf16={cfg.use_bf16}")

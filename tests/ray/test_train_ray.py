@@ -165,6 +165,28 @@ def test_two_worker_zero2_learns_from_hard_negatives_and_logs_every_step(ray_clu
     assert (model_dir / "training_curves.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_bm25_mining_alone_gives_lexical_negatives_never_a_positive(recsys_home, capsys):
+    """hard_negatives.bm25_top_k without an index: each pair's negative is one of the catalog items BM25 ranks
+    for its anchor (so shares a word with it), never the anchor's positive; no Ray or model needed."""
+    from recsys.train.config import HardNegativeSettings
+    from recsys.train.retriever import mine_pair_hard_negatives
+
+    data_version = make_pair_data(recsys_home, catalog_items=32)
+    data_dir = recsys_home / "artifacts" / "data" / data_version
+    out_dir = recsys_home / "model-out"
+    target = mine_pair_hard_negatives(HardNegativeSettings(bm25_top_k=10), data_dir, data_version, out_dir,
+                                      use_gpu=False, seed=0, job="train", judgments=None)
+    mined = pq.read_table(target).to_pandas()
+    assert len(mined) == 192 and (mined["negative_item_id"] != mined["positive_item_id"]).all()
+    shares_a_word = [bool(set(a.split(" | ")[0].split()) & set(n.split(".")[0].split()))
+                     for a, n in zip(mined["anchor_text"], mined["negative_text"])]
+    assert all(shares_a_word)
+    assert mined["negative_item_id"].nunique() > 8                  # drawn across each anchor's top-10
+    logged = capsys.readouterr().out
+    assert "BM25 top-10 of 192 anchors over 32 catalog texts" in logged
+    assert "192 mined (judgments, index, BM25), 0 uniform" in logged
+
+
 def test_catalog_queries_are_shuffled_into_the_logged_pairs(ray_cluster, recsys_home, tiny_model_dir):
     """The pair stream run_training feeds the workers: catalog_queries.pairs pairs made from the catalog's
     own titles join the logged pairs through a seeded global shuffle (not a block at the end), each one

@@ -9,6 +9,7 @@ import pytest
 
 from recsys.index.faiss_index import ItemIndex, build_faiss_index
 from recsys.train.hard_negatives import (
+    bm25_candidates,
     judged_negative_candidates,
     negative_column_pairs,
     negative_columns,
@@ -106,3 +107,31 @@ def test_per_pair_above_top_k_is_refused_naming_both_fields() -> None:
     assert HardNegativeSettings(top_k=5, per_pair=5).per_pair == 5
     with pytest.raises(ValueError, match=r"hard_negatives.per_pair=6 is above hard_negatives.top_k=5"):
         HardNegativeSettings(top_k=5, per_pair=6)
+
+
+def test_bm25_candidates_are_lexical_look_alikes_best_first() -> None:
+    from recsys.eval.bm25 import BM25Index
+
+    ids = ["hat", "shoe", "rack", "boot"]
+    titles = ["Blue hat", "Red running shoes", "Shoe rack, 3 tier", "Leather boots"]
+    bm25 = BM25Index(titles)
+    got = bm25_candidates(bm25, ids, ["running shoe", "shoe", "zzzz", "hat"], n=5)
+    assert got[0] == ["shoe", "rack"]               # both share "shoe"; the one also matching "running" first
+    assert set(got[1]) == {"shoe", "rack"}          # only items sharing a word, never the whole catalog
+    assert got[2] == [] and got[3] == ["hat"]
+    assert bm25_candidates(bm25, ids, ["running shoe"], n=1) == [["shoe"]]
+    # blocks of queries give the same lists as one block
+    assert bm25.top_items(["running shoe", "shoe", "hat"], 2, block=1) == bm25.top_items(["running shoe", "shoe",
+                                                                                           "hat"], 2)
+
+
+def test_bm25_negatives_count_as_hard_negatives_and_exclude_catalog_queries() -> None:
+    from recsys.train.config import HardNegativeSettings, TrainConfig
+
+    assert not HardNegativeSettings().enabled
+    assert HardNegativeSettings(bm25_top_k=50).enabled and HardNegativeSettings(index="latest").enabled
+    with pytest.raises(ValueError, match=r"catalog_queries.pairs=10 cannot be combined with hard_negatives "
+                                         r"\(index, bm25_top_k or judgments\)"):
+        TrainConfig(catalog_queries={"pairs": 10}, hard_negatives={"bm25_top_k": 50})
+    with pytest.raises(ValueError, match="bm25_top_k"):
+        HardNegativeSettings(bm25_top_k=-1)
