@@ -62,8 +62,10 @@ def log(job: str, message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] [{job}] {message}", flush=True)
 
 
-def run_job(job: str, config_cls, run, description: str, argv: list[str] | None = None) -> dict:
-    """Shared main of every job: parse + validate config (before Ray starts), log it, run, print result."""
+def run_job(job: str, config_cls, run, description: str, argv: list[str] | None = None,
+            uses_ray: bool = True) -> dict:
+    """Shared main of every job: parse + validate config (before Ray starts), log it, run, print result.
+    uses_ray=False: a job that only reads and writes files (average_models) starts no cluster."""
     import json
     import sys
 
@@ -72,7 +74,8 @@ def run_job(job: str, config_cls, run, description: str, argv: list[str] | None 
 
     cfg = parse_job_args(config_cls, description, argv)
     log(job, "config:\n" + json.dumps(cfg.model_dump(), indent=2))
-    init_ray(job)
+    if uses_ray:
+        init_ray(job)
     try:
         result = run(cfg)
     except (ArtifactNotFound, ValueError) as exc:
