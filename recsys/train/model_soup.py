@@ -31,8 +31,9 @@ NOT_COPIED = ("manifest.json", "run.json", "train_state.json", "loss_curve.json"
 
 
 class AverageModelsConfig(JobConfig):
-    models: list[str] = Field(..., min_length=2, description="model versions (or 'latest', or paths) to average: "
-                                                            "fine-tunes of one base model with the same towers")
+    models: list[str] = Field(default_factory=list, description="two or more model versions (or paths) to "
+                                                               "average: fine-tunes of one base model with the "
+                                                               "same towers")
     weights: list[float] | None = Field(None, description="one weight > 0 per model, normalised to sum to 1; "
                                                          "null = the uniform soup")
 
@@ -45,6 +46,13 @@ class AverageModelsConfig(JobConfig):
             if any(w <= 0 for w in self.weights):
                 raise ValueError(f"weights={self.weights}: every weight must be > 0")
         return self
+
+    def checked_models(self) -> list[str]:
+        # Checked when the job runs, not on load: the shipped YAML has no versions to name yet.
+        if len(self.models) < 2:
+            raise ValueError(f"models={self.models}: name two or more model versions to average, e.g. "
+                             "--set \"models=[<version>,<version>]\" (see $RECSYS_HOME/artifacts/models/)")
+        return self.models
 
     def normalised_weights(self) -> list[float]:
         raw = self.weights or [1.0] * len(self.models)
@@ -147,7 +155,7 @@ def run_average_models(cfg: AverageModelsConfig) -> dict:
 
     started = time.perf_counter()
     models: dict[str, tuple[Path, dict]] = {}
-    for ref in cfg.models:
+    for ref in cfg.checked_models():
         path, version, manifest = resolve_model(ref)
         if version in models:
             raise ValueError(f"models lists {version} twice ({cfg.models}): give it a larger weight instead")

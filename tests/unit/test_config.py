@@ -13,6 +13,7 @@ from recsys.eval.config import EvalConfig
 from recsys.eval.search_config import SearchEvalConfig
 from recsys.index.config import IndexConfig
 from recsys.train.config import TrainConfig
+from recsys.train.model_soup import AverageModelsConfig
 from recsys.train.ranker_config import RankerTrainConfig
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -24,6 +25,7 @@ CONFIG_CLASSES: dict[str, type[JobConfig]] = {
     "evaluate": EvalConfig,
     "evaluate_search": SearchEvalConfig,
     "train_ranker": RankerTrainConfig,
+    "average_models": AverageModelsConfig,
 }
 
 

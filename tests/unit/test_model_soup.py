@@ -108,6 +108,8 @@ def test_a_model_listed_twice_or_weights_of_the_wrong_length_are_errors(recsys_h
     make_model(recsys_home, tiny_model_dir, "a", seed=0)
     with pytest.raises(ValueError, match="lists a twice"):
         soup("a", "a")
+    with pytest.raises(ValueError, match=r"models=\['a'\]: name two or more"):
+        soup("a")
     with pytest.raises(SystemExit) as exit_info:
         run_job("average_models", AverageModelsConfig, run_average_models, "",
                 argv=["--set", "models=[a,b]", "--set", "weights=[1]"], uses_ray=False)
