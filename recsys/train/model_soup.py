@@ -2,8 +2,8 @@
 
 Wortsman et al. 2022 ("Model soups"): fine-tunes that start from the same pre-trained weights land in one
 low-loss basin, so their weight average is itself a good model, usually better than each ingredient, at
-the cost of one model at serving time. On Home Depot four stage-2 runs that differ in hard-negative
-settings average to NDCG@10 0.368 where the best of them reaches 0.363 (README, "Search quality").
+the cost of one model at serving time. On Home Depot five stage-2 runs that differ in hard-negative and
+length settings average to NDCG@10 0.370 where the best of them reaches 0.367 (README, "Measured results").
 
 A uniform (or weighted) average is a few lines over safetensors, so it is written here rather than taken
 from mergekit, whose recipes, architectures and dependencies are for LLM merging. The job reads no data
