@@ -2,14 +2,18 @@
 
 Throughput: recsys/train/loop.py's MiniLM two-tower model and in-batch softmax loss, same synthetic pairs, same
 global batch (2 x micro-batch pairs per step), same 2 cores. Reference: one process, torch with 2 threads, AdamW.
-Ours: `run_training` (2 workers x 1 thread, ZeRO-2). Steady state = steps after --warmup; end-to-end adds start-up
-(Ray Train workers, model load, DeepSpeed init, export). Memory: DDP (ZeRO stage 0) vs ZeRO-2 vs ZeRO-3 on a
+Ours: `run_training` (2 workers x 1 thread, ZeRO-2). Between them, two paths without Ray split the gap into its
+causes: plain torch DDP over gloo (2 ranks x 1 thread, pinned like our workers: what the gradient all-reduce
+costs any 2-process data parallelism on this box) and the product's DeepSpeed ZeRO-2 `train_step` in the same
+2 ranks (what DeepSpeed's engine adds); ours over that is what Ray Train and Ray Data cost. Steady state = steps
+after --warmup; end-to-end adds start-up (Ray Train workers, model load, DeepSpeed init, export).
+Memory: DDP (ZeRO stage 0) vs ZeRO-2 vs ZeRO-3 on a
 random-init BERT-base (~110M params) saved as a local HF directory, 2 gloo ranks as plain subprocesses (no Ray,
 whose ~0.3 GB per worker would blur the comparison) that set up like train_loop_per_worker: `load_hf_encoder` with
 the `build_deepspeed_config` config (partitioned while loading under ZeRO-3), `limit_cpu_heap_growth`; each rank
 reports its own peak RSS (VmHWM) for init and for the steps. Each measured run is its own subprocess, in a private
-temporary RECSYS_HOME. The last line is the steady-state throughput ratio (goal >= 0.9), or with --only mem the
-memory ratio.
+temporary RECSYS_HOME. The last line is the steady-state throughput ratio ours / reference (goal >= 0.9), or
+with --only mem the memory ratio.
 
     .venv/bin/python bench/train_bench.py [--steps 30] [--warmup 5] [--micro-batch 16] [--mem-steps 3]
                                           [--only {all,throughput,mem}]
@@ -71,43 +75,114 @@ def train_config(args):
                        shuffle_buffer=0, warmup_steps=max(1, args.steps // 10), log_every=10)
 
 
-def run_single(args) -> dict:
-    """The hand-written reference: one process, torch on both cores, global batch = 2 x micro-batch."""
+def read_pairs():
     import pyarrow.parquet as pq
-    import torch
 
     from recsys.artifacts import resolve_artifact
+
+    return pq.read_table(resolve_artifact("data") / "train_pairs").to_pandas()
+
+
+def global_batch_rows(pairs, step: int, batch: int):
+    """The pairs of global step `step`: consecutive rows, wrapping before the end (the same for every path)."""
+    start = (step * batch) % (len(pairs) - batch + 1)
+    return pairs.iloc[start:start + batch]
+
+
+def plain_torch_step(model, params, opt, sched, tokenizer, rows, cfg):
+    """What a hand-written loop does per step: tokenize, both towers, in-batch softmax, AdamW, clip, schedule."""
+    import torch
+
     from recsys.models.losses import in_batch_softmax_loss
     from recsys.models.towers import tokenize_pairs
-    from recsys.train.loop import build_model, item_keys
+    from recsys.train.loop import item_keys
+
+    tok = tokenize_pairs(tokenizer, rows["anchor_text"], rows["positive_text"], cfg.query_max_length,
+                         cfg.item_max_length)
+    query, item = model(tok["input_ids"], tok["attention_mask"], n_queries=len(rows))
+    loss = in_batch_softmax_loss(query.float(), item.float(), item_keys(rows["positive_item_id"]), cfg.temperature)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    opt.step()
+    sched.step()
+    return loss
+
+
+def plain_optimizer(model, cfg, steps: int):
+    """torch AdamW with the DeepSpeed config's linear warm-up/decay: the same work per step as ours."""
+    import torch
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.999), eps=1e-8)
+    warm = cfg.warmup_steps
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min((s + 1) / warm, (steps - s) / (steps - warm)))
+    return params, opt, sched
+
+
+def run_single(args) -> dict:
+    """The hand-written reference: one process, torch on both cores, global batch = 2 x micro-batch."""
+    import torch
+
+    from recsys.train.loop import build_model
 
     torch.set_num_threads(2)
     torch.manual_seed(0)
     cfg, batch = train_config(args), 2 * args.micro_batch
-    pairs = pq.read_table(resolve_artifact("data") / "train_pairs").to_pandas()
+    pairs = read_pairs()
     started = time.perf_counter()
     model, tokenizer = build_model(cfg)
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.999), eps=1e-8)
-    warm, n = cfg.warmup_steps, args.steps   # the DeepSpeed config's warm-up/decay and clipping: same work per step
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min((s + 1) / warm, (n - s) / (n - warm)))
+    params, opt, sched = plain_optimizer(model, cfg, args.steps)
     loop_start, elapsed = time.perf_counter(), []
     for step in range(args.steps):
-        start = (step * batch) % (len(pairs) - batch + 1)
-        rows = pairs.iloc[start:start + batch]
-        tok = tokenize_pairs(tokenizer, rows["anchor_text"], rows["positive_text"], cfg.query_max_length,
-                             cfg.item_max_length)
-        query, item = model(tok["input_ids"], tok["attention_mask"], n_queries=len(rows))
-        loss = in_batch_softmax_loss(query.float(), item.float(), item_keys(rows["positive_item_id"]), cfg.temperature)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        sched.step()
+        loss = plain_torch_step(model, params, opt, sched, tokenizer, global_batch_rows(pairs, step, batch), cfg)
         elapsed.append(time.perf_counter() - loop_start)
         if (step + 1) % 10 == 0 or step + 1 == args.steps:
             say(f"single: step {step + 1}/{args.steps} loss {float(loss):.4f} {(step + 1) / elapsed[-1]:.2f} steps/s")
     return {"elapsed": elapsed, "wall": time.perf_counter() - started}
+
+
+def run_two_ranks(args) -> dict:
+    """One of 2 gloo ranks without Ray, set up like a CPU train worker (1 thread, pinned to its own core), each
+    rank taking its half of every global batch: plain torch DDP (what any 2-process data parallelism costs on
+    this box: the gradient all-reduce) or the product's DeepSpeed ZeRO-2 engine and `train_step` (what
+    DeepSpeed adds). Together with the single process and Ray Train they split the gap into its causes."""
+    import deepspeed
+    import torch
+
+    from recsys.runtime import pin_threads_to_cores
+    from recsys.train.deepspeed_config import build_deepspeed_config
+    from recsys.train.loop import build_model, train_step
+
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    rank, micro, batch = int(os.environ["RANK"]), args.micro_batch, 2 * args.micro_batch
+    pin_threads_to_cores(rank, 2)
+    deepspeed.init_distributed(dist_backend="gloo")   # env:// rendezvous, as in run_mem
+    cfg, pairs = train_config(args), read_pairs()
+    started = time.perf_counter()
+    if args.child == "zero2":
+        ds_config = build_deepspeed_config(cfg, 2, args.steps)
+        model, tokenizer = build_model(cfg, ds_config)
+        engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=[p for p in model.parameters()
+                                                                              if p.requires_grad], config=ds_config)
+    else:
+        model, tokenizer = build_model(cfg)
+        ddp = torch.nn.parallel.DistributedDataParallel(model)
+        params, opt, sched = plain_optimizer(ddp, cfg, args.steps)
+    loop_start, elapsed = time.perf_counter(), []
+    for step in range(args.steps):
+        rows = global_batch_rows(pairs, step, batch).iloc[rank * micro:(rank + 1) * micro]
+        if args.child == "zero2":
+            loss = train_step(engine, tokenizer, {c: rows[c].to_numpy() for c in rows.columns}, cfg, rank, 2)
+        else:
+            loss = float(plain_torch_step(ddp, params, opt, sched, tokenizer, rows, cfg))
+        elapsed.append(time.perf_counter() - loop_start)
+        if rank == 0 and ((step + 1) % 10 == 0 or step + 1 == args.steps):
+            say(f"{args.child}: step {step + 1}/{args.steps} loss {loss:.4f} {(step + 1) / elapsed[-1]:.2f} steps/s")
+    torch.distributed.barrier()   # leave the group together (see run_mem)
+    torch.distributed.destroy_process_group()
+    return {"rank": rank, "elapsed": elapsed, "wall": time.perf_counter() - started}
 
 
 def run_ray(args) -> dict:
@@ -284,6 +359,15 @@ def spawn(args, name: str, child_args: list[str], timeout: float, envs: list[dic
     return [json.loads(r.read_text()) for r in results]
 
 
+def rank_envs() -> list[dict]:
+    """Environments of 2 gloo ranks (rank 0 first) meeting at a free local port."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = str(s.getsockname()[1])
+    return [{"RANK": str(r), "LOCAL_RANK": str(r), "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",
+             "MASTER_PORT": port} for r in range(2)]
+
+
 def rates(r: dict, global_batch: int, warmup: int) -> tuple[float, float]:
     """(steady-state samples/s after `warmup` steps, end-to-end samples/s incl. start-up)."""
     e = r["elapsed"]
@@ -303,14 +387,15 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=1200, help="seconds per measured run")
     parser.add_argument("--only", choices=("all", "throughput", "mem"), default="all",
                         help="run only the throughput or only the memory part (default: both)")
-    parser.add_argument("--child", choices=("single", "ray", "mem"), help=argparse.SUPPRESS)
+    parser.add_argument("--child", choices=("single", "ddp", "zero2", "ray", "mem"), help=argparse.SUPPRESS)
     parser.add_argument("--stage", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--result", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if not 0 < args.warmup < args.steps:
         parser.error("need 0 < --warmup < --steps")
     if args.child:
-        result = {"single": run_single, "ray": run_ray, "mem": run_mem}[args.child](args)
+        result = {"single": run_single, "ddp": run_two_ranks, "zero2": run_two_ranks, "ray": run_ray,
+                  "mem": run_mem}[args.child](args)
         Path(args.result).write_text(json.dumps(result))
         return
 
@@ -324,9 +409,10 @@ def main() -> None:
             say(f"throughput data: {4 * args.steps * global_batch} synthetic pairs in {home}")
             make_pairs(4 * args.steps * global_batch)   # >= 2 epochs: no epoch restart inside the measured steps
             say(f"throughput: {args.steps} steps x {global_batch} pairs (2 x {args.micro_batch})")
-            for name in ("single", "ray"):
+            for name in ("single", "ddp", "zero2", "ray"):
                 say(f"{name}: starting")
-                thr[name] = spawn(args, name, [name], args.timeout, [{}])[0]
+                two_ranks = name in ("ddp", "zero2")   # rank 0's record: its steps end with the all-reduce
+                thr[name] = spawn(args, name, [name], args.timeout, rank_envs() if two_ranks else [{}])[0]
                 steady, e2e = rates(thr[name], global_batch, args.warmup)
                 say(f"{name}: {steady:.1f} samples/s steady, {e2e:.1f} end-to-end ({thr[name]['wall']:.1f}s)")
         if do_mem:
@@ -335,14 +421,8 @@ def main() -> None:
                 f"2 ranks x {args.mem_batch} x {args.mem_seq_len} tokens")
             make_bert_base(Path(os.environ["BENCH_BERT_DIR"]))
             for label, stage in (("DDP", 0), ("ZeRO-2", 2), ("ZeRO-3", 3)):   # DDP = zero_stage 0, as in TrainConfig
-                with socket.socket() as s:   # a free port for this mode's gloo rendezvous
-                    s.bind(("127.0.0.1", 0))
-                    port = str(s.getsockname()[1])
-                envs = [{"RANK": str(r), "LOCAL_RANK": str(r), "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",
-                         "MASTER_PORT": port} for r in range(2)]
                 say(f"{label}: starting 2 ranks")
-                mem[label] = sorted(spawn(args, f"mem{stage}", ["mem", "--stage", str(stage)], args.timeout, envs),
-                                    key=lambda r: r["rank"])
+                mem[label] = spawn(args, f"mem{stage}", ["mem", "--stage", str(stage)], args.timeout, rank_envs())
                 peaks = ", ".join(f"{r['peak'] / GIB:.2f}" for r in mem[label])
                 say(f"{label}: peak RSS per rank {peaks} GiB")
 
@@ -364,11 +444,19 @@ def main() -> None:
     if thr:
         print(f"\nthroughput: {args.steps} steps x {global_batch} pairs, steady state = steps "
               f"{args.warmup + 1}-{args.steps}, ray.init {thr['ray']['init']:.1f}s not counted")
-        print(f"{'path':<42} {'steady/s':>9} {'e2e/s':>7} {'wall s':>7}")
-        labels = {"single": "single process, torch 2 threads", "ray": "Ray Train + DeepSpeed ZeRO-2, 2 x 1 thread"}
+        print(f"{'path':<48} {'steady/s':>9} {'e2e/s':>7} {'wall s':>7} {'/single':>7}")
+        labels = {"single": "single process, torch 2 threads (reference)",
+                  "ddp": "torch DDP, 2 ranks x 1 thread, no Ray",
+                  "zero2": "DeepSpeed ZeRO-2, 2 ranks x 1 thread, no Ray",
+                  "ray": "ours: Ray Train + DeepSpeed ZeRO-2, 2 x 1 thread"}
         rate = {name: rates(r, global_batch, args.warmup) for name, r in thr.items()}
         for name, r in thr.items():
-            print(f"{labels[name]:<42} {rate[name][0]:>9.1f} {rate[name][1]:>7.1f} {r['wall']:>7.1f}")
+            print(f"{labels[name]:<48} {rate[name][0]:>9.1f} {rate[name][1]:>7.1f} {r['wall']:>7.1f} "
+                  f"{rate[name][0] / rate['single'][0]:>7.2f}")
+        # Each row adds one part to the one above it: the all-reduce, DeepSpeed's engine, Ray Train and Ray Data.
+        print(f"steady-state ratios: DDP / single = {rate['ddp'][0] / rate['single'][0]:.2f} (the all-reduce, "
+              f"which any 2-rank data parallelism pays), ZeRO-2 / DDP = {rate['zero2'][0] / rate['ddp'][0]:.2f}, "
+              f"ours / ZeRO-2 = {rate['ray'][0] / rate['zero2'][0]:.2f} (what Ray costs)")
         print(f"end-to-end ratio ray / single (incl. start-up) = {rate['ray'][1] / rate['single'][1]:.2f}")
         if cpu := thr["ray"].get("cpu"):
             used = sorted(cpu["cpu_s"].items(), key=lambda kv: -kv[1])
