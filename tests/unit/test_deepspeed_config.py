@@ -64,6 +64,26 @@ def test_optimizer_scheduler_precision() -> None:
     assert ds(bf16=True)["bf16"] == {"enabled": True}
 
 
+def test_optimizer_is_torchs_fused_adamw_and_steps_on_cpu() -> None:
+    """DeepSpeed hands every param but torch_adam to torch.optim.AdamW: this torch build must take fused=True on
+    CPU and take the same AdamW step as the default per-tensor loop."""
+    import torch
+
+    params = {k: v for k, v in ds()["optimizer"]["params"].items() if k != "torch_adam"}
+    assert params["fused"] is True
+    start = torch.randn(1000, generator=torch.Generator().manual_seed(0))
+    results = []
+    for fused in (True, False):
+        p = torch.nn.Parameter(start.clone())
+        opt = torch.optim.AdamW([p], **{**params, "fused": fused})
+        for _ in range(3):
+            p.grad = torch.sin(p.detach())
+            opt.step()
+        results.append(p.detach())
+    assert not torch.equal(results[0], start)
+    torch.testing.assert_close(results[0], results[1])
+
+
 @pytest.mark.parametrize(("warmup", "total", "expected"), [
     (20, 150, 20), (20, 20, 19), (20, 5, 4), (20, 1, 1), (0, 10, 1), (20, 0, 1),
 ])
