@@ -4,9 +4,10 @@ Throughput: recsys/train/loop.py's MiniLM two-tower model and in-batch softmax l
 global batch (2 x micro-batch pairs per step), same 2 cores. Reference: one process, torch with 2 threads, AdamW.
 Ours: `run_training` (2 workers x 1 thread, ZeRO-2). Between them, two paths without Ray split the gap into its
 causes: plain torch DDP over gloo (2 ranks x 1 thread, pinned like our workers: what the gradient all-reduce
-costs any 2-process data parallelism on this box) and the product's DeepSpeed ZeRO-2 `train_step` in the same
-2 ranks (what DeepSpeed's engine adds); ours over that is what Ray Train and Ray Data cost. Steady state = steps
-after --warmup; end-to-end adds start-up (Ray Train workers, model load, DeepSpeed init, export).
+costs any 2-process data parallelism on this box; torch's default AdamW, like the reference) and the product's
+DeepSpeed ZeRO-2 `train_step` in the same 2 ranks (what DeepSpeed's engine adds, with the product's fused AdamW);
+ours over that is what Ray Train and Ray Data cost. Steady state = steps after --warmup; end-to-end adds start-up
+(Ray Train workers, model load, DeepSpeed init, export).
 Memory: DDP (ZeRO stage 0) vs ZeRO-2 vs ZeRO-3 on a
 random-init BERT-base (~110M params) saved as a local HF directory, 2 gloo ranks as plain subprocesses (no Ray,
 whose ~0.3 GB per worker would blur the comparison) that set up like train_loop_per_worker: `load_hf_encoder` with
@@ -456,7 +457,7 @@ def main() -> None:
         # Each row adds one part to the one above it: the all-reduce, DeepSpeed's engine, Ray Train and Ray Data.
         print(f"steady-state ratios: DDP / single = {rate['ddp'][0] / rate['single'][0]:.2f} (the all-reduce, "
               f"which any 2-rank data parallelism pays), ZeRO-2 / DDP = {rate['zero2'][0] / rate['ddp'][0]:.2f}, "
-              f"ours / ZeRO-2 = {rate['ray'][0] / rate['zero2'][0]:.2f} (what Ray costs)")
+              f"ours / ZeRO-2 = {rate['ray'][0] / rate['zero2'][0]:.2f} (what Ray Train and Ray Data cost)")
         print(f"end-to-end ratio ray / single (incl. start-up) = {rate['ray'][1] / rate['single'][1]:.2f}")
         if cpu := thr["ray"].get("cpu"):
             used = sorted(cpu["cpu_s"].items(), key=lambda kv: -kv[1])
