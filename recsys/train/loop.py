@@ -61,6 +61,19 @@ def build_model(cfg: TrainConfig, ds_config: dict | None = None) -> tuple[TwoTow
     return TwoTowerModel(encoders[0], encoders[1] if towers == 2 else None), loaded[0][1]
 
 
+def build_engine(cfg: TrainConfig, world: int, total_steps: int):
+    """The DeepSpeed engine over the two-tower model, and the tokenizer, once the process group is up (collective).
+
+    One place for the worker's set-up, so bench/train_bench.py times the same engine without Ray."""
+    import deepspeed
+
+    ds_config = build_deepspeed_config(cfg, world, total_steps)
+    model, tokenizer = build_model(cfg, ds_config)
+    params = [p for p in model.parameters() if p.requires_grad]
+    engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=params, config=ds_config)
+    return engine, tokenizer
+
+
 def limit_cpu_heap_growth(zero_stage: int, use_gpu: bool) -> None:
     """CPU ZeRO-3 workers: let glibc hand freed tensors of 128 KiB and up straight back to the OS.
 
@@ -184,10 +197,7 @@ def train_loop_per_worker(config: dict) -> None:
     deepspeed.init_distributed(dist_backend="nccl" if cfg.use_gpu else "gloo")
     limit_cpu_heap_growth(cfg.zero_stage, cfg.use_gpu)
 
-    ds_config = build_deepspeed_config(cfg, world, total_steps)
-    model, tokenizer = build_model(cfg, ds_config)
-    params = [p for p in model.parameters() if p.requires_grad]
-    engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=params, config=ds_config)
+    engine, tokenizer = build_engine(cfg, world, total_steps)
     restored = ray.train.get_checkpoint()    # set after a worker-group restart or a resumed run
     state = restore_checkpoint(engine, restored) if restored is not None else TrainState()
     if state.finished:
