@@ -121,9 +121,10 @@ class Explanation(BaseModel):
 
     # Which candidate source proposed the item (recsys/serve/candidate_sources.py): "ann" (embedding
     # neighbours), "cooccurrence" (seen together in sessions), "fresh" (a catalog item newer than
-    # the index, embedded at start-up), "popular"; "pin": a business rule placed an item retrieval
-    # did not propose (its scores are then 0).
-    source: Literal["ann", "cooccurrence", "fresh", "popular", "pin"]
+    # the index, embedded at start-up), "popular"; for /v1/search "bm25" (lexical match), "ann+bm25"
+    # (both lists of the hybrid search found it: recsys/index/hybrid.py); "pin": a business rule
+    # placed an item retrieval did not propose (its scores are then 0).
+    source: Literal["ann", "bm25", "ann+bm25", "cooccurrence", "fresh", "popular", "pin"]
     retrieval_score: float
     rank_score: float   # the Ranker's score; ScoredItem.score is this after rule boosts
     rules_applied: list[str] = Field(

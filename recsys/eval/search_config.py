@@ -7,18 +7,12 @@ from typing import Literal
 from pydantic import Field, field_validator
 
 from recsys.config import JobConfig
+from recsys.index.config import BM25Config
+from recsys.index.hybrid import HybridSearchConfig
 
-SearchMethod = Literal["fine_tuned", "zero_shot", "bm25"]
-SEARCH_METHODS: tuple[SearchMethod, ...] = ("fine_tuned", "zero_shot", "bm25")
-
-
-class BM25Config(JobConfig):
-    k1: float = Field(1.5, gt=0, description="term-frequency saturation (Lucene default 1.2-2.0)")
-    b: float = Field(0.75, ge=0, le=1, description="document-length normalisation")
-    stopwords: Literal["en"] | None = Field("en", description="drop English stopwords from titles and queries")
-    stemmer: Literal["english"] | None = Field(
-        "english", description="Snowball stemmer for titles and queries (Anserini/Lucene's BM25 baselines stem too); "
-                               "null: exact tokens")
+SearchMethod = Literal["fine_tuned", "zero_shot", "bm25", "hybrid"]
+# hybrid: the fine-tuned model and BM25 fused as /v1/search fuses them (recsys.index.hybrid).
+SEARCH_METHODS: tuple[SearchMethod, ...] = ("fine_tuned", "zero_shot", "bm25", "hybrid")
 
 
 class SearchEvalConfig(JobConfig):
@@ -43,6 +37,9 @@ class SearchEvalConfig(JobConfig):
                                                             "(null = all)")
     seed: int = Field(0, description="sampling seed for max_queries")
     bm25: BM25Config = Field(default_factory=BM25Config, description="BM25 baseline (bm25s) settings")
+    hybrid: HybridSearchConfig = Field(default_factory=HybridSearchConfig,
+                                       description="hybrid: the fine-tuned model's and BM25's lists fused as the "
+                                                   "Retriever's user_config `search` fuses them for /v1/search")
     embed_batch_size: int = Field(64, ge=1, description="texts per forward pass")
     embed_concurrency: int = Field(2, ge=1, description="embedding actors")
 

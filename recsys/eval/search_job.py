@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 
 from recsys.artifacts import mark_latest, new_version_dir, read_manifest, resolve_artifact, write_json
-from recsys.eval.bm25 import BM25Index
 from recsys.eval.metrics import format_markdown_table
 from recsys.eval.search import (
     EvalQueries,
@@ -25,8 +24,10 @@ from recsys.eval.search import (
     summarize_search,
 )
 from recsys.eval.search_config import SearchEvalConfig
+from recsys.index.bm25 import BM25Index
 from recsys.index.build import load_item_texts, resolve_model
 from recsys.index.embed import embed_texts
+from recsys.index.hybrid import fuse_score_rows
 from recsys.models.encoder import query_tower_path, resolve_model_path
 from recsys.runtime import log
 
@@ -54,17 +55,51 @@ def embed_queries_and_items(model_path: str, manifest: dict, queries: list[str],
     return query_vectors, items
 
 
-def method_ranks(method: str, encoder: tuple[str, str, dict] | None, ev: EvalQueries, item_ids: list[str],
-                 item_texts: list[str], cfg: SearchEvalConfig) -> tuple[np.ndarray, str]:
-    """Rank of every judged pair under one method, and what ranked them (model version / BM25 settings).
-    encoder: (model path, label, manifest) for fine_tuned / zero_shot; None for bm25."""
-    if encoder is None:
-        bm25 = BM25Index(item_texts, **cfg.bm25.model_dump())
-        label = "bm25s(" + ", ".join(f"{k}={v}" for k, v in cfg.bm25.model_dump().items()) + ")"
-        return rank_judged_items(lambda a, b: bm25.scores(ev.queries[a:b]), ev, len(item_ids)), label
-    model_path, label, manifest = encoder
-    queries, items = embed_queries_and_items(model_path, manifest, ev.queries, item_ids, item_texts, cfg)
-    return rank_judged_items(lambda a, b: queries[a:b] @ items.T, ev, len(item_ids)), label
+class MethodScores:
+    """Score rows [b - a, N] per method over the held-out queries. Each encoder embeds the queries and
+    the catalog once: `hybrid` fuses the fine-tuned vectors' rows with BM25's (recsys.index.hybrid,
+    the function /v1/search calls) without embedding again."""
+
+    def __init__(self, ev: EvalQueries, item_ids: list[str], item_texts: list[str], cfg: SearchEvalConfig,
+                 encoders: dict[str, tuple[str, str, dict]]):
+        self.ev, self.item_ids, self.item_texts, self.cfg, self.encoders = ev, item_ids, item_texts, cfg, encoders
+        self._vectors: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        self._bm25: BM25Index | None = None
+
+    def bm25(self) -> BM25Index:
+        if self._bm25 is None:
+            self._bm25 = BM25Index(self.item_texts, **self.cfg.bm25.model_dump())
+        return self._bm25
+
+    def vectors(self, method: str) -> tuple[np.ndarray, np.ndarray]:
+        """(query vectors [Q, D], item vectors [N, D]) of fine_tuned or zero_shot, embedded once."""
+        if method not in self._vectors:
+            model_path, _, manifest = self.encoders[method]
+            self._vectors[method] = embed_queries_and_items(model_path, manifest, self.ev.queries, self.item_ids,
+                                                            self.item_texts, self.cfg)
+        return self._vectors[method]
+
+    def label(self, method: str) -> str:
+        bm25 = "bm25s(" + ", ".join(f"{k}={v}" for k, v in self.cfg.bm25.model_dump().items()) + ")"
+        if method == "bm25":
+            return bm25
+        if method == "hybrid":
+            return f"rrf({self.encoders['fine_tuned'][1]}, {bm25}, {self.cfg.hybrid.model_dump()})"
+        return self.encoders[method][1]
+
+    def block(self, method: str, a: int, b: int) -> np.ndarray:
+        if method == "bm25":
+            return self.bm25().scores(self.ev.queries[a:b])
+        queries, items = self.vectors("fine_tuned" if method == "hybrid" else method)
+        dense = queries[a:b] @ items.T
+        if method != "hybrid":
+            return dense
+        return fuse_score_rows(dense, self.bm25().scores(self.ev.queries[a:b]), self.cfg.hybrid)
+
+    def ranks(self, method: str) -> tuple[np.ndarray, str]:
+        """Rank of every judged pair under one method, and what ranked them."""
+        return (rank_judged_items(lambda a, b: self.block(method, a, b), self.ev, len(self.item_ids)),
+                self.label(method))
 
 
 def run_search_evaluation(cfg: SearchEvalConfig) -> dict:
@@ -73,7 +108,8 @@ def run_search_evaluation(cfg: SearchEvalConfig) -> dict:
     data_manifest = read_manifest(data_dir)
     fraction = holdout_fraction(data_manifest)
     # Resolve every model before any work, so a wrong model version fails in seconds.
-    encoders: dict[str, tuple[str, str, dict]] = {m: encoder_for(m, cfg.model) for m in cfg.methods if m != "bm25"}
+    needed = {"fine_tuned" if m == "hybrid" else m for m in cfg.methods} - {"bm25"}   # hybrid = fine_tuned + bm25
+    encoders: dict[str, tuple[str, str, dict]] = {m: encoder_for(m, cfg.model) for m in sorted(needed)}
     item_ids, _, item_texts = load_item_texts(data_dir)
     judgments, judgment_stats = read_judgments(cfg.judgments)
     ev = held_out_judgments(judgments, {item: i for i, item in enumerate(item_ids)}, fraction, cfg.relevance_floor,
@@ -84,9 +120,10 @@ def run_search_evaluation(cfg: SearchEvalConfig) -> dict:
 
     results: dict[str, dict] = {}
     models: dict[str, str] = {}
+    scores = MethodScores(ev, item_ids, item_texts, cfg, encoders)
     for method in cfg.methods:
         t0 = time.perf_counter()
-        ranks, models[method] = method_ranks(method, encoders.get(method), ev, item_ids, item_texts, cfg)
+        ranks, models[method] = scores.ranks(method)
         results[method] = {**summarize_search(ev, ranks, cfg.ks), "seconds": round(time.perf_counter() - t0, 1)}
         log(JOB, f"{method}: " + ", ".join(f"{k}={v:.4f}" for k, v in results[method].items()
                                            if k.startswith(("ndcg", "recall"))) + f" ({results[method]['seconds']}s)")

@@ -9,6 +9,7 @@ import pyarrow.parquet as pq
 
 from recsys.artifacts import mark_latest, new_version_dir, read_manifest, resolve_artifact
 from recsys.data.text import catalog_texts
+from recsys.index.bm25 import BM25Index
 from recsys.index.config import IndexConfig
 from recsys.index.embed import embed_texts, embeds_in_process
 from recsys.index.faiss_index import build_faiss_index, save_item_index
@@ -54,12 +55,17 @@ def run_build_index(cfg: IndexConfig) -> dict:
         tower, vocabulary, _ = load_user_tower(Path(model_path) / USER_TOWER_DIR)
         recommend_index = build_faiss_index(item_matrix_for_catalog(tower, vocabulary, item_ids, vectors), cfg.factory)
         log(JOB, f"sequence user tower: recommendation index over its item vectors ({len(vocabulary)} trained items)")
+    lexical = None
+    if cfg.bm25 is not None:   # seconds even for 50k items: no Ray needed
+        lexical = BM25Index(texts, **cfg.bm25.model_dump())
+        log(JOB, f"BM25 index over the same {len(texts)} item texts ({cfg.bm25.model_dump()})")
     version, out = new_version_dir("indexes")
     save_item_index(out, index, item_ids, {
         "kind": "index", "version": version, "model_path": model_path, "model_version": model_version,
         "data_version": data_version, "factory": cfg.factory, "item_max_length": item_max_length,
         "query_max_length": int(model_manifest.get("query_max_length", 96)), "user_tower": user_tower,
-    }, recommend_index)
+        "bm25": cfg.bm25.model_dump() if cfg.bm25 is not None else None,
+    }, recommend_index, lexical)
     mark_latest("indexes", version)
     seconds = round(time.perf_counter() - started, 1)
     log(JOB, f"index {version} -> {out}: {index.ntotal} items, dim {index.d}, {seconds}s")

@@ -2,7 +2,8 @@
 
 On disk: index.faiss (Faiss' own format), item_ids.parquet (row position -> item_id)
 and manifest.json. Positions are the Faiss ids, so any factory string works (HNSW
-cannot take custom ids without an IDMap wrapper).
+cannot take custom ids without an IDMap wrapper). bm25/ (when built) is a BM25 index over the
+same items in the same row order: hybrid search's lexical half, swapped with the vectors.
 """
 
 from __future__ import annotations
@@ -17,12 +18,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from recsys.artifacts import read_manifest, write_manifest
+from recsys.index.bm25 import BM25Index
 
 INDEX_FILE = "index.faiss"
 # Item vectors of the sequence user tower (text vector + learned residual), same rows as INDEX_FILE;
 # only when the model serves that tower. Search and similar-items keep the pure text vectors.
 RECOMMEND_FILE = "recommend.faiss"
 IDS_FILE = "item_ids.parquet"
+BM25_DIR = "bm25"
 
 
 class IndexBuildError(ValueError):
@@ -60,6 +63,7 @@ class ItemIndex:
     item_ids: np.ndarray          # [N] object array of str
     manifest: dict[str, Any]
     recommend_index: faiss.Index | None = None
+    lexical: BM25Index | None = None   # BM25 over the same rows; None for an index built without it
 
     @property
     def version(self) -> str:
@@ -77,12 +81,17 @@ class ItemIndex:
 
 
 def save_item_index(directory: Path, index: faiss.Index, item_ids: list[str],
-                    manifest: dict[str, Any], recommend_index: faiss.Index | None = None) -> None:
+                    manifest: dict[str, Any], recommend_index: faiss.Index | None = None,
+                    lexical: BM25Index | None = None) -> None:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     faiss.write_index(index, str(directory / INDEX_FILE))
     if recommend_index is not None:
         faiss.write_index(recommend_index, str(directory / RECOMMEND_FILE))
+    if lexical is not None:
+        if lexical.n_items != len(item_ids):
+            raise ValueError(f"BM25 index holds {lexical.n_items} items, the id map {len(item_ids)}")
+        lexical.save(directory / BM25_DIR)
     pq.write_table(pa.table({"item_id": pa.array(item_ids, pa.string())}), directory / IDS_FILE)
     write_manifest(directory, {**manifest, "n_items": len(item_ids), "dim": index.d})
 
@@ -97,4 +106,7 @@ def load_item_index(directory: Path) -> ItemIndex:
     recommend = faiss.read_index(str(directory / RECOMMEND_FILE)) if (directory / RECOMMEND_FILE).is_file() else None
     if recommend is not None and recommend.ntotal != index.ntotal:
         raise ValueError(f"{directory}: {RECOMMEND_FILE} holds {recommend.ntotal} items, {INDEX_FILE} {index.ntotal}")
-    return ItemIndex(index=index, item_ids=ids, manifest=manifest, recommend_index=recommend)
+    lexical = BM25Index.load(directory / BM25_DIR) if (directory / BM25_DIR).is_dir() else None
+    if lexical is not None and lexical.n_items != index.ntotal:
+        raise ValueError(f"{directory}: {BM25_DIR}/ holds {lexical.n_items} items, {INDEX_FILE} {index.ntotal}")
+    return ItemIndex(index=index, item_ids=ids, manifest=manifest, recommend_index=recommend, lexical=lexical)

@@ -1,8 +1,5 @@
-"""Candidate scoring for the Rank stage.
-
-A transparent linear blend of retrieval similarity and log-popularity stands in until a
-learned CTR / cross-encoder ranker exists; the Ranker deployment calls `score_candidates`
-so swapping the model later does not change the stage contract.
+"""Candidate scoring for the Rank stage: a transparent linear blend of the retrieval score and
+log-popularity, with its own weights for search. The Ranker deployment calls `score_candidates`.
 """
 
 from __future__ import annotations
@@ -11,7 +8,7 @@ import numpy as np
 from pydantic import BaseModel, Field
 
 
-class RankerConfig(BaseModel, extra="forbid"):
+class BlendWeights(BaseModel, extra="forbid"):
     """Weights of the blend rank = w_r * retrieval + w_p * normalised log-popularity."""
 
     retrieval_weight: float = Field(
@@ -23,10 +20,27 @@ class RankerConfig(BaseModel, extra="forbid"):
     )
 
 
+class RankerConfig(BlendWeights):
+    """The blend for recommendation lists (recommend, similar, cart, promotions), and its own for search.
+
+    Search has its own weights because its retrieval score is another scale: the reciprocal-rank
+    fusion of the dense and BM25 lists (recsys.index.hybrid) packs the first few items of both lists
+    within a few percent of each other, so a popularity term sized for cosines would reorder them
+    (a best-seller above the product whose title is the query)."""
+
+    search: BlendWeights = Field(
+        default_factory=lambda: BlendWeights(retrieval_weight=1.0, popularity_weight=0.0),
+        description="Blend for /v1/search; popularity off by default (see the class docstring).")
+
+    def for_kind(self, kind: str) -> BlendWeights:
+        """The blend of one kind of list: "search", or anything else for recommendation lists."""
+        return self.search if kind == "search" else self
+
+
 def score_candidates(
     retrieval_scores: np.ndarray,
     popularity_counts: np.ndarray,
-    cfg: RankerConfig,
+    cfg: BlendWeights,
     max_popularity: float,
 ) -> np.ndarray:
     """Rank scores for candidates.

@@ -25,6 +25,7 @@ import numpy as np
 from pydantic import BaseModel, Field
 
 from recsys.eval.baselines import CooccurrenceRecommender
+from recsys.index.hybrid import HybridSearchConfig
 
 SOURCE_NAMES = ("ann", "cooccurrence", "fresh", "popular")
 # Sources whose scores are already cosines in [-1, 1], comparable across requests and with each other.
@@ -141,6 +142,9 @@ class RetrieverConfig(BaseModel, extra="forbid"):
 
     sources: SourcesConfig = Field(default_factory=SourcesConfig,
                                    description="Quota and weight per /v1/recommend candidate source.")
+    search: HybridSearchConfig = Field(default_factory=HybridSearchConfig,
+                                       description="/v1/search: depths and weights of the dense and BM25 lists "
+                                                   "fused by reciprocal rank (a depth of 0 turns that list off).")
     max_batch_size: int = Field(default=16, ge=1, le=512,
                                 description="Most query/history texts encoded in one forward pass.")
     batch_wait_timeout_s: float = Field(default=0.005, ge=0, le=1,

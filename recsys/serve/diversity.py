@@ -24,15 +24,21 @@ T = TypeVar("T", bound=Diversifiable)
 def cap_per_category(cands: list[T], max_per_category: int) -> list[T]:
     """The first `max_per_category` candidates of each category, order kept.
 
-    Callers sort by score first, so "first" means "best": diversity without reordering.
+    Callers sort by score first, so "first" means "best": diversity without reordering. An item with
+    no category (blank) is a category of its own: many catalogs leave the field empty, and one shared
+    "" bucket would cut every answer on such a catalog to max_per_category items.
     """
     if max_per_category < 1:
         raise ValueError(f"max_per_category must be >= 1, got {max_per_category}")
     seen: Counter[str] = Counter()
     kept = []
     for c in cands:
-        if seen[c.category] < max_per_category:
-            seen[c.category] += 1
+        category = c.category.strip().casefold()
+        if not category:
+            kept.append(c)
+            continue
+        if seen[category] < max_per_category:
+            seen[category] += 1
             kept.append(c)
     return kept
 

@@ -98,13 +98,14 @@ class Ingress(IngressBase):
 
     @app.post("/v1/search", response_model=RecsResponse)
     async def search(self, req: SearchRequest) -> RecsResponse:
-        """Free-text search over the index and the items newer than it (explanation.source ann or
-        fresh); a known user_id keeps items already in its history out."""
+        """Free-text search: the index's nearest items and those newer than it, fused with BM25's matches
+        (explanation.source ann, bm25, ann+bm25 or fresh); a known user_id keeps items already in its
+        history out."""
         retrieved = self._retriever.search.remote(req.query, max(self.retrieval_k, req.k))
         ctx = await self._user_context(req.user_id)   # read while the Retriever encodes
         answer = await retrieved
         cands, _ = drop_items(answer["found"], ctx.purchased)
-        return self._response(await self._rank_and_rerank(cands, ctx.history, req.k), served=answer)
+        return self._response(await self._rank_and_rerank(cands, ctx.history, req.k, "search"), served=answer)
 
     @app.get("/v1/similar/{item_id}", response_model=RecsResponse,
              responses={404: {"description": "the index holds no such item"}})

@@ -27,13 +27,14 @@ def parse_ranker_config(user_config: dict[str, Any] | None) -> RankerConfig:
 
 
 def rank_candidates(candidates: list[dict[str, Any]], counts: dict[str, int], cfg: RankerConfig,
-                    max_popularity: float) -> list[dict[str, Any]]:
-    """Copies of `candidates` with rank_score set; unknown items count as 0 interactions."""
+                    max_popularity: float, kind: str = "items") -> list[dict[str, Any]]:
+    """Copies of `candidates` with rank_score set; unknown items count as 0 interactions.
+    kind "search" blends with cfg.search's weights, anything else with cfg's own."""
     if not candidates:
         return []
     retrieval = np.array([float(c["retrieval_score"]) for c in candidates], dtype=np.float64)  # [C]
     pop = np.array([counts.get(c["item_id"], 0) for c in candidates], dtype=np.float64)      # [C]
-    scores = score_candidates(retrieval, pop, cfg, max_popularity)
+    scores = score_candidates(retrieval, pop, cfg.for_kind(kind), max_popularity)
     return [{**c, "rank_score": float(s)} for c, s in zip(candidates, scores)]
 
 
@@ -51,9 +52,10 @@ class Ranker:
         self.cfg = parse_ranker_config(user_config)
         logger.info("Ranker config: %s", self.cfg.model_dump())
 
-    def rank(self, candidates: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """[{item_id, retrieval_score, source}] -> same order, each with rank_score."""
-        return rank_candidates(candidates, self.counts, self.cfg, self.max_popularity)
+    def rank(self, candidates: list[dict[str, Any]], kind: str = "items") -> list[dict[str, Any]]:
+        """[{item_id, retrieval_score, source}] -> same order, each with rank_score; kind "search" for
+        /v1/search's candidates (their own blend), "items" for every other list."""
+        return rank_candidates(candidates, self.counts, self.cfg, self.max_popularity, kind)
 
     def ready(self) -> dict[str, Any]:
         """Answers when the replica is up: /readyz asks every stage."""

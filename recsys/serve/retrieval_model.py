@@ -15,12 +15,14 @@ from typing import Any
 import numpy as np
 
 from recsys.data.text import history_text_for_items
+from recsys.index.bm25 import BM25Index
 from recsys.index.faiss_index import ItemIndex, load_item_index
+from recsys.index.hybrid import HybridSearchConfig, fuse_ranked_lists
 from recsys.models.encoder import TextEmbedder, query_tower_path
 from recsys.models.sequence_tower import USER_TOWER_DIR, SequenceTowerInput
 from recsys.serve.candidate_sources import CooccurrenceSource
 from recsys.serve.catalog import POPULARITY_FILE, SEQUENCES_DIR, CatalogLookup, load_popularity, load_user_histories
-from recsys.serve.fresh_items import FreshItems, load_fresh_items
+from recsys.serve.fresh_items import FreshItems, load_fresh_items, unindexed_item_texts
 from recsys.serve.item_vectors import ItemVectors
 
 logger = logging.getLogger(__name__)
@@ -52,6 +54,7 @@ class RetrievalModel:
             self.user_tower = SequenceTowerInput(Path(model_path) / USER_TOWER_DIR)
             self.user_space_vectors = ItemVectors(self.index.recommend_index, self.index.item_ids)
         self.fresh = self._load_fresh(catalog_path, str(model_path), embed_fresh_items)
+        self.lexical, self.lexical_ids = self._load_lexical(catalog_path)
         # Co-occurrence and popularity come from the data version beside the catalog (sequences/,
         # popularity.parquet); without data_dir those sources stay empty.
         self.cooccurrence = CooccurrenceSource([])
@@ -127,17 +130,47 @@ class RetrievalModel:
             raise ValueError(f"k must be >= 1, got {k}")
         return self._search(vectors, k, recommend=False)
 
-    def search_candidates(self, vector: np.ndarray, k: int, fresh_quota: int) -> list[dict[str, Any]]:
-        """A query's vector [D] -> up to k candidates {item_id, retrieval_score, source}, best first:
-        the index's nearest ("ann") and up to fresh_quota items newer than the index ("fresh"). Both
-        scores are cosines to item-tower vectors, so one scale: a fresh item ranks where its text
-        puts it, not by a source weight as in /v1/recommend's merge."""
+    def search_candidates(self, vector: np.ndarray, query: str, k: int, fresh_quota: int,
+                          hybrid: HybridSearchConfig | None = None) -> list[dict[str, Any]]:
+        """A query's vector [D] and text -> up to k candidates {item_id, retrieval_score, source}, best first.
+
+        Dense: the index's nearest ("ann") and up to fresh_quota items newer than the index ("fresh"),
+        one cosine scale (a fresh item ranks where its text puts it). With a BM25 index and `hybrid`
+        (its lists' depths > 0), the dense list and BM25's are fused by reciprocal rank
+        (recsys.index.hybrid): source "ann", "bm25" or "ann+bm25", retrieval_score the fused score in
+        (0, 1]. A query BM25 finds nothing for (stopwords, punctuation, unknown words) gets the dense list."""
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
-        found = [(s, i, "ann") for i, s in self._search(vector[None], k, recommend=False)[0]]
-        found += [(s, i, "fresh") for i, s in self.fresh.search(vector, min(fresh_quota, k))]
+        lexical_depth = hybrid.bm25.depth if hybrid is not None and self.lexical is not None else 0
+        dense_depth = k if hybrid is None or lexical_depth == 0 else max(hybrid.ann.depth, 1)
+        found = [(s, i, "ann") for i, s in self._search(vector[None], dense_depth, recommend=False)[0]]
+        found += [(s, i, "fresh") for i, s in self.fresh.search(vector, min(fresh_quota, dense_depth))]
         found.sort(key=lambda t: -t[0])
-        return [{"item_id": i, "retrieval_score": s, "source": source} for s, i, source in found[:k]]
+        lexical = self.lexical_search(query, lexical_depth) if lexical_depth else []
+        if hybrid is None or not lexical:
+            return [{"item_id": i, "retrieval_score": s, "source": source} for s, i, source in found[:k]]
+        dense = [i for _, i, _ in found[:dense_depth]] if hybrid.ann.depth else []
+        fused = fuse_ranked_lists({"ann": dense, "bm25": [i for i, _ in lexical]},
+                                  {"ann": hybrid.ann.weight, "bm25": hybrid.bm25.weight}, hybrid.rrf_k)[:k]
+        fresh = {i for _, i, source in found if source == "fresh"}
+        return [{**c, "source": "fresh"} if c["item_id"] in fresh else c for c in fused]
+
+    def lexical_search(self, query: str, k: int) -> list[tuple[str, float]]:
+        """Up to k (item_id, BM25 score) sharing a word with the query, best first; [] without a BM25 index."""
+        if self.lexical is None:
+            return []
+        return [(self.lexical_ids[p], s) for p, s in self.lexical.search(query, k)]
+
+    def _load_lexical(self, catalog_path: str | Path) -> tuple[BM25Index | None, list[str]]:
+        """The index version's BM25 and its row ids; when the catalog holds items newer than the index,
+        BM25 over the whole catalog instead (same settings; seconds for 50k items), so a new item is
+        found by its words as well as by its vector."""
+        stored = self.index.lexical
+        if stored is None or not len(self.fresh):
+            return stored, [str(i) for i in self.index.item_ids]
+        ids, texts = unindexed_item_texts(catalog_path, indexed=())   # every catalog item
+        logger.info("BM25 over the whole catalog (%d items, %d newer than the index)", len(ids), len(self.fresh))
+        return BM25Index(texts, **stored.settings), ids
 
     def candidate_sources(self, history: list[str], quotas: dict[str, int],
                           text_vector: np.ndarray | None = None) -> dict[str, list[tuple[str, float]]]:

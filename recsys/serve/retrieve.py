@@ -78,10 +78,12 @@ class Retriever:
 
     async def search(self, query: str, k: int) -> dict[str, Any]:
         """Free-text query -> {"found": up to k candidates {item_id, retrieval_score, source}, best first:
-        the index's nearest and catalog items newer than it (up to the fresh source's quota), and the
-        index_version / model_version that found them}."""
+        the index's nearest and catalog items newer than it (up to the fresh source's quota), fused with
+        BM25's when the index has one (user_config `search`), and the index_version / model_version
+        that found them}."""
         vector = await self._embed_batch(query)
-        found = await asyncio.to_thread(self.model.search_candidates, vector, k, self.cfg.sources.fresh.quota)
+        found = await asyncio.to_thread(self.model.search_candidates, vector, query, k, self.cfg.sources.fresh.quota,
+                                        self.cfg.search)
         return {"found": found, **self.served}
 
     async def recommend(self, history: list[str], k: int) -> list[tuple[str, float]]:

@@ -1,9 +1,9 @@
 """The Reranker's business rules as a declarative config: its Serve `user_config`. No Ray.
 
 Everything is validated here (`extra="forbid"`), so a typo or a bad value fails `serve deploy`
-with a message naming the field and the value instead of going live. Only the three original
-rules are on by default (exclude_history, drop_out_of_stock, max_per_category=3): a config
-that does not mention the newer rules answers exactly as before they existed.
+with a message naming the field and the value instead of going live. Three rules are on by
+default (exclude_history, drop_out_of_stock, max_per_category=3, where an item without a category
+counts as a category of its own); the shipped serve_configs also turn dedupe_by_product_group on.
 serve/rules.py applies the rules; it documents the order.
 """
 
@@ -150,7 +150,8 @@ class RulesConfig(_RuleModel):
         default=None, description="Drop candidates whose score after boosts is below this; null = off.")
     dedupe_by_product_group: bool = Field(
         default=False, description="Keep only the best-scored item of each product group (catalog "
-                                   "product_group column, else the normalised title).")
+                                   "product_group column, else the normalised title), so one answer never lists "
+                                   "the same product twice under two ids. Off here, on in every shipped config.")
     max_per_category: int | None = Field(
         default=3, ge=1,
         description="Keep at most this many items per category (highest ranked first); null = no cap. "

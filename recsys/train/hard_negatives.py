@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from recsys.eval.bm25 import BM25Index
+from recsys.index.bm25 import BM25Index
 from recsys.index.faiss_index import ItemIndex
 
 

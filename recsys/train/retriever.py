@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 
 from recsys.artifacts import resolve_artifact
 from recsys.data.text import catalog_texts
-from recsys.eval.bm25 import BM25Index
+from recsys.index.bm25 import BM25Index
 from recsys.index.embed import embed_texts
 from recsys.index.faiss_index import ItemIndex, load_item_index
 from recsys.models.encoder import query_tower_path

@@ -20,6 +20,7 @@ import yaml
 
 from recsys.artifacts import mark_latest, new_version_dir
 from recsys.data.text import format_item_text
+from recsys.index.bm25 import BM25Index
 from recsys.index.faiss_index import build_faiss_index, save_item_index
 from recsys.models.encoder import TextEmbedder, resolve_model_path
 from recsys.schema import CATALOG_SCHEMA
@@ -86,13 +87,12 @@ def write_artifacts(rows: list[dict] | None = None, unindexed: Sequence[dict] = 
     mark_latest("data", data_version)
 
     embedder = TextEmbedder("default", max_length=64)
-    vectors = embedder.embed([format_item_text(r["title"], r["brand"], r["category"], r["description"])
-                              for r in rows])
+    texts = [format_item_text(r["title"], r["brand"], r["category"], r["description"]) for r in rows]
     index_version, index_dir = new_version_dir("indexes")
-    save_item_index(index_dir, build_faiss_index(vectors), [r["item_id"] for r in rows],
+    save_item_index(index_dir, build_faiss_index(embedder.embed(texts)), [r["item_id"] for r in rows],
                     {"version": index_version, "model_path": resolve_model_path("default"),
                      "model_version": "minilm-test", "data_version": data_version,
-                     "item_max_length": 64})
+                     "item_max_length": 64}, lexical=BM25Index(texts))   # as build_index saves them
     mark_latest("indexes", index_version)
     return {"data_version": data_version, "index_version": index_version}
 
@@ -136,9 +136,20 @@ def run_http_checks(http: httpx.Client, versions: dict[str, str]) -> None:
     ids = check_items(body, seen)
     assert ids and body["items"][0]["category"] == "cookware", body
     assert ids[0] == "c00", f"the skillet itself should rank first: {ids}"
-    assert body["items"][0]["explanation"]["source"] == "ann"
-    assert body["items"][0]["explanation"]["retrieval_score"] > 0.3
+    assert body["items"][0]["explanation"]["source"] == "ann+bm25", "hybrid: both lists found it"
+    assert body["items"][0]["explanation"]["retrieval_score"] > 0.9, "first in both lists: fused score near 1"
     assert body["cold_start"] is False and body["index_version"] == versions["index_version"]
+    assert len(ids) == 5, "k items"
+
+    # hybrid search: an exact product token is BM25's; only stopwords or punctuation: dense alone, never a 500
+    r = http.post("/v1/search", json={"query": "65W", "k": 5})
+    assert r.status_code == 200 and r.json()["items"][0]["item_id"] == "e02", r.text
+    assert "bm25" in r.json()["items"][0]["explanation"]["source"], r.text
+    for query in ("the of and", "?!...", "the"):
+        r = http.post("/v1/search", json={"query": query, "k": 5})
+        assert r.status_code == 200, (query, r.text)
+        assert len(r.json()["items"]) == 5, (query, r.text)
+        assert {i["explanation"]["source"] for i in r.json()["items"]} == {"ann"}, (query, r.text)
 
     # search for a known user leaves its history out
     r = http.post("/v1/search", json={"query": "stainless steel skillet", "k": 5, "user_id": "u1"})

@@ -18,6 +18,7 @@ from ray.serve.config import BackpressureConfig
 from test_serve_http import HISTORIES, write_artifacts
 
 from recsys.artifacts import resolve_artifact
+from recsys.index.hybrid import HybridSearchConfig
 from recsys.serve.app import build_app
 from recsys.serve.candidate_sources import SourcesConfig, merge_candidates
 from recsys.serve.http_errors import install_error_handlers
@@ -46,9 +47,15 @@ def test_sources_and_batching(serve_app, recsys_home: Path) -> None:
     assert [i for i, _ in by_source["cooccurrence"]] == ["c02", "c00"], by_source["cooccurrence"]
     assert by_source["fresh"][0][0] == "c99" and by_source["fresh"][0][1] > 0.3, by_source["fresh"]
     assert by_source["popular"][0][0] == "b03", "e00 is out of stock"
-    searched = model.search_candidates(model.embedder.embed(["titanium camping frying pan"])[0], 5, fresh_quota=3)
+    query = "titanium camping frying pan"
+    searched = model.search_candidates(model.embedder.embed([query])[0], query, 5, fresh_quota=3)
     assert searched[0]["item_id"] == "c99" and searched[0]["source"] == "fresh", searched
-    assert [c["source"] for c in model.search_candidates(model.embedder.embed(["pan"])[0], 5, 0)] == ["ann"] * 5
+    assert [c["source"] for c in model.search_candidates(model.embedder.embed(["pan"])[0], "pan", 5, 0)] == ["ann"] * 5
+    # hybrid: BM25 over the whole catalog (the fresh pan included) fused with the dense list
+    assert "c99" in model.lexical_ids and [i for i, _ in model.lexical_search(query, 1)] == ["c99"]
+    fused = model.search_candidates(model.embedder.embed([query])[0], query, 5, 3, HybridSearchConfig())
+    assert (fused[0]["item_id"], fused[0]["source"]) == ("c99", "fresh"), fused
+    assert {c["source"] for c in fused[1:]} <= {"ann", "bm25", "ann+bm25", "fresh"}, fused
     merged = merge_candidates(by_source, SourcesConfig(), k=100)
     # c02/c00 may come back as "ann" (ANN finds them too, with a higher weighted score); the others
     # are proposed by one source only.
@@ -78,7 +85,7 @@ def test_sources_and_batching(serve_app, recsys_home: Path) -> None:
         assert set(why.values()) <= {"ann", "cooccurrence", "fresh", "popular"}, why
         r = http.post("/v1/recommend", json={"user_id": "u1", "k": 10})
         assert r.status_code == 200 and not {i["item_id"] for i in r.json()["items"]} & set(HISTORIES["u1"])
-        # Search finds the fresh pan by its text, on the same cosine scale as indexed items.
+        # Search finds the fresh pan by its text (its vector and its words).
         r = http.post("/v1/search", json={"query": "titanium camping frying pan", "k": 5})
         assert r.status_code == 200, r.text
         top = r.json()["items"][0]

@@ -110,7 +110,7 @@ def test_per_pair_above_top_k_is_refused_naming_both_fields() -> None:
 
 
 def test_bm25_candidates_are_lexical_look_alikes_best_first() -> None:
-    from recsys.eval.bm25 import BM25Index
+    from recsys.index.bm25 import BM25Index
 
     ids = ["hat", "shoe", "rack", "boot"]
     titles = ["Blue hat", "Red running shoes", "Shoe rack, 3 tier", "Leather boots"]

@@ -86,3 +86,14 @@ def test_config_validation() -> None:
         RulesConfig(unknown=True)  # type: ignore[call-arg]
     with pytest.raises(ValueError, match="k must be"):
         apply_rules(CANDS, RulesConfig(), None, k=0)
+
+
+def test_items_without_a_category_are_each_a_category_of_their_own() -> None:
+    # A catalog without categories (Home Depot's has none) must still fill k slots under the cap.
+    bare = [cand(f"x{i}", "", 1.0 - i / 100) for i in range(12)] + [cand("s", " ", 0.01)]
+    assert ids(cap_per_category(bare, 3)) == ids(bare)
+    kept, dropped = apply_rules(bare, RulesConfig(), history_ids=[], k=10)
+    assert len(kept) == 10 and dropped["category_cap"] == 0
+    # named categories are capped whatever their case or padding
+    named = [cand("a", "Shoes", 0.9), cand("b", "shoes ", 0.8), cand("c", "SHOES", 0.7), cand("d", "", 0.6)]
+    assert ids(cap_per_category(named, 2)) == ["a", "b", "d"]

@@ -13,7 +13,6 @@ import pytest
 
 from recsys.config import load_config
 from recsys.data.holdout import held_out_mask, is_held_out_query, query_bucket
-from recsys.eval.bm25 import BM25Index
 from recsys.eval.metrics import graded_ndcg_at_k, judged_ranks, relevant_recall_at_k
 from recsys.eval.search import (
     held_out_judgments,
@@ -23,6 +22,7 @@ from recsys.eval.search import (
     summarize_search,
 )
 from recsys.eval.search_config import SearchEvalConfig
+from recsys.index.bm25 import BM25Index
 from tests.conftest import REPO_ROOT
 
 
