@@ -40,6 +40,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--index", default="latest", help="index version the service serves")
     p.add_argument("--judgments", default=str(REPO.parent / "shared/data/homedepot"),
                    help="graded judgments: the Home Depot directory or a query,item_id,relevance file")
+    p.add_argument("--search-ranker", default=None,
+                   help="serve args search_ranker: a version from jobs/train_search_ranker.py, or 'latest'")
     p.add_argument("--url", default=None, help="a running deployment instead of deploying one here")
     p.add_argument("--serve-config", default=str(REPO / "serve_configs/local.yaml"))
     p.add_argument("--set", action="append", default=[], metavar="DEPLOYMENT.KEY=VALUE",
@@ -70,7 +72,8 @@ def served_config(args: argparse.Namespace) -> dict:
     config = yaml.safe_load(Path(args.serve_config).read_text())
     app = config["applications"][0]
     app["args"].update({"index": str(resolve_artifact("indexes", args.index)),
-                        "data": str(resolve_artifact("data", args.data)), "seed_user_state": False})
+                        "data": str(resolve_artifact("data", args.data)), "seed_user_state": False,
+                        "search_ranker": args.search_ranker and str(resolve_artifact("rankers", args.search_ranker))})
     deployments = {d["name"]: d for d in app.get("deployments", [])}
     for item in args.set:
         key, value = item.split("=", 1)

@@ -79,6 +79,15 @@ class BM25Index:
                 out[row] = self.model.get_scores_from_ids(ids)
         return out
 
+    def term_rows(self, query: str) -> np.ndarray:
+        """float32 [T, n_items]: one BM25 row per distinct query word the catalog knows (T = 0 for none);
+        their sum is the query's score row (a repeated word counts once, as in `search`'s ranking
+        features) and a row's non-zero columns are the items holding that word."""
+        ids = list(dict.fromkeys(self.query_token_ids([query])[0]))
+        if not ids:
+            return np.zeros((0, self.n_items), dtype=np.float32)
+        return np.stack([self.model.get_scores_from_ids([t]) for t in ids]).astype(np.float32)
+
     def search(self, query: str, k: int) -> list[tuple[int, float]]:
         """One query -> up to k (item position, BM25 score), best first; only items sharing a word with it
         (none for a query of stopwords or punctuation alone)."""

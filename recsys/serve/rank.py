@@ -1,21 +1,26 @@
 """Rank stage: add a rank_score to each retrieved candidate.
 
-Reads candidate dicts {item_id, retrieval_score, source}; writes the same dicts plus
-rank_score (order unchanged: the Reranker sorts). The scoring itself is
-models.ranker.score_candidates; this module only feeds it popularity counts and the
-weights that arrive through `user_config`.
+Reads candidate dicts {item_id, retrieval_score, source[, features]}; writes the same dicts plus
+rank_score and without features (order unchanged: the Reranker sorts). Search candidates are scored
+by the learned search ranker when the app serves one (args.search_ranker: LambdaMART over the
+Retriever's features plus popularity, recsys.models.ltr), squashed to (0, 1) so the Reranker's
+multiplicative boosts keep their meaning; everything else by models.ranker.score_candidates'
+blend, weights from `user_config`.
 """
 
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 from ray import serve
 
 from recsys.config import validate_mapping
+from recsys.models.ltr import LTRModel
 from recsys.models.ranker import RankerConfig, score_candidates
+from recsys.models.search_features import SEARCH_FEATURES, popularity_column
 from recsys.serve.catalog import load_popularity
 
 logger = logging.getLogger("ray.serve")
@@ -27,25 +32,35 @@ def parse_ranker_config(user_config: dict[str, Any] | None) -> RankerConfig:
 
 
 def rank_candidates(candidates: list[dict[str, Any]], counts: dict[str, int], cfg: RankerConfig,
-                    max_popularity: float, kind: str = "items") -> list[dict[str, Any]]:
-    """Copies of `candidates` with rank_score set; unknown items count as 0 interactions.
-    kind "search" blends with cfg.search's weights, anything else with cfg's own."""
+                    max_popularity: float, kind: str = "items",
+                    learned: LTRModel | None = None) -> list[dict[str, Any]]:
+    """Copies of `candidates` with rank_score set (features dropped); unknown items count as 0 interactions.
+    kind "search": the learned ranker when given and every candidate carries features, else the blend with
+    cfg.search's weights; any other kind: the blend with cfg's own."""
     if not candidates:
         return []
-    retrieval = np.array([float(c["retrieval_score"]) for c in candidates], dtype=np.float64)  # [C]
     pop = np.array([counts.get(c["item_id"], 0) for c in candidates], dtype=np.float64)      # [C]
-    scores = score_candidates(retrieval, pop, cfg.for_kind(kind), max_popularity)
-    return [{**c, "rank_score": float(s)} for c, s in zip(candidates, scores)]
+    if kind == "search" and learned is not None and all("features" in c for c in candidates):
+        rows = np.array([c["features"] for c in candidates], dtype=np.float32)                  # [C, F - 1]
+        rows = np.concatenate([rows, popularity_column(pop, max_popularity)[:, None]], axis=1)
+        scores = 1.0 / (1.0 + np.exp(-learned.score(rows)))
+    else:
+        retrieval = np.array([float(c["retrieval_score"]) for c in candidates], dtype=np.float64)  # [C]
+        scores = score_candidates(retrieval, pop, cfg.for_kind(kind), max_popularity)
+    return [{**{k: v for k, v in c.items() if k != "features"}, "rank_score": float(s)}
+            for c, s in zip(candidates, scores)]
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.25})
 class Ranker:
     """Serve shell: popularity counts loaded once, weights tunable live via user_config."""
 
-    def __init__(self, popularity_path: str):
+    def __init__(self, popularity_path: str, search_ranker_dir: str | None = None):
         _, self.counts = load_popularity(popularity_path)
         self.max_popularity = float(max(self.counts.values(), default=0))
         self.cfg = RankerConfig()
+        self.search_ranker = None if search_ranker_dir is None else LTRModel.load(search_ranker_dir, SEARCH_FEATURES)
+        self.search_ranker_version = None if search_ranker_dir is None else Path(search_ranker_dir).name
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         # Raising here fails the deploy / config update, so a typo never goes live silently.
@@ -55,8 +70,9 @@ class Ranker:
     def rank(self, candidates: list[dict[str, Any]], kind: str = "items") -> list[dict[str, Any]]:
         """[{item_id, retrieval_score, source}] -> same order, each with rank_score; kind "search" for
         /v1/search's candidates (their own blend), "items" for every other list."""
-        return rank_candidates(candidates, self.counts, self.cfg, self.max_popularity, kind)
+        return rank_candidates(candidates, self.counts, self.cfg, self.max_popularity, kind, self.search_ranker)
 
     def ready(self) -> dict[str, Any]:
         """Answers when the replica is up: /readyz asks every stage."""
-        return {"items_with_counts": len(self.counts), "config": self.cfg.model_dump()}
+        return {"items_with_counts": len(self.counts), "config": self.cfg.model_dump(),
+                "search_ranker": self.search_ranker_version}

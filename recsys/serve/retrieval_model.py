@@ -19,6 +19,7 @@ from recsys.index.bm25 import BM25Index
 from recsys.index.faiss_index import ItemIndex, load_item_index
 from recsys.index.hybrid import HybridSearchConfig, fuse_ranked_lists
 from recsys.models.encoder import TextEmbedder, query_tower_path
+from recsys.models.search_features import ranks_in, retriever_feature_rows, term_rows_stats
 from recsys.models.sequence_tower import USER_TOWER_DIR, SequenceTowerInput
 from recsys.serve.candidate_sources import CooccurrenceSource
 from recsys.serve.catalog import POPULARITY_FILE, SEQUENCES_DIR, CatalogLookup, load_popularity, load_user_histories
@@ -55,6 +56,7 @@ class RetrievalModel:
             self.user_space_vectors = ItemVectors(self.index.recommend_index, self.index.item_ids)
         self.fresh = self._load_fresh(catalog_path, str(model_path), embed_fresh_items)
         self.lexical, self.lexical_ids = self._load_lexical(catalog_path)
+        self.lexical_position = {item: p for p, item in enumerate(self.lexical_ids)}
         # Co-occurrence and popularity come from the data version beside the catalog (sequences/,
         # popularity.parquet); without data_dir those sources stay empty.
         self.cooccurrence = CooccurrenceSource([])
@@ -136,24 +138,40 @@ class RetrievalModel:
 
         Dense: the index's nearest ("ann") and up to fresh_quota items newer than the index ("fresh"),
         one cosine scale (a fresh item ranks where its text puts it). With a BM25 index and `hybrid`
-        (its lists' depths > 0), the dense list and BM25's are fused by reciprocal rank
-        (recsys.index.hybrid): source "ann", "bm25" or "ann+bm25", retrieval_score the fused score in
-        (0, 1]. A query BM25 finds nothing for (stopwords, punctuation, unknown words) gets the dense list."""
+        (BM25 depth > 0), the dense list and BM25's are fused by reciprocal rank (recsys.index.hybrid):
+        source "ann", "bm25", "ann+bm25" or "fresh", retrieval_score the fused score in (0, 1], and
+        `features` (recsys.models.search_features.RETRIEVER_FEATURES) for a learned search ranker. A query
+        BM25 finds nothing for (stopwords, punctuation, unknown words) gets the dense list alone."""
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
-        lexical_depth = hybrid.bm25.depth if hybrid is not None and self.lexical is not None else 0
-        dense_depth = k if hybrid is None or lexical_depth == 0 else max(hybrid.ann.depth, 1)
+        fused = hybrid is not None and self.lexical is not None and hybrid.bm25.depth > 0
+        dense_depth = max(hybrid.ann.depth, 1) if fused and hybrid is not None else k
         found = [(s, i, "ann") for i, s in self._search(vector[None], dense_depth, recommend=False)[0]]
         found += [(s, i, "fresh") for i, s in self.fresh.search(vector, min(fresh_quota, dense_depth))]
         found.sort(key=lambda t: -t[0])
-        lexical = self.lexical_search(query, lexical_depth) if lexical_depth else []
-        if hybrid is None or not lexical:
+        if not fused or hybrid is None:
             return [{"item_id": i, "retrieval_score": s, "source": source} for s, i, source in found[:k]]
         dense = [i for _, i, _ in found[:dense_depth]] if hybrid.ann.depth else []
-        fused = fuse_ranked_lists({"ann": dense, "bm25": [i for i, _ in lexical]},
+        lexical = [i for i, _ in self.lexical_search(query, hybrid.bm25.depth)]
+        cands = fuse_ranked_lists({"ann": dense, "bm25": lexical},
                                   {"ann": hybrid.ann.weight, "bm25": hybrid.bm25.weight}, hybrid.rrf_k)[:k]
-        fresh = {i for _, i, source in found if source == "fresh"}
-        return [{**c, "source": "fresh"} if c["item_id"] in fresh else c for c in fused]
+        fresh = {i: s for s, i, source in found if source == "fresh"}
+        rows = self._search_features(vector, query, cands, dense, lexical, fresh, hybrid)
+        return [{**c, "source": "fresh" if c["item_id"] in fresh else c["source"], "features": row.tolist()}
+                for c, row in zip(cands, rows)]
+
+    def _search_features(self, vector: np.ndarray, query: str, cands: list[dict[str, Any]], dense: list[str],
+                         lexical: list[str], fresh: dict[str, float], hybrid: HybridSearchConfig) -> np.ndarray:
+        """[C, len(RETRIEVER_FEATURES)] for the fused candidates (recsys.models.search_features)."""
+        ids = [c["item_id"] for c in cands]
+        cosine = dict(self.text_vectors.score(vector, [i for i in ids if i not in fresh]))
+        assert self.lexical is not None
+        term_rows = self.lexical.term_rows(query)   # [T, N]
+        bm25, coverage, best = term_rows_stats(term_rows, [self.lexical_position.get(i, -1) for i in ids])
+        return retriever_feature_rows([c["retrieval_score"] for c in cands],
+                                      [fresh.get(i, cosine.get(i, 0.0)) for i in ids],
+                                      ranks_in(ids, dense, hybrid.ann.depth), bm25, best,
+                                      ranks_in(ids, lexical, hybrid.bm25.depth), coverage, term_rows.shape[0])
 
     def lexical_search(self, query: str, k: int) -> list[tuple[str, float]]:
         """Up to k (item_id, BM25 score) sharing a word with the query, best first; [] without a BM25 index."""

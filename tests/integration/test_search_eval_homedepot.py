@@ -23,6 +23,8 @@ from recsys.eval.search_job import run_search_evaluation
 from recsys.index.build import run_build_index
 from recsys.index.config import IndexConfig
 from recsys.index.faiss_index import load_item_index
+from recsys.train.search_ranker import run_search_ranker_training
+from recsys.train.search_ranker_config import SearchRankerConfig
 from tests.conftest import REPO_ROOT
 
 pytestmark = pytest.mark.timeout(480)
@@ -101,6 +103,30 @@ def test_held_out_queries_are_evaluated_and_never_trained_on(ray_cluster, recsys
     assert offline["hybrid (offline)"]["ndcg@10"] == pytest.approx(hybrid, abs=1e-6), "bench and job agree"
     assert served["ndcg@10"] == pytest.approx(hybrid, abs=0.02), (served, hybrid)
     assert len(latencies) == len(ev.queries) and all(len(a) == 50 for a in answers)
+
+    # The learned search ranker: trained on the slice's other queries over the same candidates, served by
+    # a redeploy of the same app (search_ranker set); the held-out queries get their answers from it.
+    ranker = run_search_ranker_training(SearchRankerConfig(data=summary["version"], judgments=str(folder),
+                                                           num_trees=50, min_data_in_leaf=5))
+    assert ranker["validation"]["queries"]["train"] > 300 and ranker["validation"]["trees"] >= 1, ranker
+    assert not set(ev.queries) & set(_trained_queries(ranker["path"], folder, summary["version"])), "held out"
+    ranked_args = bench.parse_args(["search", "--data", summary["version"], "--judgments", str(folder),
+                                    "--search-ranker", "latest"])
+    serve_config_deploy({"applications": bench.served_config(ranked_args)["applications"]})
+    answers, _ = bench.asyncio.run(bench.replay_search(url, ev.queries, 50, 4))
+    learned = bench.summarize_ranks(ev, {"learned": bench.ranks_from_answers(ev, answers, item_ids)}, [10])["learned"]
+    assert 0.15 < learned["ndcg@10"] <= 1.0, learned
+
+
+def _trained_queries(ranker_dir, folder, data_version) -> set[str]:
+    """The queries the search ranker's job read: its judgments minus the data version's held-out ones."""
+    from recsys.artifacts import read_manifest
+    from recsys.eval.search import holdout_fraction
+    from recsys.train.search_ranker import training_gains
+
+    cfg = SearchRankerConfig(data=data_version, judgments=str(folder))
+    fraction = holdout_fraction(read_manifest(resolve_artifact("data", data_version)))
+    return set(training_gains(cfg, resolve_artifact("data", data_version), fraction)["query"])
 
     # Wrong references fail before any work, naming what was asked for.
     with pytest.raises(ArtifactNotFound, match="'no-such-version'"):

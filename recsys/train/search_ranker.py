@@ -1,0 +1,148 @@
+"""Driver of jobs/train_search_ranker.py: training queries -> the served hybrid search's candidates and
+features -> LambdaMART (recsys.models.ltr) -> a versioned search ranker artifact.
+
+Candidates and features come from the serving code itself (RetrievalModel.search_candidates, the
+Ranker's popularity column), so the ranker learns from exactly what it will see. Only queries the data
+version did not hold out are read (split.search_holdout_fraction): evaluation and the served-quality
+bench score the held-out ones. Everything runs in this process: one encoder pass over the queries
+(~10k short texts) and a LightGBM fit take minutes on 2 cores, less than a Ray start-up would save.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow.dataset as pads
+
+from recsys.artifacts import mark_latest, new_version_dir, read_manifest, resolve_artifact, write_manifest
+from recsys.data.holdout import held_out_mask
+from recsys.eval.metrics import graded_ndcg_at_k
+from recsys.eval.search import holdout_fraction, read_judgments
+from recsys.models.ltr import LTRModel
+from recsys.models.search_features import SEARCH_FEATURES, SEARCH_RANKER_TYPE, popularity_column
+from recsys.runtime import log
+from recsys.serve.catalog import CATALOG_FILE, POPULARITY_FILE, load_popularity
+from recsys.serve.retrieval_model import RetrievalModel
+from recsys.train.search_ranker_config import SearchRankerConfig
+
+JOB = "train_search_ranker"
+NOT_RETRIEVED = 10 ** 9     # rank of a judged item the candidates do not hold: beyond every cut-off
+
+
+def training_gains(cfg: SearchRankerConfig, data_dir: Path, fraction: float) -> pd.DataFrame:
+    """(query, item_id, gain) of the queries the data version did not hold out, gain > 0 or judged 0."""
+    if cfg.judgments is not None:
+        frame, _ = read_judgments(cfg.judgments)
+        frame["gain"] = (frame["relevance"] - cfg.relevance_floor).clip(lower=0.0)
+    else:   # search clicks: every clicked (query, item) gains 1, everything else 0
+        pairs = pads.dataset(data_dir / "train_pairs").to_table(columns=["kind", "anchor_text", "positive_item_id"])
+        clicks = pairs.to_pandas()
+        clicks = clicks[clicks["kind"] == "search"]
+        frame = pd.DataFrame({"query": clicks["anchor_text"], "item_id": clicks["positive_item_id"], "gain": 1.0})
+        frame = frame.drop_duplicates(["query", "item_id"])
+    frame = frame[~held_out_mask(frame["query"], fraction)] if fraction > 0 else frame
+    if frame.empty:
+        raise ValueError(f"judgments={cfg.judgments!r}: no (query, item) pair outside the held-out queries")
+    return frame[["query", "item_id", "gain"]]
+
+
+def candidate_rows(model: RetrievalModel, queries: list[str], cfg: SearchRankerConfig,
+                   counts: dict[str, int]) -> tuple[np.ndarray, list[list[str]]]:
+    """Per query the served candidates -> (features [R, len(SEARCH_FEATURES)], candidate ids per query)."""
+    max_count = float(max(counts.values(), default=0))
+    rows, ids = [], []
+    started = time.perf_counter()
+    vectors = model.embedder.embed(queries)   # [Q, D]
+    log(JOB, f"embedded {len(queries)} queries in {time.perf_counter() - started:.0f}s")
+    for n, (query, vector) in enumerate(zip(queries, vectors), start=1):
+        cands = model.search_candidates(vector, query, cfg.retrieval_k, 0, cfg.hybrid)
+        items = [c["item_id"] for c in cands]
+        retriever = np.array([c["features"] for c in cands], dtype=np.float32).reshape(len(cands), -1)
+        pop = popularity_column([counts.get(i, 0) for i in items], max_count)
+        rows.append(np.concatenate([retriever, pop[:, None]], axis=1))
+        ids.append(items)
+        if n % 2000 == 0:
+            log(JOB, f"candidates of {n}/{len(queries)} queries")
+    return np.concatenate(rows) if rows else np.zeros((0, len(SEARCH_FEATURES)), np.float32), ids
+
+
+def ndcg_of_orders(queries: list[str], orders: list[list[str]], gains: pd.DataFrame, k: int = 10) -> float:
+    """Mean graded NDCG@k of each query's order against all its judged items (retrieved or not)."""
+    position = {q: n for n, q in enumerate(queries)}
+    judged = gains[gains["query"].isin(position)]
+    rank_of = [{item: r for r, item in enumerate(o)} for o in orders]
+    q = judged["query"].map(position).to_numpy()
+    rank = np.array([rank_of[a].get(i, NOT_RETRIEVED) for a, i in zip(q, judged["item_id"])])
+    per_query = graded_ndcg_at_k(q, judged["gain"].to_numpy(), rank, k, len(queries))
+    return float(per_query.mean())
+
+
+def run_search_ranker_training(cfg: SearchRankerConfig) -> dict:
+    started = time.perf_counter()
+    data_dir, index_dir = resolve_artifact("data", cfg.data), resolve_artifact("indexes", cfg.index)
+    data_manifest, index_manifest = read_manifest(data_dir), read_manifest(index_dir)
+    gains = training_gains(cfg, data_dir, holdout_fraction(data_manifest))
+    gains = gains[gains.groupby("query")["gain"].transform("max") > 0]   # a query with no gain teaches nothing
+    queries = sorted(gains["query"].unique())
+    rng = np.random.default_rng(cfg.seed)
+    if cfg.max_queries is not None and cfg.max_queries < len(queries):
+        queries = sorted(rng.choice(queries, cfg.max_queries, replace=False).tolist())
+    model = RetrievalModel(index_dir, data_dir / CATALOG_FILE, embed_fresh_items=False)
+    if model.lexical is None:
+        raise ValueError(f"index={cfg.index!r} ({index_dir.name}) has no BM25 index: rebuild it with build_index "
+                         "(bm25 on, the default) to train a search ranker over hybrid candidates")
+    model.embedder.batch_size = cfg.embed_batch_size
+    _, counts = load_popularity(data_dir / POPULARITY_FILE)
+    log(JOB, f"{len(queries)} training queries, {len(gains)} judged pairs; index {index_dir.name} "
+             f"(model {index_manifest.get('model_version')}), {cfg.retrieval_k} candidates each")
+    features, ids = candidate_rows(model, queries, cfg, counts)
+    valid = rng.random(len(queries)) < cfg.validation_fraction
+    fitted, report = fit_and_report(features, ids, queries, valid, gains, cfg)
+
+    version, out = new_version_dir("rankers")
+    fitted.save(out)
+    write_manifest(out, {
+        "kind": "ranker", "type": SEARCH_RANKER_TYPE, "version": version, "features": list(SEARCH_FEATURES),
+        "index_version": index_dir.name, "model_version": index_manifest.get("model_version"),
+        "data_version": data_manifest["version"], "hybrid": cfg.hybrid.model_dump(), "retrieval_k": cfg.retrieval_k,
+        "config": cfg.model_dump(), "validation": report, "wall_seconds": round(time.perf_counter() - started, 1)})
+    mark_latest("rankers", version)
+    log(JOB, f"search ranker {version} -> {out}")
+    return {"version": version, "path": str(out), "validation": report}
+
+
+def fit_and_report(features: np.ndarray, ids: list[list[str]], queries: list[str], valid: np.ndarray,
+                   gains: pd.DataFrame, cfg: SearchRankerConfig) -> tuple[LTRModel, dict]:
+    """LambdaMART on the training queries' rows, early-stopped on the validation queries'; the report
+    compares the validation queries' NDCG@10 in the fused order and in the ranker's."""
+    sizes = np.array([len(i) for i in ids])
+    offsets = np.concatenate([[0], np.cumsum(sizes)])
+    gain_of = {(q, i): g for q, i, g in zip(gains["query"], gains["item_id"], gains["gain"])}
+    row_gain = np.array([gain_of.get((q, i), 0.0) for q, items in zip(queries, ids) for i in items])
+    row_valid = np.repeat(valid, sizes)
+
+    def part(mask: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[int]]:
+        return features[rows], row_gain[rows], [int(s) for s, m in zip(sizes, mask) if m and s]
+
+    train, held = part(~valid, ~row_valid), part(valid, row_valid)
+    log(JOB, f"fitting LambdaMART on {len(train[2])} queries ({len(train[0])} rows), validating on {len(held[2])}")
+    fitted = LTRModel.fit(*train, SEARCH_FEATURES, valid=held, num_trees=cfg.num_trees,
+                          learning_rate=cfg.learning_rate, num_leaves=cfg.num_leaves,
+                          min_data_in_leaf=cfg.min_data_in_leaf, seed=cfg.seed)
+    v_queries = [q for q, m in zip(queries, valid) if m]
+    fused = [ids[n] for n in np.flatnonzero(valid)]
+    learned = []
+    for n in np.flatnonzero(valid):
+        scores = fitted.score(features[offsets[n]:offsets[n + 1]])
+        learned.append([ids[n][j] for j in np.argsort(-scores, kind="stable")])
+    ndcg = {"fused": round(ndcg_of_orders(v_queries, fused, gains), 4),
+            "ranker": round(ndcg_of_orders(v_queries, learned, gains), 4)}
+    trees = int(fitted.booster.best_iteration or fitted.booster.current_iteration())
+    report = {"queries": {"train": int((~valid).sum()), "validation": int(valid.sum())}, "trees": trees,
+              "validation_ndcg@10": ndcg}
+    log(JOB, f"validation NDCG@10 over {len(v_queries)} queries: fused order {ndcg['fused']}, "
+             f"ranker {ndcg['ranker']} ({trees} trees)")
+    return fitted, report

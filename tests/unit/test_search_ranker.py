@@ -1,0 +1,93 @@
+"""The learned search ranker: LambdaMART learns a planted signal, saves and loads as text, is served by
+the Ranker's rank_candidates, and a wrong artifact fails the deploy naming the field (no Ray)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from recsys.artifacts import mark_latest, new_version_dir, write_manifest
+from recsys.models.ltr import LTRModel, gain_labels, label_gain
+from recsys.models.ranker import RankerConfig
+from recsys.models.search_features import (
+    RETRIEVER_FEATURES,
+    SEARCH_FEATURES,
+    SEARCH_RANKER_TYPE,
+    ranks_in,
+    term_rows_stats,
+)
+from recsys.serve.app import resolve_search_ranker
+from recsys.serve.rank import rank_candidates
+
+
+def planted(n_queries: int, per_query: int, seed: int) -> tuple[np.ndarray, np.ndarray, list[int]]:
+    """Rows whose gain is set by the `coverage` column alone; the rrf column is noise."""
+    rng = np.random.default_rng(seed)
+    x = rng.random((n_queries * per_query, len(SEARCH_FEATURES))).astype(np.float32)
+    gain = np.where(x[:, SEARCH_FEATURES.index("coverage")] > 0.8, 2.0,
+                    np.where(x[:, SEARCH_FEATURES.index("coverage")] > 0.5, 1.0, 0.0))
+    return x, gain, [per_query] * n_queries
+
+
+def test_lambdamart_learns_the_planted_signal_and_round_trips(tmp_path) -> None:
+    x, gain, sizes = planted(60, 20, seed=0)
+    vx, vgain, vsizes = planted(20, 20, seed=1)
+    model = LTRModel.fit(x, gain, sizes, SEARCH_FEATURES, valid=(vx, vgain, vsizes), num_trees=50,
+                         min_data_in_leaf=5)
+    scores = model.score(vx)
+    assert np.corrcoef(scores, vgain)[0, 1] > 0.8, "the score should follow the planted gain"
+    model.save(tmp_path)
+    again = LTRModel.load(tmp_path, SEARCH_FEATURES)
+    np.testing.assert_allclose(again.score(vx), scores, rtol=1e-6)
+    with pytest.raises(ValueError, match="retrain the ranker"):
+        LTRModel.load(tmp_path, RETRIEVER_FEATURES)
+    with pytest.raises(ValueError, match=r"want \[C, 9\]"):
+        model.score(vx[:, :3])
+    assert list(gain_labels(np.array([0.0, 0.33, 1.0, 2.0, 9.0]))) == [0, 3, 10, 20, 30]
+    assert label_gain()[20] == pytest.approx(2.0), "label 20 is worth gain 2, as the evaluation counts it"
+
+
+def test_ranker_serves_the_learned_score_for_search_only(tmp_path) -> None:
+    x, gain, sizes = planted(40, 20, seed=2)
+    model = LTRModel.fit(x, gain, sizes, SEARCH_FEATURES, num_trees=30, min_data_in_leaf=5)
+    cands = [{"item_id": f"i{n}", "retrieval_score": 0.5, "source": "ann+bm25", "features": x[n, :-1].tolist()}
+             for n in range(6)]
+    counts = {f"i{n}": n for n in range(6)}
+    ranked = rank_candidates(cands, counts, RankerConfig(), 5.0, "search", model)
+    pop = np.log1p(np.arange(6)) / np.log1p(5.0)
+    want = 1 / (1 + np.exp(-model.score(np.concatenate([x[:6, :-1], pop[:, None]], axis=1).astype(np.float32))))
+    assert [c["rank_score"] for c in ranked] == pytest.approx(want.tolist(), rel=1e-5)
+    assert all("features" not in c for c in ranked), "features stay inside the ranking stage"
+    # other lists, or candidates without features (an index built without BM25), keep the blend
+    blend = rank_candidates(cands, counts, RankerConfig(), 5.0, "items", model)
+    assert [c["rank_score"] for c in blend] == pytest.approx((0.5 + 0.1 * pop).tolist())
+    bare = [{k: v for k, v in c.items() if k != "features"} for c in cands]
+    assert [c["rank_score"] for c in rank_candidates(bare, counts, RankerConfig(), 5.0, "search", model)] \
+        == pytest.approx([0.5] * 6), "search blend: popularity off"
+
+
+def test_feature_helpers() -> None:
+    rows = np.array([[0.0, 1.0, 2.0, 0.0], [0.0, 0.0, 3.0, 1.0]], dtype=np.float32)   # 2 words x 4 items
+    score, coverage, best = term_rows_stats(rows, [2, 1, 0, -1])
+    assert list(score) == [5.0, 1.0, 0.0, 0.0] and list(coverage) == [1.0, 0.5, 0.0, 0.0] and best == 5.0
+    assert term_rows_stats(np.zeros((0, 4), np.float32), [0, 1])[2] == 0.0
+    assert list(ranks_in(["b", "z", "a"], ["a", "b", "a"], depth=100)) == [2, 101, 1]
+
+
+def test_a_wrong_search_ranker_fails_the_deploy_naming_the_field(recsys_home) -> None:
+    index = {"version": "idx1", "model_version": "m1"}
+    with pytest.raises(ValueError, match=r"serve args search_ranker='latest': no rankers artifact yet"):
+        resolve_search_ranker("latest", index)
+    version, out = new_version_dir("rankers")
+    write_manifest(out, {"kind": "ranker", "version": version})   # a cross-encoder's manifest has no type
+    mark_latest("rankers", version)
+    with pytest.raises(ValueError, match=r"search_ranker='latest': .* not a search ranker"):
+        resolve_search_ranker("latest", index)
+    write_manifest(out, {"kind": "ranker", "version": version, "type": SEARCH_RANKER_TYPE, "model_version": "m0",
+                         "features": list(SEARCH_FEATURES)})
+    with pytest.raises(ValueError, match=r"search_ranker=.*trained on model 'm0' but index 'idx1' serves model 'm1'"):
+        resolve_search_ranker(version, index)
+    write_manifest(out, {"kind": "ranker", "version": version, "type": SEARCH_RANKER_TYPE, "model_version": "m1",
+                         "features": list(SEARCH_FEATURES)})
+    assert resolve_search_ranker(version, index) == str(out)
+    assert resolve_search_ranker(None, index) is None
