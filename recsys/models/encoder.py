@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from recsys.models.quantize import Quantize, check_quantize, quantize_int8
+
 DEFAULT_MODEL = "default"
 Pooling = Literal["mean", "cls", "max"]
 POOLINGS: tuple[str, ...] = ("mean", "cls", "max")
@@ -134,13 +136,23 @@ class TextEncoder(nn.Module):
 
 
 class TextEmbedder:
-    """Inference wrapper used by indexing, evaluation and serving: list[str] -> float32 [N, H]."""
+    """Inference wrapper used by indexing, evaluation and serving: list[str] -> float32 [N, H].
+
+    quantize="int8" runs the encoder's Linear layers as dynamic int8 on CPU (recsys.models.quantize:
+    no extra dependency or export step; weights int8, activations quantised per batch on the fly).
+    It needs a CPU: device=None then means "cpu", and an explicit CUDA device raises ValueError.
+    """
 
     def __init__(self, model_path: str, max_length: int = 128, batch_size: int = 64,
-                 device: str | None = None):
+                 device: str | None = None, quantize: Quantize = "none"):
+        if device is None:
+            device = "cpu" if quantize != "none" else ("cuda" if torch.cuda.is_available() else "cpu")
+        check_quantize(quantize, device)         # before the model load, so a bad config fails fast
         backbone, self.tokenizer = load_hf_encoder(model_path)
-        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        self.encoder = TextEncoder(backbone).to(self.device).eval()
+        self.device = device
+        self.quantize = quantize
+        encoder = TextEncoder(backbone).to(self.device).eval()
+        self.encoder = quantize_int8(encoder) if quantize == "int8" else encoder
         self.max_length = max_length
         self.batch_size = batch_size
 
