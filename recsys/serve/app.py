@@ -17,6 +17,7 @@ from ray.serve import Deployment
 
 from recsys.artifacts import ArtifactNotFound, read_manifest, resolve_artifact
 from recsys.config import validate_mapping
+from recsys.models.recommend_features import RECOMMEND_FEATURES, RECOMMEND_RANKER_TYPE
 from recsys.models.search_features import SEARCH_FEATURES, SEARCH_RANKER_TYPE
 from recsys.serve.catalog import CATALOG_FILE, POPULARITY_FILE, SEQUENCES_DIR
 from recsys.serve.colocated import StageSpec
@@ -103,6 +104,12 @@ class ServeArgs(BaseModel, extra="forbid"):
         default=DEFAULT_PROMOTION_POOL, ge=1, le=100_000,
         description="/v1/promotions: the most popular promoted items scored per request.",
     )
+    ranker: str | None = Field(
+        default=None,
+        description="Learned recommendation ranker (jobs/train_recommend_ranker.py): 'latest', a version under "
+                    "artifacts/rankers or a directory, trained on the served index's model. It orders "
+                    "/v1/recommend's candidates; null = the Ranker's hand-set blend.",
+    )
     search_ranker: str | None = Field(
         default=None,
         description="Learned search ranker (jobs/train_search_ranker.py): 'latest', a version under "
@@ -134,7 +141,10 @@ def resolve_serving_artifacts(args: ServeArgs) -> dict[str, Any]:
     except ArtifactNotFound:  # hand-assembled data dirs may lack one; fall back to defaults
         data_config = {}
     return {
-        "search_ranker_dir": resolve_search_ranker(args.search_ranker, manifest),
+        "search_ranker_dir": resolve_ranker("search_ranker", args.search_ranker, manifest, SEARCH_RANKER_TYPE,
+                                            SEARCH_FEATURES, "jobs/train_search_ranker.py"),
+        "recommend_ranker_dir": resolve_ranker("ranker", args.ranker, manifest, RECOMMEND_RANKER_TYPE,
+                                               RECOMMEND_FEATURES, "jobs/train_recommend_ranker.py"),
         "query_max_length": args.query_max_length or int(manifest.get("query_max_length", 128)),
         "max_history_items": args.max_history_items or int(
             data_config.get("retrieval_pairs", {}).get("max_history_items", 8)),
@@ -145,28 +155,30 @@ def resolve_serving_artifacts(args: ServeArgs) -> dict[str, Any]:
     }
 
 
-def resolve_search_ranker(ref: str | None, index_manifest: dict[str, Any]) -> str | None:
-    """The search ranker's directory, checked against the served index: a missing artifact, another kind of
-    ranker or one trained on another model fails the deploy, naming the field."""
+def resolve_ranker(field: str, ref: str | None, index_manifest: dict[str, Any], kind: str,
+                   features: tuple[str, ...], job: str) -> str | None:
+    """A learned ranker's directory, checked against the served index: a missing artifact, another kind of
+    ranker (a cross-encoder, a search ranker for recommendations) or one trained on another model fails
+    the deploy, naming the field."""
     if ref is None:
         return None
     try:
         path = resolve_artifact("rankers", ref)
         manifest = read_manifest(path)
     except ArtifactNotFound as exc:
-        raise ValueError(f"serve args search_ranker={ref!r}: {exc}") from None
-    if manifest.get("type") != SEARCH_RANKER_TYPE:
-        kind = manifest.get("type", "cross-encoder")
-        raise ValueError(f"serve args search_ranker={ref!r}: ranker {path.name} is a {kind!r} ranker, not a "
-                         f"search ranker (train one with jobs/train_search_ranker.py)")
+        raise ValueError(f"serve args {field}={ref!r}: {exc}") from None
+    if manifest.get("type") != kind:
+        found = manifest.get("type", "cross-encoder")
+        raise ValueError(f"serve args {field}={ref!r}: ranker {path.name} is a {found!r} ranker, not a {kind!r} "
+                         f"one (train one with {job})")
     if manifest.get("model_version") != index_manifest.get("model_version"):
-        raise ValueError(f"serve args search_ranker={ref!r}: ranker {path.name} was trained on model "
+        raise ValueError(f"serve args {field}={ref!r}: ranker {path.name} was trained on model "
                          f"{manifest.get('model_version')!r} but index {index_manifest.get('version')!r} serves model "
-                         f"{index_manifest.get('model_version')!r}: its cosines mean something else; retrain it on "
+                         f"{index_manifest.get('model_version')!r}: its scores mean something else; retrain it on "
                          f"this index")
-    if tuple(manifest.get("features", ())) != SEARCH_FEATURES:
-        raise ValueError(f"serve args search_ranker={ref!r}: ranker {path.name} uses features "
-                         f"{manifest.get('features')}, this code computes {list(SEARCH_FEATURES)}: retrain it")
+    if tuple(manifest.get("features", ())) != features:
+        raise ValueError(f"serve args {field}={ref!r}: ranker {path.name} uses features "
+                         f"{manifest.get('features')}, this code computes {list(features)}: retrain it")
     return str(path)
 
 
@@ -181,7 +193,8 @@ def build_app(args: dict[str, Any]) -> serve.Application:
         "Retriever": StageSpec(args=[paths["index_dir"], catalog_path, paths["query_max_length"],
                                      paths["max_history_items"]],
                                kwargs={"data_dir": paths["data_dir"], "embed_fresh_items": cfg.embed_fresh_items}),
-        "Ranker": StageSpec(args=[f"{paths['data_dir']}/{POPULARITY_FILE}", paths["search_ranker_dir"]]),
+        "Ranker": StageSpec(args=[f"{paths['data_dir']}/{POPULARITY_FILE}", paths["search_ranker_dir"],
+                                  paths["recommend_ranker_dir"]]),
         "Reranker": StageSpec(args=[catalog_path]),
     }
     ingress_kwargs: dict[str, Any] = {

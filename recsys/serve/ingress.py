@@ -93,7 +93,8 @@ class Ingress(IngressBase):
             found = await self._retriever.recommend_candidates.remote(ctx.history, max(self.retrieval_k, req.k))
             if found["personal"]:
                 cands, _ = drop_items(found["candidates"], ctx.purchased)
-                return self._response(await self._rank_and_rerank(cands, ctx.history, req.k), served=found)
+                return self._response(await self._rank_and_rerank(cands, ctx.history, req.k, "recommend"),
+                                      served=found)
         return await self._popular(ctx, req.k)
 
     @app.post("/v1/search", response_model=RecsResponse)

@@ -129,8 +129,8 @@ class IngressBase:
 
     async def _rank_and_rerank(self, cands: list[dict[str, Any]], exclude_ids: list[str],
                                k: int, kind: str = "items") -> list[ScoredItem]:
-        """Candidates -> Ranker (kind "search" or "items") -> Reranker's rules (exclude_history drops
-        `exclude_ids`) -> top k."""
+        """Candidates -> Ranker (kind "search", "recommend" or "items": see Ranker.rank) -> Reranker's rules
+        (exclude_history drops `exclude_ids`) -> top k."""
         # Passing the Ranker's response straight to the Reranker lets Serve hand the ranked
         # list over without a round trip through this replica.
         ranked = self._ranker.rank.remote(cands, kind)

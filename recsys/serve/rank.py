@@ -20,6 +20,7 @@ from ray import serve
 from recsys.config import validate_mapping
 from recsys.models.ltr import LTRModel
 from recsys.models.ranker import RankerConfig, score_candidates
+from recsys.models.recommend_features import RECOMMEND_FEATURES
 from recsys.models.search_features import SEARCH_FEATURES, popularity_column
 from recsys.serve.catalog import load_popularity
 
@@ -35,12 +36,12 @@ def rank_candidates(candidates: list[dict[str, Any]], counts: dict[str, int], cf
                     max_popularity: float, kind: str = "items",
                     learned: LTRModel | None = None) -> list[dict[str, Any]]:
     """Copies of `candidates` with rank_score set (features dropped); unknown items count as 0 interactions.
-    kind "search": the learned ranker when given and every candidate carries features, else the blend with
-    cfg.search's weights; any other kind: the blend with cfg's own."""
+    `learned` (the kind's LambdaMART ranker) scores them when every candidate carries features; else the
+    blend, with cfg.search's weights for kind "search" and cfg's own for every other kind."""
     if not candidates:
         return []
     pop = np.array([counts.get(c["item_id"], 0) for c in candidates], dtype=np.float64)      # [C]
-    if kind == "search" and learned is not None and all("features" in c for c in candidates):
+    if learned is not None and all("features" in c for c in candidates):
         rows = np.array([c["features"] for c in candidates], dtype=np.float32)                  # [C, F - 1]
         rows = np.concatenate([rows, popularity_column(pop, max_popularity)[:, None]], axis=1)
         scores = 1.0 / (1.0 + np.exp(-learned.score(rows)))
@@ -55,12 +56,16 @@ def rank_candidates(candidates: list[dict[str, Any]], counts: dict[str, int], cf
 class Ranker:
     """Serve shell: popularity counts loaded once, weights tunable live via user_config."""
 
-    def __init__(self, popularity_path: str, search_ranker_dir: str | None = None):
+    def __init__(self, popularity_path: str, search_ranker_dir: str | None = None,
+                 recommend_ranker_dir: str | None = None):
         _, self.counts = load_popularity(popularity_path)
         self.max_popularity = float(max(self.counts.values(), default=0))
         self.cfg = RankerConfig()
-        self.search_ranker = None if search_ranker_dir is None else LTRModel.load(search_ranker_dir, SEARCH_FEATURES)
-        self.search_ranker_version = None if search_ranker_dir is None else Path(search_ranker_dir).name
+        # kind of list -> (LambdaMART ranker, its version); a kind without one keeps the blend
+        self.learned = {kind: (LTRModel.load(path, features), Path(path).name)
+                        for kind, path, features in (("search", search_ranker_dir, SEARCH_FEATURES),
+                                                     ("recommend", recommend_ranker_dir, RECOMMEND_FEATURES))
+                        if path is not None}
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         # Raising here fails the deploy / config update, so a typo never goes live silently.
@@ -68,11 +73,12 @@ class Ranker:
         logger.info("Ranker config: %s", self.cfg.model_dump())
 
     def rank(self, candidates: list[dict[str, Any]], kind: str = "items") -> list[dict[str, Any]]:
-        """[{item_id, retrieval_score, source}] -> same order, each with rank_score; kind "search" for
-        /v1/search's candidates (their own blend), "items" for every other list."""
-        return rank_candidates(candidates, self.counts, self.cfg, self.max_popularity, kind, self.search_ranker)
+        """[{item_id, retrieval_score, source[, features]}] -> same order, each with rank_score; kind "search"
+        for /v1/search's candidates, "recommend" for /v1/recommend's, "items" for every other list."""
+        model = self.learned.get(kind, (None, None))[0]
+        return rank_candidates(candidates, self.counts, self.cfg, self.max_popularity, kind, model)
 
     def ready(self) -> dict[str, Any]:
         """Answers when the replica is up: /readyz asks every stage."""
         return {"items_with_counts": len(self.counts), "config": self.cfg.model_dump(),
-                "search_ranker": self.search_ranker_version}
+                "learned_rankers": {kind: version for kind, (_, version) in self.learned.items()}}

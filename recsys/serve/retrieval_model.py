@@ -19,9 +19,10 @@ from recsys.index.bm25 import BM25Index
 from recsys.index.faiss_index import ItemIndex, load_item_index
 from recsys.index.hybrid import HybridSearchConfig, fuse_ranked_lists
 from recsys.models.encoder import TextEmbedder, query_tower_path
+from recsys.models.recommend_features import recommend_feature_rows
 from recsys.models.search_features import ranks_in, retriever_feature_rows, term_rows_stats
 from recsys.models.sequence_tower import USER_TOWER_DIR, SequenceTowerInput
-from recsys.serve.candidate_sources import CooccurrenceSource
+from recsys.serve.candidate_sources import SOURCE_NAMES, CooccurrenceSource, SourcesConfig, merge_candidates
 from recsys.serve.catalog import POPULARITY_FILE, SEQUENCES_DIR, CatalogLookup, load_popularity, load_user_histories
 from recsys.serve.fresh_items import FreshItems, load_fresh_items, unindexed_item_texts
 from recsys.serve.item_vectors import ItemVectors
@@ -190,20 +191,49 @@ class RetrievalModel:
         logger.info("BM25 over the whole catalog (%d items, %d newer than the index)", len(ids), len(self.fresh))
         return BM25Index(texts, **stored.settings), ids
 
-    def candidate_sources(self, history: list[str], quotas: dict[str, int],
-                          text_vector: np.ndarray | None = None) -> dict[str, list[tuple[str, float]]]:
-        """History (oldest first) -> {source: up to quota (item_id, score)} for merge_candidates.
+    def recommend_candidates(self, history: list[str], sources: SourcesConfig, k: int,
+                             text_vector: np.ndarray | None = None) -> tuple[list[dict[str, Any]], bool]:
+        """History (oldest first) -> (up to k merged candidates {item_id, retrieval_score, source, features},
+        whether any personal source found something). `features` are RECOMMEND_RETRIEVER_FEATURES: every
+        source's view of the candidate, for a learned recommendation ranker (recsys.models.recommend_features)."""
+        quotas = {name: getattr(sources, name).quota for name in SOURCE_NAMES}
+        text_vector = self._history_text_vector(history, quotas, text_vector)
+        user = self.user_tower.user_vector(history) if self.user_tower is not None else text_vector
+        by_source = self.candidate_sources(history, quotas, text_vector, user)
+        if not any(by_source.get(s) for s in ("ann", "cooccurrence", "fresh")):
+            return [], False
+        cands = merge_candidates(by_source, sources, k)
+        ids = [c["item_id"] for c in cands]
+        ann = dict(self.user_space_vectors.score(user, ids)) if user is not None else {}
+        last = next((i for i in reversed(history) if i in self.text_vectors), None)
+        last_cos = dict(self.text_vectors.score(self.text_vectors.vectors([last])[1][0], ids)) if last else {}
+        rows = recommend_feature_rows(cands, by_source, quotas, [ann.get(i, 0.0) for i in ids],
+                                      [last_cos.get(i, 0.0) for i in ids], sum(i in self.catalog.titles
+                                                                              for i in history))
+        return [{**c, "features": row.tolist()} for c, row in zip(cands, rows)], True
 
-        `text_vector` is the history text's query-tower vector [D] when the caller already has it
-        (the Retriever embeds it in a batch); fresh items are scored against it, as is ANN when no
-        sequence tower serves."""
-        out: dict[str, list[tuple[str, float]]] = {}
+    def _history_text_vector(self, history: list[str], quotas: dict[str, int],
+                             text_vector: np.ndarray | None) -> np.ndarray | None:
+        """The history text's query-tower vector when fresh items or a text-tower ANN need it."""
         need_text = (quotas.get("fresh", 0) > 0 and len(self.fresh) > 0) or self.user_tower is None
         if text_vector is None and need_text:
             text = self.history_text(history)
             text_vector = self.embedder.embed([text])[0] if text else None
+        return text_vector
+
+    def candidate_sources(self, history: list[str], quotas: dict[str, int], text_vector: np.ndarray | None = None,
+                          user_vector: np.ndarray | None = None) -> dict[str, list[tuple[str, float]]]:
+        """History (oldest first) -> {source: up to quota (item_id, score)} for merge_candidates.
+
+        `text_vector` is the history text's query-tower vector [D] when the caller already has it
+        (the Retriever embeds it in a batch); fresh items are scored against it, as is ANN when no
+        sequence tower serves. `user_vector`: the ANN query when the caller has it already."""
+        out: dict[str, list[tuple[str, float]]] = {}
+        text_vector = self._history_text_vector(history, quotas, text_vector)
         if quotas.get("ann", 0) > 0:
-            user = self.user_tower.user_vector(history) if self.user_tower is not None else text_vector
+            user = user_vector
+            if user is None:
+                user = self.user_tower.user_vector(history) if self.user_tower is not None else text_vector
             out["ann"] = [] if user is None else self._search(user[None], quotas["ann"], recommend=True)[0]
         if quotas.get("cooccurrence", 0) > 0:
             out["cooccurrence"] = self.cooccurrence.neighbours(history, quotas["cooccurrence"])

@@ -18,7 +18,7 @@ import numpy as np
 from ray import serve
 
 from recsys.config import validate_mapping
-from recsys.serve.candidate_sources import RetrieverConfig, merge_candidates
+from recsys.serve.candidate_sources import RetrieverConfig
 from recsys.serve.retrieval_model import RetrievalModel
 
 __all__ = ["RetrievalModel", "Retriever", "parse_retriever_config"]
@@ -94,17 +94,15 @@ class Retriever:
         """Item ids, oldest first -> {"candidates": up to k merged [{item_id, retrieval_score, source}],
         "personal": whether any history-based source (not popularity alone) found something, and the
         index_version / model_version}."""
-        quotas = {name: getattr(self.cfg.sources, name).quota for name in ("ann", "cooccurrence", "fresh",
-                                                                             "popular")}
         # The history text's vector feeds ANN without a sequence tower, and the fresh items; skip
         # the forward pass when neither needs it.
-        need_text = self.model.user_tower is None or (quotas["fresh"] > 0 and len(self.model.fresh) > 0)
+        fresh = self.cfg.sources.fresh.quota > 0 and len(self.model.fresh) > 0
+        need_text = self.model.user_tower is None or fresh
         text = self.model.history_text(history) if need_text else ""
         vector = await self._embed_batch(text) if text else None
-        by_source = await asyncio.to_thread(self.model.candidate_sources, history, quotas, vector)
-        personal = any(by_source.get(s) for s in ("ann", "cooccurrence", "fresh"))
-        return {"candidates": merge_candidates(by_source, self.cfg.sources, k) if personal else [],
-                "personal": personal, **self.served}
+        cands, personal = await asyncio.to_thread(self.model.recommend_candidates, history, self.cfg.sources, k,
+                                                  vector)
+        return {"candidates": cands, "personal": personal, **self.served}
 
     async def similar(self, item_id: str, k: int) -> dict[str, Any]:
         """{"found": items nearest to an item (itself left out), None when the index lacks it; versions}."""

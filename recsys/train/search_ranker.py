@@ -19,17 +19,15 @@ import pyarrow.dataset as pads
 
 from recsys.artifacts import mark_latest, new_version_dir, read_manifest, resolve_artifact, write_manifest
 from recsys.data.holdout import held_out_mask
-from recsys.eval.metrics import graded_ndcg_at_k
 from recsys.eval.search import holdout_fraction, read_judgments
-from recsys.models.ltr import LTRModel
 from recsys.models.search_features import SEARCH_FEATURES, SEARCH_RANKER_TYPE, popularity_column
 from recsys.runtime import log
 from recsys.serve.catalog import CATALOG_FILE, POPULARITY_FILE, load_popularity
 from recsys.serve.retrieval_model import RetrievalModel
+from recsys.train.ltr_fit import fit_and_report
 from recsys.train.search_ranker_config import SearchRankerConfig
 
 JOB = "train_search_ranker"
-NOT_RETRIEVED = 10 ** 9     # rank of a judged item the candidates do not hold: beyond every cut-off
 
 
 def training_gains(cfg: SearchRankerConfig, data_dir: Path, fraction: float) -> pd.DataFrame:
@@ -69,17 +67,6 @@ def candidate_rows(model: RetrievalModel, queries: list[str], cfg: SearchRankerC
     return np.concatenate(rows) if rows else np.zeros((0, len(SEARCH_FEATURES)), np.float32), ids
 
 
-def ndcg_of_orders(queries: list[str], orders: list[list[str]], gains: pd.DataFrame, k: int = 10) -> float:
-    """Mean graded NDCG@k of each query's order against all its judged items (retrieved or not)."""
-    position = {q: n for n, q in enumerate(queries)}
-    judged = gains[gains["query"].isin(position)]
-    rank_of = [{item: r for r, item in enumerate(o)} for o in orders]
-    q = judged["query"].map(position).to_numpy()
-    rank = np.array([rank_of[a].get(i, NOT_RETRIEVED) for a, i in zip(q, judged["item_id"])])
-    per_query = graded_ndcg_at_k(q, judged["gain"].to_numpy(), rank, k, len(queries))
-    return float(per_query.mean())
-
-
 def run_search_ranker_training(cfg: SearchRankerConfig) -> dict:
     started = time.perf_counter()
     data_dir, index_dir = resolve_artifact("data", cfg.data), resolve_artifact("indexes", cfg.index)
@@ -100,7 +87,7 @@ def run_search_ranker_training(cfg: SearchRankerConfig) -> dict:
              f"(model {index_manifest.get('model_version')}), {cfg.retrieval_k} candidates each")
     features, ids = candidate_rows(model, queries, cfg, counts)
     valid = rng.random(len(queries)) < cfg.validation_fraction
-    fitted, report = fit_and_report(features, ids, queries, valid, gains, cfg)
+    fitted, report = fit_and_report(features, ids, queries, valid, gains, SEARCH_FEATURES, cfg, JOB)
 
     version, out = new_version_dir("rankers")
     fitted.save(out)
@@ -112,37 +99,3 @@ def run_search_ranker_training(cfg: SearchRankerConfig) -> dict:
     mark_latest("rankers", version)
     log(JOB, f"search ranker {version} -> {out}")
     return {"version": version, "path": str(out), "validation": report}
-
-
-def fit_and_report(features: np.ndarray, ids: list[list[str]], queries: list[str], valid: np.ndarray,
-                   gains: pd.DataFrame, cfg: SearchRankerConfig) -> tuple[LTRModel, dict]:
-    """LambdaMART on the training queries' rows, early-stopped on the validation queries'; the report
-    compares the validation queries' NDCG@10 in the fused order and in the ranker's."""
-    sizes = np.array([len(i) for i in ids])
-    offsets = np.concatenate([[0], np.cumsum(sizes)])
-    gain_of = {(q, i): g for q, i, g in zip(gains["query"], gains["item_id"], gains["gain"])}
-    row_gain = np.array([gain_of.get((q, i), 0.0) for q, items in zip(queries, ids) for i in items])
-    row_valid = np.repeat(valid, sizes)
-
-    def part(mask: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[int]]:
-        return features[rows], row_gain[rows], [int(s) for s, m in zip(sizes, mask) if m and s]
-
-    train, held = part(~valid, ~row_valid), part(valid, row_valid)
-    log(JOB, f"fitting LambdaMART on {len(train[2])} queries ({len(train[0])} rows), validating on {len(held[2])}")
-    fitted = LTRModel.fit(*train, SEARCH_FEATURES, valid=held, num_trees=cfg.num_trees,
-                          learning_rate=cfg.learning_rate, num_leaves=cfg.num_leaves,
-                          min_data_in_leaf=cfg.min_data_in_leaf, seed=cfg.seed)
-    v_queries = [q for q, m in zip(queries, valid) if m]
-    fused = [ids[n] for n in np.flatnonzero(valid)]
-    learned = []
-    for n in np.flatnonzero(valid):
-        scores = fitted.score(features[offsets[n]:offsets[n + 1]])
-        learned.append([ids[n][j] for j in np.argsort(-scores, kind="stable")])
-    ndcg = {"fused": round(ndcg_of_orders(v_queries, fused, gains), 4),
-            "ranker": round(ndcg_of_orders(v_queries, learned, gains), 4)}
-    trees = int(fitted.booster.best_iteration or fitted.booster.current_iteration())
-    report = {"queries": {"train": int((~valid).sum()), "validation": int(valid.sum())}, "trees": trees,
-              "validation_ndcg@10": ndcg}
-    log(JOB, f"validation NDCG@10 over {len(v_queries)} queries: fused order {ndcg['fused']}, "
-             f"ranker {ndcg['ranker']} ({trees} trees)")
-    return fitted, report

@@ -19,6 +19,7 @@ from test_serve_http import HISTORIES, write_artifacts
 
 from recsys.artifacts import resolve_artifact
 from recsys.index.hybrid import HybridSearchConfig
+from recsys.models.recommend_features import RECOMMEND_RETRIEVER_FEATURES
 from recsys.serve.app import build_app
 from recsys.serve.candidate_sources import SourcesConfig, merge_candidates
 from recsys.serve.http_errors import install_error_handlers
@@ -57,6 +58,12 @@ def test_sources_and_batching(serve_app, recsys_home: Path) -> None:
     assert (fused[0]["item_id"], fused[0]["source"]) == ("c99", "fresh"), fused
     assert {c["source"] for c in fused[1:]} <= {"ann", "bm25", "ann+bm25", "fresh"}, fused
     merged = merge_candidates(by_source, SourcesConfig(), k=100)
+    # what the Retriever serves: the same merge, each candidate with every source's view for a learned ranker
+    served, personal = model.recommend_candidates(["c01"], SourcesConfig(), 100)
+    quotas = {name: getattr(SourcesConfig(), name).quota for name in ("ann", "cooccurrence", "fresh", "popular")}
+    same = merge_candidates(model.candidate_sources(["c01"], quotas), SourcesConfig(), k=100)
+    assert personal and [c["item_id"] for c in served] == [c["item_id"] for c in same]
+    assert all(len(c["features"]) == len(RECOMMEND_RETRIEVER_FEATURES) for c in served)
     # c02/c00 may come back as "ann" (ANN finds them too, with a higher weighted score); the others
     # are proposed by one source only.
     assert {c["source"] for c in merged} >= {"ann", "fresh", "popular"}, merged

@@ -24,7 +24,9 @@ from test_serve_http import HISTORIES, REPO, catalog_rows, write_artifacts
 
 from recsys.artifacts import mark_latest, new_version_dir, resolve_artifact
 from recsys.data.text import format_item_text
+from recsys.index.bm25 import BM25Index
 from recsys.index.faiss_index import build_faiss_index, save_item_index
+from recsys.index.hybrid import HybridSearchConfig
 from recsys.models.encoder import TextEmbedder
 from recsys.serve.catalog import CATALOG_FILE
 from recsys.serve.retrieval_model import RetrievalModel
@@ -63,12 +65,14 @@ def build_second_index(model_dir: Path, model_version: str, data_version: str) -
     """A new index version of the same catalog, embedded by another model; marked latest, as the
     index job does. Returns its version name."""
     rows = catalog_rows()
-    vectors = TextEmbedder(str(model_dir), max_length=64).embed(
-        [format_item_text(r["title"], r["brand"], r["category"], r["description"]) for r in rows])
+    texts = [format_item_text(r["title"], r["brand"], r["category"], r["description"]) for r in rows]
+    vectors = TextEmbedder(str(model_dir), max_length=64).embed(texts)
     version, index_dir = new_version_dir("indexes")
+    # Its BM25 does not stem: its lexical list differs from v1's, so a search answer's fused scores tell
+    # whether the Retriever that computed it swapped BM25 together with Faiss.
     save_item_index(index_dir, build_faiss_index(vectors), [r["item_id"] for r in rows],
                     {"version": version, "model_path": str(model_dir), "model_version": model_version,
-                     "data_version": data_version, "item_max_length": 64})
+                     "data_version": data_version, "item_max_length": 64}, lexical=BM25Index(texts, stemmer=None))
     mark_latest("indexes", version)
     return version
 
@@ -159,11 +163,13 @@ async def swap_under_load(base_url: str, deploy, new_config: dict,
 
 
 def search_scores(index_version: str) -> dict[str, dict[str, float]]:
-    """Each search query's score per item on this index version, from the Retriever's own core
-    in this process: the scores in an answer tell which version really computed it."""
+    """Each search query's score per item on this index version (its Faiss, encoder and BM25 fused), from
+    the Retriever's own core in this process: the scores in an answer tell which version computed it."""
     model = RetrievalModel(resolve_artifact("indexes", index_version),
                            resolve_artifact("data", "latest") / CATALOG_FILE)
-    return {q: dict(model.search_vectors(model.embedder.embed([q]), 40)[0]) for q in SEARCHES}
+    return {q: {c["item_id"]: c["retrieval_score"]
+                for c in model.search_candidates(model.embedder.embed([q])[0], q, 40, 20, HybridSearchConfig())}
+            for q in SEARCHES}
 
 
 def computed_by(o: Outcome, expected: dict[tuple[str, str], dict]) -> tuple[str, str] | None:

@@ -15,6 +15,8 @@ from recsys.index.config import IndexConfig
 from recsys.train.config import TrainConfig
 from recsys.train.model_soup import AverageModelsConfig
 from recsys.train.ranker_config import RankerTrainConfig
+from recsys.train.recommend_ranker_config import RecommendRankerConfig
+from recsys.train.search_ranker_config import SearchRankerConfig
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CONFIG_DIR = REPO_ROOT / "jobs" / "configs"
@@ -26,6 +28,8 @@ CONFIG_CLASSES: dict[str, type[JobConfig]] = {
     "evaluate_search": SearchEvalConfig,
     "train_ranker": RankerTrainConfig,
     "average_models": AverageModelsConfig,
+    "train_search_ranker": SearchRankerConfig,
+    "train_recommend_ranker": RecommendRankerConfig,
 }
 
 

@@ -16,7 +16,7 @@ from recsys.models.search_features import (
     ranks_in,
     term_rows_stats,
 )
-from recsys.serve.app import resolve_search_ranker
+from recsys.serve.app import resolve_ranker
 from recsys.serve.rank import rank_candidates
 
 
@@ -59,7 +59,7 @@ def test_ranker_serves_the_learned_score_for_search_only(tmp_path) -> None:
     assert [c["rank_score"] for c in ranked] == pytest.approx(want.tolist(), rel=1e-5)
     assert all("features" not in c for c in ranked), "features stay inside the ranking stage"
     # other lists, or candidates without features (an index built without BM25), keep the blend
-    blend = rank_candidates(cands, counts, RankerConfig(), 5.0, "items", model)
+    blend = rank_candidates(cands, counts, RankerConfig(), 5.0, "items", None)
     assert [c["rank_score"] for c in blend] == pytest.approx((0.5 + 0.1 * pop).tolist())
     bare = [{k: v for k, v in c.items() if k != "features"} for c in cands]
     assert [c["rank_score"] for c in rank_candidates(bare, counts, RankerConfig(), 5.0, "search", model)] \
@@ -74,6 +74,10 @@ def test_feature_helpers() -> None:
     assert list(ranks_in(["b", "z", "a"], ["a", "b", "a"], depth=100)) == [2, 101, 1]
 
 
+def resolve_search_ranker(ref, index):
+    return resolve_ranker("search_ranker", ref, index, SEARCH_RANKER_TYPE, SEARCH_FEATURES, "the job")
+
+
 def test_a_wrong_search_ranker_fails_the_deploy_naming_the_field(recsys_home) -> None:
     index = {"version": "idx1", "model_version": "m1"}
     with pytest.raises(ValueError, match=r"serve args search_ranker='latest': no rankers artifact yet"):
@@ -81,7 +85,7 @@ def test_a_wrong_search_ranker_fails_the_deploy_naming_the_field(recsys_home) ->
     version, out = new_version_dir("rankers")
     write_manifest(out, {"kind": "ranker", "version": version})   # a cross-encoder's manifest has no type
     mark_latest("rankers", version)
-    with pytest.raises(ValueError, match=r"search_ranker='latest': .* not a search ranker"):
+    with pytest.raises(ValueError, match=r"search_ranker='latest': .* not a 'search_ltr' one"):
         resolve_search_ranker("latest", index)
     write_manifest(out, {"kind": "ranker", "version": version, "type": SEARCH_RANKER_TYPE, "model_version": "m0",
                          "features": list(SEARCH_FEATURES)})
@@ -91,3 +95,19 @@ def test_a_wrong_search_ranker_fails_the_deploy_naming_the_field(recsys_home) ->
                          "features": list(SEARCH_FEATURES)})
     assert resolve_search_ranker(version, index) == str(out)
     assert resolve_search_ranker(None, index) is None
+
+
+def test_recommend_feature_rows_give_every_source_its_view() -> None:
+    from recsys.models.recommend_features import RECOMMEND_RETRIEVER_FEATURES, recommend_feature_rows, source_columns
+
+    cands = [{"item_id": "a", "retrieval_score": 0.9, "source": "ann"},
+             {"item_id": "b", "retrieval_score": 0.8, "source": "cooccurrence"},
+             {"item_id": "n", "retrieval_score": 0.5, "source": "fresh"}]
+    by_source = {"ann": [("a", 0.9), ("b", 0.4)], "cooccurrence": [("b", 4.0), ("a", 2.0)], "fresh": [("n", 0.5)]}
+    rows = recommend_feature_rows(cands, by_source, {"ann": 100, "cooccurrence": 50}, [0.9, 0.4, 0.1],
+                                  [0.3, 0.2, 0.1], history_length=4)
+    col = {name: rows[:, j].tolist() for j, name in enumerate(RECOMMEND_RETRIEVER_FEATURES)}
+    assert col["merged"] == pytest.approx([0.9, 0.8, 0.5]) and col["ann_rank"] == [1, 2, 101]
+    assert col["cooc_score"] == pytest.approx([0.5, 1.0, 0.0]) and col["cooc_rank"] == [2, 1, 51]
+    assert col["fresh"] == [0, 0, 1] and col["history_length"] == [4, 4, 4]
+    assert source_columns(["x"], [], 7, scale_by_best=True)[1].tolist() == [8], "absent: quota + 1"
