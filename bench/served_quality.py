@@ -44,6 +44,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="serve args search_ranker: a version from jobs/train_search_ranker.py, or 'latest'")
     p.add_argument("--url", default=None, help="a running deployment instead of deploying one here")
     p.add_argument("--serve-config", default=str(REPO / "serve_configs/local.yaml"))
+    p.add_argument("--arg", action="append", default=[], metavar="KEY=VALUE",
+                   help="serve args override, e.g. query_quantize=int8")
     p.add_argument("--set", action="append", default=[], metavar="DEPLOYMENT.KEY=VALUE",
                    help="override in the Serve config, e.g. Ingress.user_config.Ranker.search.popularity_weight=0.1")
     p.add_argument("--max-queries", type=int, default=None, help="a seeded sample of the held-out queries")
@@ -74,6 +76,9 @@ def served_config(args: argparse.Namespace) -> dict:
     app["args"].update({"index": str(resolve_artifact("indexes", args.index)),
                         "data": str(resolve_artifact("data", args.data)), "seed_user_state": False,
                         "search_ranker": args.search_ranker and str(resolve_artifact("rankers", args.search_ranker))})
+    for item in args.arg:
+        key, value = item.split("=", 1)
+        app["args"][key] = yaml.safe_load(value)
     deployments = {d["name"]: d for d in app.get("deployments", [])}
     for item in args.set:
         key, value = item.split("=", 1)

@@ -9,7 +9,7 @@ RECSYS_HOME nor the artifacts' naming scheme.
 from __future__ import annotations
 
 import logging
-from typing import Any, cast
+from typing import Any, Literal, cast
 
 from pydantic import BaseModel, Field
 from ray import serve
@@ -104,6 +104,12 @@ class ServeArgs(BaseModel, extra="forbid"):
         default=DEFAULT_PROMOTION_POOL, ge=1, le=100_000,
         description="/v1/promotions: the most popular promoted items scored per request.",
     )
+    query_quantize: Literal["none", "int8"] = Field(
+        default="none",
+        description="int8: the Retriever's query encoder runs as dynamic int8 on CPU replicas "
+                    "(recsys/models/quantize.py; faster, quality loss measured in docs/results.md); "
+                    "GPU replicas refuse it. Item vectors stay as build_index wrote them.",
+    )
     ranker: str | None = Field(
         default=None,
         description="Learned recommendation ranker (jobs/train_recommend_ranker.py): 'latest', a version under "
@@ -192,7 +198,8 @@ def build_app(args: dict[str, Any]) -> serve.Application:
     stages = {
         "Retriever": StageSpec(args=[paths["index_dir"], catalog_path, paths["query_max_length"],
                                      paths["max_history_items"]],
-                               kwargs={"data_dir": paths["data_dir"], "embed_fresh_items": cfg.embed_fresh_items}),
+                               kwargs={"data_dir": paths["data_dir"], "embed_fresh_items": cfg.embed_fresh_items,
+                                       "quantize": cfg.query_quantize}),
         "Ranker": StageSpec(args=[f"{paths['data_dir']}/{POPULARITY_FILE}", paths["search_ranker_dir"],
                                   paths["recommend_ranker_dir"]]),
         "Reranker": StageSpec(args=[catalog_path]),

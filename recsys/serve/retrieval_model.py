@@ -19,6 +19,7 @@ from recsys.index.bm25 import BM25Index
 from recsys.index.faiss_index import ItemIndex, load_item_index
 from recsys.index.hybrid import HybridSearchConfig, fuse_ranked_lists
 from recsys.models.encoder import TextEmbedder, query_tower_path
+from recsys.models.quantize import Quantize
 from recsys.models.recommend_features import recommend_feature_rows
 from recsys.models.search_features import ranks_in, retriever_feature_rows, term_rows_stats
 from recsys.models.sequence_tower import USER_TOWER_DIR, SequenceTowerInput
@@ -35,13 +36,15 @@ class RetrievalModel:
 
     def __init__(self, index_dir: str | Path, catalog_path: str | Path,
                  query_max_length: int = 128, max_history_items: int = 8,
-                 data_dir: str | Path | None = None, embed_fresh_items: bool = True):
+                 data_dir: str | Path | None = None, embed_fresh_items: bool = True, quantize: Quantize = "none"):
+        """quantize="int8": the query encoder runs int8 on CPU (recsys.models.quantize); the index's item
+        vectors stay what build_index wrote, and fresh items are embedded in fp32 like them."""
         self.index: ItemIndex = load_item_index(Path(index_dir))
         model_path = self.index.manifest.get("model_path")
         if not model_path:
             raise ValueError(f"{index_dir}/manifest.json has no model_path: cannot embed queries "
                              f"with the model the items were embedded with")
-        self.embedder = TextEmbedder(query_tower_path(model_path), max_length=query_max_length)
+        self.embedder = TextEmbedder(query_tower_path(model_path), max_length=query_max_length, quantize=quantize)
         if self.embedder.dim != self.index.index.d:
             raise ValueError(f"model {model_path} gives {self.embedder.dim}-d vectors but index "
                              f"{index_dir} holds {self.index.index.d}-d vectors")
@@ -71,7 +74,7 @@ class RetrievalModel:
         """Catalog items the index lacks, embedded with the item tower (the index's own model)."""
         item_max_length = int(self.index.manifest.get("item_max_length", 48))
         item_embedder = self.embedder   # shared towers: the query encoder is the item encoder
-        if enabled and query_tower_path(model_path) != model_path:
+        if enabled and (query_tower_path(model_path) != model_path or self.embedder.quantize != "none"):
             item_embedder = TextEmbedder(model_path, max_length=item_max_length)
         indexed = set(self.index.item_ids.tolist()) if enabled else set(self.catalog.titles)
         return load_fresh_items(catalog_path, indexed, self.embedder.dim,

@@ -18,6 +18,7 @@ import numpy as np
 from ray import serve
 
 from recsys.config import validate_mapping
+from recsys.models.quantize import Quantize
 from recsys.serve.candidate_sources import RetrieverConfig
 from recsys.serve.retrieval_model import RetrievalModel
 
@@ -39,9 +40,11 @@ class Retriever:
     """One encoder + index copy per replica; concurrent texts share encoder forwards."""
 
     def __init__(self, index_dir: str, catalog_path: str, query_max_length: int = 128,
-                 max_history_items: int = 8, data_dir: str | None = None, embed_fresh_items: bool = True):
+                 max_history_items: int = 8, data_dir: str | None = None, embed_fresh_items: bool = True,
+                 quantize: Quantize = "none"):
         self.model = RetrievalModel(index_dir, catalog_path, query_max_length, max_history_items,
-                                    data_dir=data_dir, embed_fresh_items=embed_fresh_items)
+                                    data_dir=data_dir, embed_fresh_items=embed_fresh_items,
+                                    quantize=quantize)
         self.batch_sizes: deque[int] = deque(maxlen=_BATCH_HISTORY)
         # Sent with every answer: during a version swap the Ingress may reach an old or a new
         # Retriever replica, and the response must name the versions that really computed it.
