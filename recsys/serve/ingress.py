@@ -93,8 +93,8 @@ class Ingress(IngressBase):
             found = await self._retriever.recommend_candidates.remote(ctx.history, max(self.retrieval_k, req.k))
             if found["personal"]:
                 cands, _ = drop_items(found["candidates"], ctx.purchased)
-                return self._response(await self._rank_and_rerank(cands, ctx.history, req.k, "recommend"),
-                                      served=found)
+                ranked = await self._rank_and_rerank(cands, ctx.history, req.k, "recommend", found["model_version"])
+                return self._response(ranked, served=found)
         return await self._popular(ctx, req.k)
 
     @app.post("/v1/search", response_model=RecsResponse)
@@ -106,7 +106,8 @@ class Ingress(IngressBase):
         ctx = await self._user_context(req.user_id)   # read while the Retriever encodes
         answer = await retrieved
         cands, _ = drop_items(answer["found"], ctx.purchased)
-        return self._response(await self._rank_and_rerank(cands, ctx.history, req.k, "search"), served=answer)
+        ranked = await self._rank_and_rerank(cands, ctx.history, req.k, "search", answer["model_version"])
+        return self._response(ranked, served=answer)
 
     @app.get("/v1/similar/{item_id}", response_model=RecsResponse,
              responses={404: {"description": "the index holds no such item"}})

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 from ray import serve
 
+from recsys.artifacts import read_manifest
 from recsys.config import validate_mapping
 from recsys.models.ltr import LTRModel
 from recsys.models.ranker import RankerConfig, score_candidates
@@ -61,8 +62,10 @@ class Ranker:
         _, self.counts = load_popularity(popularity_path)
         self.max_popularity = float(max(self.counts.values(), default=0))
         self.cfg = RankerConfig()
-        # kind of list -> (LambdaMART ranker, its version); a kind without one keeps the blend
-        self.learned = {kind: (LTRModel.load(path, features), Path(path).name)
+        # kind of list -> (LambdaMART ranker, its version, the model whose features it was trained on);
+        # a kind without one keeps the blend
+        self.learned = {kind: (LTRModel.load(path, features), Path(path).name,
+                               str(read_manifest(Path(path)).get("model_version")))
                         for kind, path, features in (("search", search_ranker_dir, SEARCH_FEATURES),
                                                      ("recommend", recommend_ranker_dir, RECOMMEND_FEATURES))
                         if path is not None}
@@ -72,13 +75,23 @@ class Ranker:
         self.cfg = parse_ranker_config(user_config)
         logger.info("Ranker config: %s", self.cfg.model_dump())
 
-    def rank(self, candidates: list[dict[str, Any]], kind: str = "items") -> list[dict[str, Any]]:
+    def rank(self, candidates: list[dict[str, Any]], kind: str = "items",
+             model_version: str | None = None) -> list[dict[str, Any]]:
         """[{item_id, retrieval_score, source[, features]}] -> same order, each with rank_score; kind "search"
-        for /v1/search's candidates, "recommend" for /v1/recommend's, "items" for every other list."""
-        model = self.learned.get(kind, (None, None))[0]
+        for /v1/search's candidates, "recommend" for /v1/recommend's, "items" for every other list.
+
+        `model_version`: the model whose Retriever computed the features. A learned ranker scores them only
+        when it was trained on that model: mid-swap in the staged topology an old Retriever's answer can
+        reach a new Ranker (or the reverse), and a ranker must never read another model's cosines; those
+        few answers get the blend instead (logged)."""
+        model, version, trained_on = self.learned.get(kind, (None, None, None))
+        if model is not None and model_version is not None and model_version != trained_on:
+            logger.warning("%s ranker %s was trained on model %s, these candidates come from %s (a swap in "
+                           "progress?): the blend ranks them", kind, version, trained_on, model_version)
+            model = None
         return rank_candidates(candidates, self.counts, self.cfg, self.max_popularity, kind, model)
 
     def ready(self) -> dict[str, Any]:
         """Answers when the replica is up: /readyz asks every stage."""
         return {"items_with_counts": len(self.counts), "config": self.cfg.model_dump(),
-                "learned_rankers": {kind: version for kind, (_, version) in self.learned.items()}}
+                "learned_rankers": {kind: version for kind, (_, version, _) in self.learned.items()}}

@@ -18,17 +18,21 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 import yaml
 from test_serve_http import HISTORIES, REPO, catalog_rows, write_artifacts
 
-from recsys.artifacts import mark_latest, new_version_dir, resolve_artifact
+from recsys.artifacts import mark_latest, new_version_dir, resolve_artifact, write_manifest
 from recsys.data.text import format_item_text
 from recsys.index.bm25 import BM25Index
 from recsys.index.faiss_index import build_faiss_index, save_item_index
 from recsys.index.hybrid import HybridSearchConfig
 from recsys.models.encoder import TextEmbedder
-from recsys.serve.catalog import CATALOG_FILE
+from recsys.models.ltr import LTRModel
+from recsys.models.search_features import SEARCH_FEATURES, SEARCH_RANKER_TYPE
+from recsys.serve.catalog import CATALOG_FILE, POPULARITY_FILE
+from recsys.serve.rank import Ranker
 from recsys.serve.retrieval_model import RetrievalModel
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
@@ -59,6 +63,7 @@ class Outcome:
     error: str | None = None
     query: str | None = None                 # searches: the query and each item's retrieval score
     scores: dict[str, float] | None = None
+    rank_scores: dict[str, float] | None = None   # searches: each item's rank score (the search ranker's)
 
 
 def build_second_index(model_dir: Path, model_version: str, data_version: str) -> str:
@@ -100,14 +105,27 @@ def staged_config() -> dict:
 TOPOLOGIES = {"colocated": colocated_config, "staged": staged_config}
 
 
-def swap_config(topology: str, home: Path, index_version: str) -> dict:
+def swap_config(topology: str, home: Path, index_version: str, search_ranker: str) -> dict:
     """The topology's config with args.index pinned to one version (as prod.yaml asks
-    operators to pin it) and this test's RECSYS_HOME."""
+    operators to pin it), that index's search ranker, and this test's RECSYS_HOME."""
     config = TOPOLOGIES[topology]()
     app = config["applications"][0]
     app["runtime_env"]["env_vars"].update(RECSYS_HOME=str(home), TOKENIZERS_PARALLELISM="false")
-    app["args"].update(index=index_version, retrieval_k=40)
+    app["args"].update(index=index_version, retrieval_k=40, search_ranker=search_ranker)
     return config
+
+
+def write_search_ranker(model_version: str, decisive: str) -> str:
+    """A real LambdaMART search ranker for one model's index, fitted on rows where the `decisive`
+    feature alone sets the gain: each version's ranker orders the same candidates its own way."""
+    rng = np.random.default_rng(len(decisive))
+    x = rng.random((400, len(SEARCH_FEATURES))).astype(np.float32)
+    gain = (x[:, SEARCH_FEATURES.index(decisive)] > 0.5).astype(np.float64)
+    version, out = new_version_dir("rankers")
+    LTRModel.fit(x, gain, [20] * 20, SEARCH_FEATURES, num_trees=20, min_data_in_leaf=5).save(out)
+    write_manifest(out, {"kind": "ranker", "type": SEARCH_RANKER_TYPE, "version": version,
+                         "features": list(SEARCH_FEATURES), "model_version": model_version})
+    return str(out)
 
 
 async def call(http: httpx.AsyncClient, n: int) -> Outcome:
@@ -127,7 +145,8 @@ async def call(http: httpx.AsyncClient, n: int) -> Outcome:
     answer = r.json()
     return Outcome(started, latency, path, 200, (answer["index_version"], answer["model_version"]),
                    query=body.get("query"),
-                   scores={i["item_id"]: i["explanation"]["retrieval_score"] for i in answer["items"]})
+                   scores={i["item_id"]: i["explanation"]["retrieval_score"] for i in answer["items"]},
+                   rank_scores={i["item_id"]: i["explanation"]["rank_score"] for i in answer["items"]})
 
 
 async def steady_stream(base_url: str, stop: asyncio.Event, tasks: list[asyncio.Task]) -> None:
@@ -162,22 +181,37 @@ async def swap_under_load(base_url: str, deploy, new_config: dict,
     return [t.result() for t in tasks], swap
 
 
-def search_scores(index_version: str) -> dict[str, dict[str, float]]:
-    """Each search query's score per item on this index version (its Faiss, encoder and BM25 fused), from
-    the Retriever's own core in this process: the scores in an answer tell which version computed it."""
-    model = RetrievalModel(resolve_artifact("indexes", index_version),
-                           resolve_artifact("data", "latest") / CATALOG_FILE)
-    return {q: {c["item_id"]: c["retrieval_score"]
-                for c in model.search_candidates(model.embedder.embed([q])[0], q, 40, 20, HybridSearchConfig())}
-            for q in SEARCHES}
+def search_scores(index_version: str, ranker_dir: str) -> dict[str, dict[str, tuple[float, float]]]:
+    """Each search query's (retrieval score, rank score) per item on this index version (its Faiss, encoder
+    and BM25 fused, then its search ranker), from the Retriever's and the Ranker's own code in this
+    process: the scores in an answer tell which version computed it."""
+    data = resolve_artifact("data", "latest")
+    model = RetrievalModel(resolve_artifact("indexes", index_version), data / CATALOG_FILE)
+    ranker = Ranker.func_or_class(str(data / POPULARITY_FILE), search_ranker_dir=ranker_dir)
+    out = {}
+    for q in SEARCHES:
+        cands = model.search_candidates(model.embedder.embed([q])[0], q, 40, 20, HybridSearchConfig())
+        out[q] = {c["item_id"]: (c["retrieval_score"], c["rank_score"]) for c in ranker.rank(cands, "search")}
+    return out
 
 
 def computed_by(o: Outcome, expected: dict[tuple[str, str], dict]) -> tuple[str, str] | None:
     """The version whose index and encoder give this search answer's scores (None: neither)."""
     for version, scores in expected.items():
-        if all(abs(scores[o.query][item] - score) < 1e-3 for item, score in o.scores.items()):
+        if all(abs(scores[o.query][item][0] - score) < 1e-3 for item, score in o.scores.items()):
             return version
     return None
+
+
+def ranked_by(o: Outcome, version: tuple[str, str], expected: dict[tuple[str, str], dict]) -> str:
+    """"own" when the answer's rank scores are its retrieving version's search ranker's, "blend" when they
+    are the hand-set blend's (a ranker refusing another model's features), else "other"."""
+    scores = expected[version][o.query]
+    if all(abs(scores[item][1] - rank) < 1e-4 for item, rank in o.rank_scores.items()):
+        return "own"
+    if all(abs(o.scores[item] - rank) < 1e-4 for item, rank in o.rank_scores.items()):
+        return "blend"
+    return "other"
 
 
 def summarize(out: list[Outcome], swap: tuple[float, float]) -> str:
@@ -202,10 +236,11 @@ def test_index_and_model_swap_under_load_loses_no_request(topology: str, serve_c
     v1 = write_artifacts()   # data + index v1 embedded by MiniLM, model_version "minilm-test"
     v2 = build_second_index(tiny_model_dir, "tiny-v2", v1["data_version"])
     old, new = (v1["index_version"], "minilm-test"), (v2, "tiny-v2")
-    base_url = serve_config_deploy(swap_config(topology, recsys_home, v1["index_version"]))
+    rankers = {old: write_search_ranker("minilm-test", "ann_score"), new: write_search_ranker("tiny-v2", "coverage")}
+    base_url = serve_config_deploy(swap_config(topology, recsys_home, v1["index_version"], rankers[old]))
     assert httpx.get(f"{base_url}/healthz", timeout=60).json()["index_version"] == old[0]
 
-    new_config = swap_config(topology, recsys_home, v2)
+    new_config = swap_config(topology, recsys_home, v2, rankers[new])
     out, swap = asyncio.run(swap_under_load(base_url, serve_config_deploy, new_config, v2))
     print(f"\nswap under load ({topology}, {RATE_RPS:g} rps): {summarize(out, swap)}")
 
@@ -228,10 +263,17 @@ def test_index_and_model_swap_under_load_loses_no_request(topology: str, serve_c
 
     # Does an answer report the versions that computed it? Staged, the Ingress's handle may reach an
     # old or a new Retriever mid-swap: the Retriever names its versions with every answer.
-    expected = {old: search_scores(old[0]), new: search_scores(new[0])}
+    expected = {old: search_scores(old[0], rankers[old]), new: search_scores(new[0], rankers[new])}
     searches = [o for o in out if o.query is not None]
     verdicts = Counter((o.version[1], (computed_by(o, expected) or ("", "neither"))[1]) for o in searches)
     print(f"search answers (reported model, computing model): {dict(verdicts)}")
     assert all(computed_by(o, expected) is not None for o in searches), f"scores of neither version: {verdicts}"
     mislabelled = sum(n for (reported, computed), n in verdicts.items() if reported != computed)
     assert not mislabelled, f"answers report a version other than the one that computed them: {verdicts}"
+    # Faiss, BM25 and the search ranker swap together: every answer's order is its own version's ranker's.
+    # Staged, a mid-swap answer may meet the other version's Ranker, which then falls back to the blend
+    # rather than read another model's features; colocated, all three live in one replica.
+    ranking = Counter(ranked_by(o, computed_by(o, expected), expected) for o in searches)
+    print(f"search answers ranked by: {dict(ranking)}")
+    assert ranking["other"] == 0, f"a search ranker scored another model's candidates: {ranking}"
+    assert ranking["own"] > 0 and (topology == "staged" or ranking["blend"] == 0), ranking
