@@ -16,7 +16,7 @@ from typing import Any
 
 from recsys.config import recsys_home
 
-KINDS = ("data", "models", "indexes", "eval", "rankers")
+KINDS = ("data", "models", "indexes", "eval", "rankers", "cuts")
 MANIFEST = "manifest.json"
 
 

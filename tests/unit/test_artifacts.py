@@ -44,7 +44,7 @@ def test_unknown_kind_is_rejected(recsys_home: Path) -> None:
         new_version_dir("model")
     with pytest.raises(ValueError, match="'bogus'"):
         resolve_artifact("bogus")
-    assert set(KINDS) == {"data", "models", "indexes", "eval", "rankers"}
+    assert set(KINDS) == {"data", "models", "indexes", "eval", "rankers", "cuts"}
 
 
 def test_latest_resolves_to_the_marked_version(recsys_home: Path) -> None:

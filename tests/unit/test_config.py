@@ -9,6 +9,7 @@ from pydantic import Field
 
 from recsys.config import ConfigError, JobConfig, apply_overrides, load_config, parse_job_args
 from recsys.data.config import PreprocessConfig
+from recsys.data.holdout_cut import HoldoutCutConfig
 from recsys.eval.config import EvalConfig
 from recsys.eval.search_config import SearchEvalConfig
 from recsys.index.config import IndexConfig
@@ -30,6 +31,7 @@ CONFIG_CLASSES: dict[str, type[JobConfig]] = {
     "average_models": AverageModelsConfig,
     "train_search_ranker": SearchRankerConfig,
     "train_recommend_ranker": RecommendRankerConfig,
+    "holdout_cut": HoldoutCutConfig,
 }
 
 
