@@ -116,35 +116,42 @@ def deploy(config: dict) -> str:
     return f"http://127.0.0.1:{port}"
 
 
-async def replay_search(url: str, queries: list[str], k: int, concurrency: int) -> tuple[list[list[str]], list]:
-    """Every query through POST /v1/search; (item ids per query, request latencies in s)."""
+async def replay(url: str, path: str, bodies: list[dict], concurrency: int) -> tuple[list[dict], list[float]]:
+    """POST every body to `path` over HTTP, `concurrency` at a time; (JSON answers in body order, request
+    latencies in s). A 503 (shedding) is retried after its Retry-After; any other non-200 stops the run."""
     import httpx
 
-    answers: list[list[str]] = [[] for _ in queries]
+    answers: list[dict] = [{} for _ in bodies]
     latencies: list[float] = []
     queue: asyncio.Queue[int] = asyncio.Queue()
-    for q in range(len(queries)):
+    for q in range(len(bodies)):
         queue.put_nowait(q)
 
     async def worker(client: httpx.AsyncClient) -> None:
         while not queue.empty():
             q = queue.get_nowait()
-            for _attempt in range(5):   # a 503 (shedding) is retried after its Retry-After
+            for _attempt in range(5):
                 t0 = time.perf_counter()
-                r = await client.post("/v1/search", json={"query": queries[q], "k": k})
+                r = await client.post(path, json=bodies[q])
                 if r.status_code != 503:
                     break
                 await asyncio.sleep(float(r.headers.get("retry-after", 1)))
             latencies.append(time.perf_counter() - t0)
             if r.status_code != 200:
-                raise RuntimeError(f"/v1/search {queries[q]!r} answered {r.status_code}: {r.text[:300]}")
-            answers[q] = [i["item_id"] for i in r.json()["items"]]
+                raise RuntimeError(f"{path} {bodies[q]!r:.200} answered {r.status_code}: {r.text[:300]}")
+            answers[q] = r.json()
             if len(latencies) % 500 == 0:
-                say(f"{len(latencies)}/{len(queries)} queries answered")
+                say(f"{len(latencies)}/{len(bodies)} requests answered")
 
     async with httpx.AsyncClient(base_url=url, timeout=60) as client:
         await asyncio.gather(*(worker(client) for _ in range(concurrency)))
     return answers, latencies
+
+
+async def replay_search(url: str, queries: list[str], k: int, concurrency: int) -> tuple[list[list[str]], list]:
+    """Every query through POST /v1/search; (item ids per query, request latencies in s)."""
+    answers, latencies = await replay(url, "/v1/search", [{"query": q, "k": k} for q in queries], concurrency)
+    return [[i["item_id"] for i in a["items"]] for a in answers], latencies
 
 
 def ranks_from_answers(ev, answers: list[list[str]], item_ids: list[str]) -> np.ndarray:

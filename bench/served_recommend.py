@@ -32,7 +32,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "bench")]
 
 from common import say  # noqa: E402
-from served_quality import NOT_RETURNED, deploy, served_config  # noqa: E402
+from served_quality import NOT_RETURNED, deploy, replay, served_config  # noqa: E402
 
 K = 10
 HISTORY_CAP = 50   # most recent items sent per request (RecommendRequest allows up to 200)
@@ -160,36 +160,10 @@ def offline_answers(config: dict, histories: list[list[str]]) -> dict[str, list[
 async def replay_recommend(url: str, histories: list[list[str]], concurrency: int) -> tuple[list[list[str]],
                                                                                               list[float], int]:
     """Every history through POST /v1/recommend; (item ids per request, latencies in s, cold-start answers)."""
-    import httpx
-
-    answers: list[list[str]] = [[] for _ in histories]
-    latencies: list[float] = []
-    cold = 0
-    queue: asyncio.Queue[int] = asyncio.Queue()
-    for q in range(len(histories)):
-        queue.put_nowait(q)
-
-    async def worker(client: httpx.AsyncClient) -> None:
-        nonlocal cold
-        while not queue.empty():
-            q = queue.get_nowait()
-            for _attempt in range(5):   # a 503 (shedding) is retried after its Retry-After
-                t0 = time.perf_counter()
-                r = await client.post("/v1/recommend", json={"history": histories[q], "k": K})
-                if r.status_code != 503:
-                    break
-                await asyncio.sleep(float(r.headers.get("retry-after", 1)))
-            latencies.append(time.perf_counter() - t0)
-            if r.status_code != 200:
-                raise RuntimeError(f"/v1/recommend answered {r.status_code}: {r.text[:300]}")
-            body = r.json()
-            answers[q], cold = [i["item_id"] for i in body["items"]], cold + bool(body.get("cold_start"))
-            if len(latencies) % 500 == 0:
-                say(f"{len(latencies)}/{len(histories)} requests answered")
-
-    async with httpx.AsyncClient(base_url=url, timeout=60) as client:
-        await asyncio.gather(*(worker(client) for _ in range(concurrency)))
-    return answers, latencies, cold
+    bodies = [{"history": h, "k": K} for h in histories]
+    answers, latencies = await replay(url, "/v1/recommend", bodies, concurrency)
+    cold = sum(bool(a.get("cold_start")) for a in answers)
+    return [[i["item_id"] for i in a["items"]] for a in answers], latencies, cold
 
 
 def main(argv: list[str] | None = None) -> int:

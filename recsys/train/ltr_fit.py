@@ -3,26 +3,38 @@ ranker and the recommendation ranker jobs share. No Ray."""
 
 from __future__ import annotations
 
-from typing import Protocol
-
 import numpy as np
 import pandas as pd
+from pydantic import Field
 
+from recsys.config import JobConfig
 from recsys.eval.metrics import graded_ndcg_at_k
 from recsys.models.ltr import LTRModel
+from recsys.models.search_features import popularity_column
 from recsys.runtime import log
 
 NOT_RETRIEVED = 10 ** 9     # rank of a judged item the candidates do not hold: beyond every cut-off
 
 
-class LTRSettings(Protocol):
-    """The LightGBM settings both ranker configs carry."""
+class LTRSettings(JobConfig):
+    """What both learned-ranker jobs' configs share: the validation split and LightGBM's settings."""
 
-    num_trees: int
-    learning_rate: float
-    num_leaves: int
-    min_data_in_leaf: int
-    seed: int
+    validation_fraction: float = Field(0.1, gt=0, lt=0.5, description="queries (users) kept out of the fit for "
+                                                                      "early stopping and the report")
+    num_trees: int = Field(500, ge=1, description="most boosting rounds (early stopping on validation)")
+    learning_rate: float = Field(0.05, gt=0, le=1)
+    num_leaves: int = Field(31, ge=2)
+    min_data_in_leaf: int = Field(50, ge=1)
+    seed: int = Field(0, description="seed of the sample, the validation split and LightGBM")
+
+
+def with_popularity(cands: list[dict], counts: dict[str, int], max_count: float) -> tuple[np.ndarray, list[str]]:
+    """Served candidates (each with the Retriever's `features`) -> (rows [C, F] with the Ranker's popularity
+    column appended, as recsys.serve.rank.rank_candidates builds them; the candidates' ids)."""
+    items = [c["item_id"] for c in cands]
+    retriever = np.array([c["features"] for c in cands], dtype=np.float32).reshape(len(cands), -1)
+    pop = popularity_column([counts.get(i, 0) for i in items], max_count)
+    return np.concatenate([retriever, pop[:, None]], axis=1), items
 
 
 def ndcg_of_orders(queries: list[str], orders: list[list[str]], gains: pd.DataFrame, k: int = 10) -> float:

@@ -20,12 +20,11 @@ import pandas as pd
 
 from recsys.artifacts import mark_latest, new_version_dir, read_manifest, resolve_artifact, write_manifest
 from recsys.models.recommend_features import RECOMMEND_FEATURES, RECOMMEND_RANKER_TYPE
-from recsys.models.search_features import popularity_column
 from recsys.runtime import log
 from recsys.serve.candidate_sources import CooccurrenceSource
 from recsys.serve.catalog import CATALOG_FILE, SEQUENCES_DIR, load_user_histories
 from recsys.serve.retrieval_model import RetrievalModel
-from recsys.train.ltr_fit import fit_and_report
+from recsys.train.ltr_fit import fit_and_report, with_popularity
 from recsys.train.recommend_ranker_config import RecommendRankerConfig
 
 JOB = "train_recommend_ranker"
@@ -48,11 +47,8 @@ def candidate_rows(model: RetrievalModel, histories: list[list[str]], cfg: Recom
     for n, history in enumerate(histories, start=1):
         cands, _ = model.recommend_candidates(history, cfg.sources, cfg.retrieval_k)
         seen = set(history)
-        cands = [c for c in cands if c["item_id"] not in seen]
-        items = [c["item_id"] for c in cands]
-        retriever = np.array([c["features"] for c in cands], dtype=np.float32).reshape(len(cands), -1)
-        pop = popularity_column([counts.get(i, 0) for i in items], max_count)
-        rows.append(np.concatenate([retriever, pop[:, None]], axis=1))
+        row, items = with_popularity([c for c in cands if c["item_id"] not in seen], counts, max_count)
+        rows.append(row)
         ids.append(items)
         if n % 2000 == 0:
             log(JOB, f"candidates of {n}/{len(histories)} users")

@@ -20,11 +20,11 @@ import pyarrow.dataset as pads
 from recsys.artifacts import mark_latest, new_version_dir, read_manifest, resolve_artifact, write_manifest
 from recsys.data.holdout import held_out_mask
 from recsys.eval.search import holdout_fraction, read_judgments
-from recsys.models.search_features import SEARCH_FEATURES, SEARCH_RANKER_TYPE, popularity_column
+from recsys.models.search_features import SEARCH_FEATURES, SEARCH_RANKER_TYPE
 from recsys.runtime import log
 from recsys.serve.catalog import CATALOG_FILE, POPULARITY_FILE, load_popularity
 from recsys.serve.retrieval_model import RetrievalModel
-from recsys.train.ltr_fit import fit_and_report
+from recsys.train.ltr_fit import fit_and_report, with_popularity
 from recsys.train.search_ranker_config import SearchRankerConfig
 
 JOB = "train_search_ranker"
@@ -56,11 +56,9 @@ def candidate_rows(model: RetrievalModel, queries: list[str], cfg: SearchRankerC
     vectors = model.embedder.embed(queries)   # [Q, D]
     log(JOB, f"embedded {len(queries)} queries in {time.perf_counter() - started:.0f}s")
     for n, (query, vector) in enumerate(zip(queries, vectors), start=1):
-        cands = model.search_candidates(vector, query, cfg.retrieval_k, 0, cfg.hybrid)
-        items = [c["item_id"] for c in cands]
-        retriever = np.array([c["features"] for c in cands], dtype=np.float32).reshape(len(cands), -1)
-        pop = popularity_column([counts.get(i, 0) for i in items], max_count)
-        rows.append(np.concatenate([retriever, pop[:, None]], axis=1))
+        row, items = with_popularity(model.search_candidates(vector, query, cfg.retrieval_k, 0, cfg.hybrid),
+                                     counts, max_count)
+        rows.append(row)
         ids.append(items)
         if n % 2000 == 0:
             log(JOB, f"candidates of {n}/{len(queries)} queries")

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from recsys.config import JobConfig
 from recsys.index.hybrid import HybridSearchConfig
+from recsys.train.ltr_fit import LTRSettings
 
 
-class SearchRankerConfig(JobConfig):
+class SearchRankerConfig(LTRSettings):
     data: str = Field("latest", description="data version: its catalog, popularity and held-out query fraction "
                                             "(held-out queries are never trained on)")
     index: str = Field("latest", description="index version (Faiss + BM25, from build_index) whose candidates the "
@@ -24,11 +24,4 @@ class SearchRankerConfig(JobConfig):
                                        description="the fusion the candidates come from: the Retriever's "
                                                    "user_config `search` the ranker will be served with")
     max_queries: int | None = Field(None, ge=10, description="a seeded sample of the training queries (null = all)")
-    validation_fraction: float = Field(0.1, gt=0, lt=0.5, description="training queries kept out of the fit "
-                                                                      "for early stopping and the report")
-    num_trees: int = Field(500, ge=1, description="most boosting rounds (early stopping on validation)")
-    learning_rate: float = Field(0.05, gt=0, le=1)
-    num_leaves: int = Field(31, ge=2)
-    min_data_in_leaf: int = Field(50, ge=1)
     embed_batch_size: int = Field(128, ge=1, description="queries per encoder forward")
-    seed: int = Field(0, description="seed of the query sample, the validation split and LightGBM")
