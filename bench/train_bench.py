@@ -276,7 +276,7 @@ def run_mem(args) -> dict:
     from recsys.models.encoder import load_hf_encoder, zero3_partitioned_loading
     from recsys.train.config import TrainConfig
     from recsys.train.deepspeed_config import build_deepspeed_config
-    from recsys.train.loop import limit_cpu_heap_growth
+    from recsys.train.worker_loop import limit_cpu_heap_growth
 
     torch.set_num_threads(1)
     torch.manual_seed(0)

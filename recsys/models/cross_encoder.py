@@ -20,6 +20,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from recsys.models.encoder import resolve_model_path
+from recsys.models.quantize import Quantize, check_quantize, quantize_int8
+
+CROSS_ENCODER_TYPE = "cross_encoder"   # a cross-encoder ranker manifest's `type` (train writes it, serve checks it)
 
 
 def load_cross_encoder(name_or_path: str, dtype: torch.dtype | None = None) -> tuple[nn.Module, Any]:
@@ -88,13 +91,19 @@ def weighted_bce_loss(logits: torch.Tensor, labels: torch.Tensor, weights: torch
 
 
 class CrossEncoderScorer:
-    """Inference wrapper used by validation (and later the Rank stage): (contexts, items) -> logits [N]."""
+    """Inference wrapper of the Rank stage and validation: (contexts, items) -> logits [N], batched, on the
+    GPU when there is one. quantize="int8": the same dynamic int8 recipe as the query encoder's
+    (recsys.models.quantize), CPU only."""
 
     def __init__(self, model_path: str, max_length: int = 128, item_max_length: int = 48,
-                 batch_size: int = 64, device: str | None = None):
-        self.model, self.tokenizer = load_cross_encoder(model_path)
-        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        self.model = self.model.to(self.device).eval()
+                 batch_size: int = 64, device: str | None = None, quantize: Quantize = "none"):
+        if device is None:
+            device = "cpu" if quantize != "none" else ("cuda" if torch.cuda.is_available() else "cpu")
+        check_quantize(quantize, device)         # before the model load, so a bad config fails fast
+        model, self.tokenizer = load_cross_encoder(model_path)
+        self.device = device
+        model = model.to(self.device).eval()
+        self.model = quantize_int8(model) if quantize == "int8" else model
         self.max_length = max_length
         self.item_max_length = item_max_length
         self.batch_size = batch_size

@@ -1,5 +1,6 @@
 """Candidate scoring for the Rank stage: a transparent linear blend of the retrieval score and
-log-popularity, with its own weights for search. The Ranker deployment calls `score_candidates`.
+log-popularity, with its own weights for search, and the blend of a cross-encoder's logits into the
+top of a list. The Ranker deployment calls `score_candidates` and `blend_cross_encoder`.
 """
 
 from __future__ import annotations
@@ -31,6 +32,14 @@ class RankerConfig(BlendWeights):
     search: BlendWeights = Field(
         default_factory=lambda: BlendWeights(retrieval_weight=1.0, popularity_weight=0.0),
         description="Blend for /v1/search; popularity off by default (see the class docstring).")
+    rerank_depth: int = Field(
+        default=20, ge=0, le=1000,
+        description="With a cross-encoder served (serve args cross_encoder): the top N of /v1/recommend's "
+                    "first-pass order it re-scores, in one batch; 0 = off.")
+    cross_encoder_weight: float = Field(
+        default=0.5, ge=0.0, le=1.0,
+        description="Final score of a re-scored candidate = (1 - w) * first-pass score + w * sigmoid(cross-encoder "
+                    "logit); the others keep (1 - w) * first-pass score.")
 
     def for_kind(self, kind: str) -> BlendWeights:
         """The blend of one kind of list: "search", or anything else for recommendation lists."""
@@ -69,3 +78,21 @@ def score_candidates(
     denom = np.log1p(max_popularity)
     pop_term = np.log1p(pop) / denom if denom > 0 else np.zeros_like(pop)
     return cfg.retrieval_weight * retrieval + cfg.popularity_weight * pop_term
+
+
+def top_positions(scores: np.ndarray, depth: int) -> np.ndarray:
+    """Positions of the `depth` highest scores, best first (ties: the earlier position first)."""
+    return np.argsort(-np.asarray(scores, dtype=np.float64), kind="stable")[:depth]
+
+
+def blend_cross_encoder(scores: np.ndarray, positions: np.ndarray, logits: np.ndarray, weight: float) -> np.ndarray:
+    """First-pass scores [C] + cross-encoder logits [D] of the candidates at `positions` -> final scores [C].
+
+    Re-scored candidates get (1 - w) * score + w * sigmoid(logit), the others (1 - w) * score: the logit is
+    squashed to (0, 1) so the final score stays positive (the Reranker's boosts multiply it) and on the
+    scale of the first pass, whose cosines and learned-ranker outputs also live in about [0, 1]."""
+    if len(positions) != len(logits):
+        raise ValueError(f"{len(positions)} re-scored positions but {len(logits)} logits")
+    out = (1.0 - weight) * np.asarray(scores, dtype=np.float64)
+    out[positions] += weight / (1.0 + np.exp(-np.asarray(logits, dtype=np.float64)))
+    return out

@@ -9,6 +9,7 @@ RECSYS_HOME nor the artifacts' naming scheme.
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any, Literal, cast
 
 from pydantic import BaseModel, Field
@@ -17,6 +18,7 @@ from ray.serve import Deployment
 
 from recsys.artifacts import ArtifactNotFound, read_manifest, resolve_artifact
 from recsys.config import validate_mapping
+from recsys.models.cross_encoder import CROSS_ENCODER_TYPE
 from recsys.models.recommend_features import RECOMMEND_FEATURES, RECOMMEND_RANKER_TYPE
 from recsys.models.search_features import SEARCH_FEATURES, SEARCH_RANKER_TYPE
 from recsys.serve.catalog import CATALOG_FILE, POPULARITY_FILE, SEQUENCES_DIR
@@ -116,6 +118,16 @@ class ServeArgs(BaseModel, extra="forbid"):
                     "artifacts/rankers or a directory, trained on the served index's model. It orders "
                     "/v1/recommend's candidates; null = the Ranker's hand-set blend.",
     )
+    cross_encoder: str | None = Field(
+        default=None,
+        description="Cross-encoder ranker (jobs/train_ranker.py): 'latest', a version under artifacts/rankers or "
+                    "a directory. It re-scores the top rerank_depth of /v1/recommend's list against the user's "
+                    "history (Ranker user_config: rerank_depth, cross_encoder_weight); null = none.",
+    )
+    cross_encoder_quantize: Literal["none", "int8"] = Field(
+        default="none",
+        description="int8: the cross-encoder runs as dynamic int8 on CPU replicas (as query_quantize).",
+    )
     search_ranker: str | None = Field(
         default=None,
         description="Learned search ranker (jobs/train_search_ranker.py): 'latest', a version under "
@@ -151,6 +163,7 @@ def resolve_serving_artifacts(args: ServeArgs) -> dict[str, Any]:
                                             SEARCH_FEATURES, "jobs/train_search_ranker.py"),
         "recommend_ranker_dir": resolve_ranker("ranker", args.ranker, manifest, RECOMMEND_RANKER_TYPE,
                                                RECOMMEND_FEATURES, "jobs/train_recommend_ranker.py"),
+        "cross_encoder_dir": resolve_cross_encoder(args.cross_encoder),
         "query_max_length": args.query_max_length or int(manifest.get("query_max_length", 128)),
         "max_history_items": args.max_history_items or int(
             data_config.get("retrieval_pairs", {}).get("max_history_items", 8)),
@@ -161,6 +174,15 @@ def resolve_serving_artifacts(args: ServeArgs) -> dict[str, Any]:
     }
 
 
+def ranker_artifact(field: str, ref: str) -> tuple[Path, dict[str, Any]]:
+    """(directory, manifest) of the ranker serve args `field` names; a missing one is a ValueError naming it."""
+    try:
+        path = resolve_artifact("rankers", ref)
+        return path, read_manifest(path)
+    except ArtifactNotFound as exc:
+        raise ValueError(f"serve args {field}={ref!r}: {exc}") from None
+
+
 def resolve_ranker(field: str, ref: str | None, index_manifest: dict[str, Any], kind: str,
                    features: tuple[str, ...], job: str) -> str | None:
     """A learned ranker's directory, checked against the served index: a missing artifact, another kind of
@@ -168,11 +190,7 @@ def resolve_ranker(field: str, ref: str | None, index_manifest: dict[str, Any], 
     the deploy, naming the field."""
     if ref is None:
         return None
-    try:
-        path = resolve_artifact("rankers", ref)
-        manifest = read_manifest(path)
-    except ArtifactNotFound as exc:
-        raise ValueError(f"serve args {field}={ref!r}: {exc}") from None
+    path, manifest = ranker_artifact(field, ref)
     if manifest.get("type") != kind:
         found = manifest.get("type", "cross-encoder")
         raise ValueError(f"serve args {field}={ref!r}: ranker {path.name} is a {found!r} ranker, not a {kind!r} "
@@ -185,6 +203,18 @@ def resolve_ranker(field: str, ref: str | None, index_manifest: dict[str, Any], 
     if tuple(manifest.get("features", ())) != features:
         raise ValueError(f"serve args {field}={ref!r}: ranker {path.name} uses features "
                          f"{manifest.get('features')}, this code computes {list(features)}: retrain it")
+    return str(path)
+
+
+def resolve_cross_encoder(ref: str | None) -> str | None:
+    """A cross-encoder ranker's directory; a missing artifact or a LambdaMART ranker fails the deploy,
+    naming the field. (It reads text, not the index's features: any index can be served with it.)"""
+    if ref is None:
+        return None
+    path, manifest = ranker_artifact("cross_encoder", ref)
+    if manifest.get("type", CROSS_ENCODER_TYPE) != CROSS_ENCODER_TYPE:
+        raise ValueError(f"serve args cross_encoder={ref!r}: ranker {path.name} is a {manifest['type']!r} ranker, "
+                         f"not a cross-encoder (train one with jobs/train_ranker.py)")
     return str(path)
 
 
@@ -201,7 +231,10 @@ def build_app(args: dict[str, Any]) -> serve.Application:
                                kwargs={"data_dir": paths["data_dir"], "embed_fresh_items": cfg.embed_fresh_items,
                                        "quantize": cfg.query_quantize}),
         "Ranker": StageSpec(args=[f"{paths['data_dir']}/{POPULARITY_FILE}", paths["search_ranker_dir"],
-                                  paths["recommend_ranker_dir"]]),
+                                  paths["recommend_ranker_dir"]],
+                            kwargs={"cross_encoder": {"path": paths["cross_encoder_dir"], "catalog_path": catalog_path,
+                                                      "quantize": cfg.cross_encoder_quantize}
+                                    if paths["cross_encoder_dir"] else None}),
         "Reranker": StageSpec(args=[catalog_path]),
     }
     ingress_kwargs: dict[str, Any] = {

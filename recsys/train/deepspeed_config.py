@@ -12,7 +12,7 @@ CPU_BUCKET = 10_000_000
 # ZeRO-3 on CPU: every stage3 buffer is host memory, and nothing overlaps communication with compute on CPU
 # workers (overlap_comm is off), so small buffers cost no speed worth having. Measured on a 110M BERT, 2 ranks
 # (bench/train_bench.py): 2e6-element sub-groups / buckets, no prefetch and no reuse window take the peak from
-# 2.25 to 1.87 GiB per worker (with recsys.train.loop.limit_cpu_heap_growth).
+# 2.25 to 1.87 GiB per worker (with recsys.train.worker_loop.limit_cpu_heap_growth).
 CPU_STAGE3_BUCKET = 2_000_000
 
 

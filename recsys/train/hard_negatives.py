@@ -35,10 +35,17 @@ def negative_column_pairs(columns: Sequence[str]) -> list[tuple[str, str]]:
 def retrieve_candidates(index: ItemIndex, query_vectors: np.ndarray, histories: Sequence[Sequence[str]],
                         n: int) -> list[list[str]]:
     """Top-n item ids per query, the user's history items excluded (as the Retrieve stage would)."""
+    return [[i for i, _ in row] for row in retrieve_scored_candidates(index, query_vectors, histories, n)]
+
+
+def retrieve_scored_candidates(index: ItemIndex, query_vectors: np.ndarray, histories: Sequence[Sequence[str]],
+                               n: int) -> list[list[tuple[str, float]]]:
+    """Top-n (item id, retrieval score) per query, the user's history items excluded."""
     extra = max((len(set(h)) for h in histories), default=0)
-    _, ids = index.search(query_vectors, n + extra)
+    scores, ids = index.search(query_vectors, n + extra)
     skips = [set(history) for history in histories]   # once per query, not once per retrieved item
-    return [[i for i in row if i not in skip][:n] for row, skip in zip(ids, skips)]
+    return [[(i, float(s)) for i, s in zip(row, row_scores) if i not in skip][:n]
+            for row, row_scores, skip in zip(ids, scores, skips)]
 
 
 def bm25_candidates(bm25: BM25Index, item_ids: Sequence[str], anchors: Sequence[str], n: int) -> list[list[str]]:

@@ -1,21 +1,16 @@
 """`train_loop_per_worker`: DeepSpeed two-tower fine-tuning inside a Ray Train worker.
 
-Every worker runs the same number of steps (equal dataset shards, one shared step
-budget) so ZeRO's collectives never wait on a rank that has stopped; evaluation, early
-stopping and checkpoints happen at the same optimizer steps on every rank for the same reason.
-After a failure Ray Train restarts the workers and the loop continues from the latest
-checkpoint (recsys/train/checkpoints.py) to the same step budget.
+The loop itself (steps, validation, early stopping, checkpoints, restart, resume, export) is the
+shared recsys/train/worker_loop.py; this module is the two-tower task it runs: the model, one
+contrastive step, the retrieval validation and the export of the towers as HF directories.
 """
 
 from __future__ import annotations
 
-import logging
 import os
-import time
 import zlib
 from typing import Any
 
-import numpy as np
 import torch
 
 from recsys.models.encoder import (
@@ -28,20 +23,12 @@ from recsys.models.encoder import (
 from recsys.models.lora import apply_lora, merge_lora
 from recsys.models.losses import in_batch_softmax_loss
 from recsys.models.towers import TwoTowerModel, tokenize_pairs
-from recsys.runtime import pin_threads_to_cores
-from recsys.train.checkpoints import TrainState, load_best_weights, report_checkpoint, report_final, restore_checkpoint
 from recsys.train.config import TrainConfig
-from recsys.train.curves import MetricsWriter
 from recsys.train.deepspeed_config import build_deepspeed_config
-from recsys.train.evaluator import agree_any, evaluate_retrieval
+from recsys.train.evaluator import evaluate_retrieval
 from recsys.train.hard_negatives import negative_column_pairs
-from recsys.train.validation import EarlyStopping, ValidationSet, is_due
-
-logger = logging.getLogger("recsys.train")
-
-
-# glibc's mallopt parameter number (malloc.h)
-M_MMAP_THRESHOLD = -3
+from recsys.train.validation import ValidationSet
+from recsys.train.worker_loop import PeriodicValidation, WorkerTask, run_worker_loop
 
 
 def build_model(cfg: TrainConfig, ds_config: dict | None = None) -> tuple[TwoTowerModel, object]:
@@ -72,26 +59,6 @@ def build_engine(cfg: TrainConfig, world: int, total_steps: int):
     params = [p for p in model.parameters() if p.requires_grad]
     engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=params, config=ds_config)
     return engine, tokenizer
-
-
-def limit_cpu_heap_growth(zero_stage: int, use_gpu: bool) -> None:
-    """CPU ZeRO-3 workers: let glibc hand freed tensors of 128 KiB and up straight back to the OS.
-
-    ZeRO-3 gathers each layer's full weights, frees them, and does the same for gradients, every step. glibc
-    raises its mmap threshold each time such a block is freed (up to 32 MiB), so these blocks then come from
-    its heaps, which fragment and keep the freed memory: +0.4 GiB RSS per step on a 110M BERT, 3.4 instead of
-    2.2 GiB peak per worker after 3 steps (bench/train_bench.py). A fixed threshold turns that off. Not for the
-    lower stages: they free no such blocks every step, and each mmap'd tensor costs fresh page faults.
-    """
-    if use_gpu or zero_stage != 3:
-        return
-    import ctypes
-
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(M_MMAP_THRESHOLD, 128 * 1024)
-    except (OSError, AttributeError):   # not glibc (musl, macOS): its allocator, its behaviour
-        logger.debug("no glibc mallopt here; the heap keeps its default thresholds")
 
 
 def item_keys(item_ids) -> torch.Tensor:
@@ -178,131 +145,31 @@ def train_step(engine, tokenizer, batch: dict, cfg: TrainConfig, rank: int = 0, 
     return float(loss.detach())
 
 
+def retrieval_validation(cfg: TrainConfig, vset: ValidationSet) -> PeriodicValidation:
+    def evaluate(engine, tokenizer, rank: int, world: int) -> dict[str, float]:
+        return evaluate_retrieval(engine, tokenizer, vset, cfg.query_max_length, cfg.item_max_length,
+                                  cfg.eval_batch_size, rank, world)
+
+    def describe(val: dict[str, float]) -> str:
+        return f"({val['val_users']} users): recall@10 {val['val_recall@10']:.4f} ndcg@10 {val['val_ndcg@10']:.4f}"
+
+    return PeriodicValidation(every=cfg.eval_every, metric=cfg.eval_metric, patience=cfg.early_stopping_patience,
+                              evaluate=evaluate, describe=describe)
+
+
+def two_tower_task(cfg: TrainConfig, vset: ValidationSet | None) -> WorkerTask:
+    return WorkerTask(
+        job="train",
+        build_engine=lambda world, total_steps: build_engine(cfg, world, total_steps),
+        step=lambda engine, tokenizer, batch, rank, world: train_step(engine, tokenizer, batch, cfg, rank, world),
+        export=lambda engine, tokenizer, out_dir, rank: export_encoder(engine, cfg, tokenizer, out_dir, rank),
+        validation=retrieval_validation(cfg, vset) if vset is not None else None)
+
+
 def train_loop_per_worker(config: dict) -> None:
-    import deepspeed
+    """Ray Train's entry point: config = {"cfg", "total_steps", "log_dir", "validation": ObjectRef | None}."""
     import ray
-    import ray.train
 
     cfg = TrainConfig.model_validate(config["cfg"])
-    total_steps: int = config["total_steps"]
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    torch.manual_seed(cfg.seed)
-    if not cfg.use_gpu:
-        torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
-        if cfg.pin_cpu_cores:
-            cores = pin_threads_to_cores(ctx.get_local_rank(), ctx.get_local_world_size())
-            logger.info(f"[train] rank {rank}: threads pinned to cores {sorted(cores) if cores else 'none (too few)'}")
-    # Reuses the process group Ray Train already set up (gloo on CPU, NCCL on GPU).
-    deepspeed.init_distributed(dist_backend="nccl" if cfg.use_gpu else "gloo")
-    limit_cpu_heap_growth(cfg.zero_stage, cfg.use_gpu)
-
-    engine, tokenizer = build_engine(cfg, world, total_steps)
-    restored = ray.train.get_checkpoint()    # set after a worker-group restart or a resumed run
-    state = restore_checkpoint(engine, restored) if restored is not None else TrainState()
-    if state.finished:
-        logger.info("[train] this run already exported its model; nothing left to train")
-        return
-    micro_steps = total_steps * cfg.grad_accum_steps
-    if rank == 0 and state.step:
-        logger.info(f"[train] resumed from the checkpoint at step {state.step}/{micro_steps}")
     vset = ray.get(config["validation"]) if config.get("validation") is not None else None
-    stopper = EarlyStopping(**{**state.early_stopping, "patience": cfg.early_stopping_patience or 0})
-    if restored is not None and stopper.best_step == state.step // cfg.grad_accum_steps:
-        state.best_checkpoint = restored.path   # saved as the new best: its own path was not known yet
-    shard = ray.train.get_dataset_shard("train")
-    writer = MetricsWriter(config["log_dir"], resume_step=state.step) if rank == 0 and config.get("log_dir") else None
-    losses: list[float] = []
-    prior_elapsed, start_step = state.elapsed_s, state.step
-    started = last = time.perf_counter()
-    stop = stopper.should_stop
-    while state.step < micro_steps and not stop:
-        seen_in_epoch = 0
-        for batch in shard.iter_batches(batch_size=cfg.micro_batch_size, batch_format="numpy", drop_last=True,
-                                        local_shuffle_buffer_size=cfg.shuffle_buffer or None,
-                                        local_shuffle_seed=cfg.seed + state.step + rank):
-            losses.append(train_step(engine, tokenizer, batch, cfg, rank, world))
-            state.step += 1
-            seen_in_epoch += 1
-            now = time.perf_counter()
-            state.elapsed_s = prior_elapsed + now - started
-            scalars = {"loss": losses[-1], "lr": float(engine.get_lr()[0]),
-                       "samples_per_s": cfg.micro_batch_size * world / max(now - last, 1e-9),
-                       "elapsed_s": state.elapsed_s}
-            last_step = state.step >= micro_steps
-            if state.step % cfg.grad_accum_steps == 0:
-                stop = after_optimizer_step(engine, tokenizer, cfg, state, stopper, vset, scalars, writer,
-                                            last_step, rank, world)
-            elif writer is not None:
-                writer.write(state.step, scalars)
-            last = time.perf_counter()
-            if rank == 0 and (state.step % cfg.log_every == 0 or last_step):
-                done = state.step - start_step
-                # A logger, not print: Ray Train patches print() to log AND echo, doubling lines.
-                logger.info(f"[train] step {state.step}/{micro_steps} loss {np.mean(losses[-cfg.log_every:]):.4f} "
-                            f"{done / (now - started):.2f} steps/s "
-                            f"eta {(micro_steps - state.step) * (now - started) / done:.0f}s")
-            if last_step or stop:
-                break
-        if seen_in_epoch == 0:
-            raise RuntimeError(f"worker {rank} got no full batch of {cfg.micro_batch_size} pairs")
-
-    if writer is not None:
-        writer.close()
-    steps_done = state.step // cfg.grad_accum_steps
-    if stopper.best_step is not None and stopper.best_step != steps_done:
-        if state.best_checkpoint is None:
-            raise RuntimeError(f"the best model (step {stopper.best_step}) has no checkpoint to export it from")
-        if rank == 0:
-            logger.info(f"[train] exporting the best model: step {stopper.best_step} "
-                        f"({cfg.eval_metric} {stopper.best:.4f})")
-        load_best_weights(engine, state.best_checkpoint)
-    seconds = time.perf_counter() - started
-    metrics = {"steps": steps_done, "stopped_early": steps_done < total_steps,
-               "resumed_from_step": state.resumed_from // cfg.grad_accum_steps,
-               "train_seconds": round(state.elapsed_s, 1),
-               "pairs_per_second": round((state.step - start_step) * cfg.micro_batch_size * world / seconds, 2),
-               **({"best_step": stopper.best_step, **state.best_metrics,
-                   "checkpoint_score": stopper.best if stopper.best is not None else -1.0} if vset else {})}
-    report_final(state, metrics, rank, lambda out_dir: export_encoder(engine, cfg, tokenizer, out_dir, rank))
-
-
-def after_optimizer_step(engine, tokenizer, cfg: TrainConfig, state: TrainState, stopper: EarlyStopping,
-                         vset: ValidationSet | None, scalars: dict[str, float], writer: MetricsWriter | None,
-                         last_step: bool, rank: int, world: int) -> bool:
-    """Evaluate, log, checkpoint and report as due after an optimizer step; True = stop early (all ranks)."""
-    import ray.train
-
-    step = state.step // cfg.grad_accum_steps
-    evaluate = vset is not None and (is_due(step, cfg.eval_every) or last_step)
-    improved = stop = False
-    if evaluate:
-        assert vset is not None
-        val = evaluate_retrieval(engine, tokenizer, vset, cfg.query_max_length, cfg.item_max_length,
-                                 cfg.eval_batch_size, rank, world)
-        improved = stopper.update(val[f"val_{cfg.eval_metric}"], step)
-        if improved:
-            state.best_metrics = val
-        stop = agree_any(stopper.should_stop, engine.device)
-        state.early_stopping = stopper.to_dict()
-        scalars = {**scalars, **{k: v for k, v in val.items() if k != "val_users"}}
-        if rank == 0:
-            logger.info(f"[train] step {step} validation ({val['val_users']} users): "
-                        f"recall@10 {val['val_recall@10']:.4f} ndcg@10 {val['val_ndcg@10']:.4f}"
-                        f"{' (best)' if improved else ''}{' -> early stop' if stop else ''}")
-    if writer is not None:
-        writer.write(state.step, scalars)     # before the checkpoint: a resume keeps steps <= its step
-    if last_step or stop:
-        return stop                           # the final report exports the model
-    metrics = {"step": step, "loss": scalars["loss"], **{k: v for k, v in scalars.items() if k.startswith("val_")}}
-    if is_due(step, cfg.checkpoint_every) or improved:
-        if vset is not None:
-            # Ray Train keeps the top checkpoints by this score: only a new best carries its metric (others,
-            # evaluated or not, get -1), so ties with an older best can never push the best checkpoint out.
-            metrics["checkpoint_score"] = scalars[f"val_{cfg.eval_metric}"] if improved else -1.0
-        persisted = report_checkpoint(engine, state, metrics, rank)
-        if improved:
-            state.best_checkpoint = persisted.path
-    elif evaluate:
-        ray.train.report(metrics)
-    return stop
+    run_worker_loop(two_tower_task(cfg, vset), cfg, config)

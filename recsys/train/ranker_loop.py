@@ -1,17 +1,16 @@
 """`ranker_train_loop`: DeepSpeed fine-tuning of the cross-encoder ranker inside a Ray Train worker.
 
 Rows arrive as (context_text, item_text, label, weight); the loss is BCE with logits weighted
-by `weight`. Every worker runs the same number of steps (equal shards, one shared step budget)
-so ZeRO's collectives never wait on a rank that has stopped. After training the same workers
-score the validation pairs the driver wrote (their model is loaded and warm; no extra actors).
+by `weight`. The loop (steps, checkpoints, killed-worker restart, resume, export) is the one the
+two towers use, recsys/train/worker_loop.py; this module is the ranker's task on it. After
+training the same workers score the validation pairs the driver wrote (their model is loaded and
+warm; no extra actors).
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import os
-import tempfile
 import time
 
 import numpy as np
@@ -26,10 +25,9 @@ from recsys.models.cross_encoder import (
     weighted_bce_loss,
 )
 from recsys.models.encoder import zero3_partitioned_loading
-from recsys.train.curves import MetricsWriter
 from recsys.train.deepspeed_config import build_deepspeed_config
-from recsys.train.loop import limit_cpu_heap_growth
 from recsys.train.ranker_config import RankerTrainConfig
+from recsys.train.worker_loop import WorkerTask, run_worker_loop
 
 logger = logging.getLogger("recsys.train")
 
@@ -88,78 +86,51 @@ def score_validation_pairs(engine, tokenizer, cfg: RankerTrainConfig, pairs_path
         pairs.assign(score=scores).to_parquet(scores_path, index=False)
 
 
-def ranker_train_loop(config: dict) -> None:
+def build_ranker_engine(cfg: RankerTrainConfig, world: int, total_steps: int):
+    """The DeepSpeed engine over the cross-encoder, and its tokenizer (collective under ZeRO-3)."""
     import deepspeed
-    import ray.train
-    from ray.train import Checkpoint
-
-    cfg = RankerTrainConfig.model_validate(config["cfg"])
-    total_steps: int = config["total_steps"]
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    torch.manual_seed(cfg.seed)
-    if not cfg.use_gpu:
-        torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
-    # Reuses the process group Ray Train already set up (gloo on CPU, NCCL on GPU).
-    deepspeed.init_distributed(dist_backend="nccl" if cfg.use_gpu else "gloo")
-    limit_cpu_heap_growth(cfg.zero_stage, cfg.use_gpu)
 
     ds_config = build_deepspeed_config(cfg, world, total_steps)
     with zero3_partitioned_loading(ds_config):   # ZeRO-3: each rank holds only its part from the load on
         model, tokenizer = load_cross_encoder(cfg.model_name_or_path)
     params = [p for p in model.parameters() if p.requires_grad]
     engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=params, config=ds_config)
-    device = engine.device
-    shard = ray.train.get_dataset_shard("train")
-    micro_steps = total_steps * cfg.grad_accum_steps
-    losses: list[float] = []
-    writer = MetricsWriter(config["log_dir"]) if rank == 0 and config.get("log_dir") else None
-    started = last = time.perf_counter()
-    step = 0
-    while step < micro_steps:
-        seen_in_epoch = 0
-        for batch in shard.iter_batches(batch_size=cfg.micro_batch_size, batch_format="numpy", drop_last=True,
-                                        local_shuffle_buffer_size=cfg.shuffle_buffer or None,
-                                        local_shuffle_seed=cfg.seed + step + rank):
-            tok = tokenize_ranking_pairs(tokenizer, list(batch["context_text"]), list(batch["item_text"]),
-                                         cfg.max_length, cfg.item_max_length)
-            logits = pair_logits(engine, tok, device)
-            loss = weighted_bce_loss(logits, torch.tensor(batch["label"], device=device),
-                                     torch.tensor(batch["weight"], device=device))
-            engine.backward(loss)
-            engine.step()
-            losses.append(float(loss.detach()))
-            step += 1
-            seen_in_epoch += 1
-            if writer is not None:
-                now = time.perf_counter()
-                writer.write(step, {"loss": losses[-1], "lr": float(engine.get_lr()[0]),
-                                    "samples_per_s": cfg.micro_batch_size * world / max(now - last, 1e-9),
-                                    "elapsed_s": now - started})
-                last = now
-            if rank == 0 and (step % cfg.log_every == 0 or step == micro_steps):
-                elapsed = time.perf_counter() - started
-                # A logger, not print: Ray Train patches print() to log AND echo, doubling lines.
-                logger.info(f"[train_ranker] step {step}/{micro_steps} bce {np.mean(losses[-cfg.log_every:]):.4f} "
-                            f"{step / elapsed:.2f} steps/s eta {(micro_steps - step) * elapsed / step:.0f}s")
-            if step >= micro_steps:
-                break
-        if seen_in_epoch == 0:
-            raise RuntimeError(f"worker {rank} got no full batch of {cfg.micro_batch_size} rows")
+    return engine, tokenizer
 
-    if writer is not None:
-        writer.close()
-    elapsed = time.perf_counter() - started
-    window = max(1, min(10, len(losses) // 4))
-    metrics = {"steps": total_steps, "loss_first": float(np.mean(losses[:window])),
-               "loss_last": float(np.mean(losses[-window:])), "train_seconds": round(elapsed, 1),
-               "rows_per_second": round(step * cfg.micro_batch_size * world / elapsed, 2),
-               "loss_curve": [round(x, 4) for x in losses]}
-    if config.get("validation_pairs"):
+
+def ranker_step(engine, tokenizer, batch: dict, cfg: RankerTrainConfig) -> float:
+    """One micro-batch of (context, item, label, weight) rows: weighted BCE on the pair logits, backward, step."""
+    tok = tokenize_ranking_pairs(tokenizer, list(batch["context_text"]), list(batch["item_text"]),
+                                 cfg.max_length, cfg.item_max_length)
+    logits = pair_logits(engine, tok, engine.device)
+    # torch.tensor copies: Ray Data hands read-only numpy arrays, which torch.as_tensor warns about.
+    loss = weighted_bce_loss(logits, torch.tensor(batch["label"], device=engine.device),
+                             torch.tensor(batch["weight"], device=engine.device))
+    engine.backward(loss)
+    engine.step()
+    return float(loss.detach())
+
+
+def ranker_task(cfg: RankerTrainConfig, config: dict) -> WorkerTask:
+    """The cross-encoder on the shared worker loop; after training the same workers score the
+    validation pairs the driver wrote (config["validation_pairs"] -> config["validation_scores"])."""
+    def score_validation(engine, tokenizer, rank: int, world: int) -> dict:
+        if not config.get("validation_pairs"):
+            return {}
         started = time.perf_counter()
         score_validation_pairs(engine, tokenizer, cfg, config["validation_pairs"], config["validation_scores"],
                                rank, world)
-        metrics["validation_scoring_seconds"] = round(time.perf_counter() - started, 1)
-    with tempfile.TemporaryDirectory() as tmp:
-        saved = export_ranker(engine, cfg, tokenizer, tmp, rank)
-        ray.train.report(metrics, checkpoint=Checkpoint.from_directory(tmp) if saved else None)
+        return {"validation_scoring_seconds": round(time.perf_counter() - started, 1)}
+
+    return WorkerTask(
+        job="train_ranker",
+        build_engine=lambda world, total_steps: build_ranker_engine(cfg, world, total_steps),
+        step=lambda engine, tokenizer, batch, rank, world: ranker_step(engine, tokenizer, batch, cfg),
+        export=lambda engine, tokenizer, out_dir, rank: export_ranker(engine, cfg, tokenizer, out_dir, rank),
+        after_training=score_validation)
+
+
+def ranker_train_loop(config: dict) -> None:
+    """Ray Train's entry point: config = {"cfg", "total_steps", "log_dir", "validation_pairs", "validation_scores"}."""
+    cfg = RankerTrainConfig.model_validate(config["cfg"])
+    run_worker_loop(ranker_task(cfg, config), cfg, config)

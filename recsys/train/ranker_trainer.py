@@ -12,9 +12,7 @@ validation pairs with the model they hold, and the driver turns the scores into 
 
 from __future__ import annotations
 
-import json
 import math
-import shutil
 import time
 from pathlib import Path
 
@@ -22,14 +20,14 @@ import numpy as np
 import pandas as pd
 import ray
 
-from recsys.artifacts import mark_latest, new_version_dir, resolve_artifact, write_manifest
-from recsys.config import recsys_home
+from recsys.artifacts import mark_latest, write_manifest
 from recsys.index.faiss_index import ItemIndex
+from recsys.models.cross_encoder import CROSS_ENCODER_TYPE
 from recsys.models.encoder import resolve_model_path
 from recsys.runtime import log
-from recsys.train.curves import METRICS_FILE, plot_training_curves, read_metrics
+from recsys.train.curves import METRICS_FILE, summarise_run_losses
 from recsys.train.deepspeed_config import plan_total_steps
-from recsys.train.hard_negatives import pick_hard_negatives, retrieve_candidates
+from recsys.train.hard_negatives import pick_hard_negatives, retrieve_candidates, retrieve_scored_candidates
 from recsys.train.ranker_config import RankerTrainConfig
 from recsys.train.ranker_data import (
     RankingInputs,
@@ -47,6 +45,7 @@ from recsys.train.ranker_eval import (
 )
 from recsys.train.ranker_loop import ranker_train_loop
 from recsys.train.retriever import embed_with_retriever, load_retriever
+from recsys.train.run_driver import fit_run, start_or_resume_run
 
 JOB = "train_ranker"
 VALIDATION_PAIRS = "validation_pairs.parquet"     # written by the driver before training
@@ -99,7 +98,7 @@ def prepare_rows(cfg: RankerTrainConfig, data_dir: Path, inputs: RankingInputs, 
             hard = hard_negatives_for(examples, inputs, index, vectors[:len(keys)], keys, cfg)
             log(JOB, f"mined {sum(map(len, hard.values()))} hard negatives for {len(keys)} positives "
                      f"from the retriever's top-{cfg.hard_negative_top_k}")
-        candidates = retrieve_candidates(index, vectors[len(keys):], users.histories, cfg.rerank_candidates)
+        candidates = retrieve_scored_candidates(index, vectors[len(keys):], users.histories, cfg.rerank_candidates)
     frame, counts = build_training_frame(examples, inputs, hard, cfg.hard_negative_weight, cfg.seed)
     counts["groups_used"] = len(examples[["user_id", "position"]].drop_duplicates())
     counts["groups_available"] = n_groups
@@ -108,11 +107,9 @@ def prepare_rows(cfg: RankerTrainConfig, data_dir: Path, inputs: RankingInputs, 
 
 
 def run_ranker_training(cfg: RankerTrainConfig) -> dict:
-    from ray.train import RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
-
     started = time.perf_counter()
-    data_dir = resolve_artifact("data", cfg.data)
+    cfg, version, out, record = start_or_resume_run(cfg, cfg.data, "rankers", JOB)
+    data_dir = Path(record["data_path"])
     base_model = resolve_model_path(cfg.model_name_or_path)   # fail fast, before workers start
     inputs = load_ranking_inputs(data_dir)
     index = load_ranker_retriever(cfg, inputs.data_version)
@@ -122,48 +119,32 @@ def run_ranker_training(cfg: RankerTrainConfig) -> dict:
     users = select_validation_users(inputs, cfg.eval_max_users, cfg.seed)
     if not users.user_ids:
         raise ValueError(f"data {inputs.data_version} has no user with a validation target in the catalog")
+    # Seeded: a resumed run rebuilds the same rows, so its step budget and shards match the checkpoints'.
     frame, counts, pairs = prepare_rows(cfg, data_dir, inputs, index, users)
     total_steps = plan_total_steps(cfg, len(frame), cfg.num_workers)
     log(JOB, f"{len(frame)} rows {counts}; {total_steps} steps x {cfg.num_workers} workers x "
              f"{cfg.micro_batch_size} rows; ZeRO-{cfg.zero_stage}, {'GPU/NCCL' if cfg.use_gpu else 'CPU/gloo'}; "
              f"then {len(pairs)} validation pairs for {len(users.user_ids)} users")
-
-    version, out = new_version_dir("rankers")
     # Workers read the pairs and rank 0 writes the scores here: RECSYS_HOME is storage every node sees.
     pairs.to_parquet(out / VALIDATION_PAIRS, index=False)
-    resources = {"CPU": cfg.cpus_per_worker} | ({"GPU": 1} if cfg.use_gpu else {})
-    trainer = TorchTrainer(
-        ranker_train_loop,
-        train_loop_config={"cfg": cfg.model_dump(), "total_steps": total_steps, "log_dir": str(out / "logs"),
-                           "validation_pairs": str(out / VALIDATION_PAIRS),
-                           "validation_scores": str(out / VALIDATION_SCORES)},
-        scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
-                                     resources_per_worker=resources),
-        torch_config=TorchConfig(backend="nccl" if cfg.use_gpu else "gloo"),
-        datasets={"train": ray.data.from_pandas(frame)},
-        run_config=RunConfig(name=f"ranker-{version}", storage_path=str(recsys_home() / "ray_results")),
-    )
     log(JOB, f"step metrics -> {out / 'logs' / METRICS_FILE} (tensorboard --logdir {out / 'logs'})")
-    result = trainer.fit()
-    if result.checkpoint is None:
-        shutil.rmtree(out, ignore_errors=True)
-        raise RuntimeError(f"ranker training finished without a checkpoint (error: {result.error})")
-    result.checkpoint.to_directory(str(out))   # next to logs/, which rank 0 wrote while training
-    if (out / "logs" / METRICS_FILE).exists():
-        plot_training_curves(read_metrics(out / "logs" / METRICS_FILE), out / "training_curves.png",
-                             title=f"ranker {version} ({inputs.data_version})")
-    metrics = {k: v for k, v in (result.metrics or {}).items() if k != "loss_curve"}
-    (out / "loss_curve.json").write_text(json.dumps((result.metrics or {}).get("loss_curve", [])))
+    loop_config = {"cfg": cfg.model_dump(), "total_steps": total_steps, "log_dir": str(out / "logs"),
+                   "validation_pairs": str(out / VALIDATION_PAIRS), "validation_scores": str(out / VALIDATION_SCORES)}
+    metrics = fit_run(ranker_train_loop, loop_config, cfg, record, {"train": ray.data.from_pandas(frame)}, out, JOB,
+                      scored=False)
+    metrics |= summarise_run_losses(out, f"ranker {version} ({inputs.data_version})")
 
     validation = validation_metrics(pd.read_parquet(out / VALIDATION_SCORES), inputs.popularity,
-                                    len(users.user_ids), cfg.rerank_candidates, cfg.eval_k, index is not None)
+                                    len(users.user_ids), cfg.rerank_candidates, cfg.eval_k, index is not None,
+                                    cfg.eval_rerank_depth, cfg.eval_blend_weights)
     table = format_validation_table(validation, cfg.eval_k, cfg.rerank_candidates)
     log(JOB, f"bce {metrics.get('loss_first', float('nan')):.4f} -> {metrics.get('loss_last', float('nan')):.4f}; "
              f"validation on {len(users.user_ids)} users:\n{table}")
     (out / "report.md").write_text(f"# Ranker {version}\n\ndata {inputs.data_version}, retriever index "
                                    f"{index_version}, base model {base_model}\n\n{table}\n")
     write_manifest(out, {
-        "kind": "ranker", "version": version, "data_version": inputs.data_version, "index_version": index_version,
+        "kind": "ranker", "type": CROSS_ENCODER_TYPE, "version": version, "data_version": inputs.data_version,
+        "index_version": index_version,
         "retriever_model_version": index.manifest.get("model_version") if index else None,
         "base_model": base_model, "config": cfg.model_dump(), "metrics": metrics, "validation": validation,
         "rows": counts, "max_length": cfg.max_length, "item_max_length": cfg.item_max_length,

@@ -1,7 +1,7 @@
-"""Training runs that can be resumed: `run.json` in the model version directory.
+"""Training runs that can be resumed: `run.json` in the version directory (models/ or rankers/).
 
 A run writes `run.json` (Ray run name, storage path, data version, config, step budget) into
-its model version directory before training starts, and `manifest.json` once the model is
+its version directory before training starts, and `manifest.json` once the model is
 exported. A directory with the first and not the second is a stopped run: `--resume` reuses
 its run name and storage path, so Ray Train finds the run's checkpoint snapshot and every
 worker starts from the latest checkpoint; the model lands in the same version directory.
@@ -13,10 +13,12 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from recsys.artifacts import MANIFEST, ArtifactNotFound, artifacts_root, write_json
-from recsys.train.config import TrainConfig
+from recsys.train.run_config import DeepSpeedRunConfig
+
+C = TypeVar("C", bound=DeepSpeedRunConfig)
 
 RUN_FILE = "run.json"
 RAY_SNAPSHOT = "checkpoint_manager_snapshot.json"   # Ray Train V2 writes it with the first checkpoint
@@ -32,8 +34,10 @@ def read_run_record(model_dir: Path) -> dict[str, Any]:
     return json.loads((Path(model_dir) / RUN_FILE).read_text())
 
 
-def find_run_to_resume(ref: str, models_dir: Path | None = None) -> tuple[str, Path, dict[str, Any]]:
-    """'latest' (the most recently started run) or a model version -> (version, model dir, run record).
+def find_run_to_resume(ref: str, models_dir: Path | None = None, job: str = "train"
+                       ) -> tuple[str, Path, dict[str, Any]]:
+    """'latest' (the most recently started run) or a version -> (version, its dir, run record), among the
+    runs under models_dir (default: the models/ artifacts; jobs/train_ranker.py passes rankers/).
 
     Raises ArtifactNotFound when there is no such run or it already finished.
     """
@@ -42,14 +46,14 @@ def find_run_to_resume(ref: str, models_dir: Path | None = None) -> tuple[str, P
         runs = sorted(p for p in models_dir.glob("*") if (p / RUN_FILE).is_file()) if models_dir.is_dir() else []
         if not runs:
             raise ArtifactNotFound(f"resume='latest': no training run to resume under {models_dir} "
-                                   f"(start one with python jobs/train.py)")
+                                   f"(start one with python jobs/{job}.py)")
         model_dir = runs[-1]
     else:
         model_dir = models_dir / ref
         if not (model_dir / RUN_FILE).is_file():
             known = sorted(p.name for p in models_dir.glob("*") if (p / RUN_FILE).is_file()) if \
                 models_dir.is_dir() else []
-            raise ArtifactNotFound(f"resume={ref!r}: no training run with that model version under {models_dir} "
+            raise ArtifactNotFound(f"resume={ref!r}: no training run with that version under {models_dir} "
                                    f"(runs: {known[-5:] or 'none'})")
     if (model_dir / MANIFEST).is_file():
         raise ArtifactNotFound(f"resume={ref!r}: run {model_dir.name} already finished ({model_dir / MANIFEST} "
@@ -57,13 +61,13 @@ def find_run_to_resume(ref: str, models_dir: Path | None = None) -> tuple[str, P
     return model_dir.name, model_dir, read_run_record(model_dir)
 
 
-def config_for_resume(given: TrainConfig, stored: dict[str, Any]) -> TrainConfig:
+def config_for_resume(given: C, stored: dict[str, Any]) -> C:
     """The stopped run's config, with the few operational fields the command line set.
 
     A field set on the command line (YAML or --set) that would change what is trained is an error,
     naming the field and both values: a resumed run continues the same training, or it is a new run.
     """
-    original = TrainConfig.model_validate(stored)
+    original = type(given).model_validate(stored)
     conflicts = [f"{name}={getattr(given, name)!r} (the run has {getattr(original, name)!r})"
                  for name in sorted(given.model_fields_set - RESUME_MAY_CHANGE)
                  if getattr(given, name) != getattr(original, name)]

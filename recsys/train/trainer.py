@@ -1,15 +1,9 @@
-"""Assemble and run the Ray Train TorchTrainer; turn its checkpoint into a model artifact.
-
-Fault tolerance is Ray Train's: the loop reports DeepSpeed checkpoints, RunConfig keeps
-`checkpoints_to_keep` of them under $RECSYS_HOME/ray_results/train-<version>/ and restarts a
-failed worker group from the latest one up to `max_failures` times. A run that still stops
-(Ctrl-C, killed driver, lost cluster) keeps its model version directory; `resume` re-runs it
-under the same Ray run name, so Ray Train restores the same checkpoints (recsys/train/runs.py).
+"""Driver of jobs/train.py: training pairs (+ mined hard negatives, catalog queries, loss columns) ->
+the shared DeepSpeed run (recsys/train/run_driver.py: checkpoints, restarts, resume) -> a model artifact.
 """
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -23,62 +17,29 @@ import ray
 from recsys.artifacts import (
     ArtifactNotFound,
     mark_latest,
-    new_version_dir,
     read_manifest,
-    resolve_artifact,
     write_manifest,
 )
-from recsys.config import recsys_home
 from recsys.data.text import catalog_texts
 from recsys.eval.search import read_judgments
 from recsys.models.encoder import resolve_model_path
 from recsys.models.losses import judged_pair_weights, log_sampling_probability
 from recsys.runtime import log
 from recsys.train.catalog_queries import catalog_query_pairs
-from recsys.train.checkpoints import TRAIN_STATE_FILE, read_train_state
 from recsys.train.config import TrainConfig
-from recsys.train.curves import METRICS_FILE, plot_training_curves, read_metrics
+from recsys.train.curves import METRICS_FILE, summarise_run_losses
 from recsys.train.deepspeed_config import plan_total_steps
 from recsys.train.loop import train_loop_per_worker
 from recsys.train.retriever import mine_pair_hard_negatives
-from recsys.train.runs import (
-    config_for_resume,
-    find_run_to_resume,
-    has_checkpoint,
-    remove_unregistered_checkpoints,
-    write_run_record,
-)
+from recsys.train.run_driver import fit_run, start_or_resume_run
 from recsys.train.user_tower_stage import train_user_tower
 from recsys.train.validation import load_validation_set
 
 JOB = "train"
 
 
-def start_or_resume_run(cfg: TrainConfig) -> tuple[TrainConfig, str, Path, dict]:
-    """A new model version + run record, or the stopped run named by cfg.resume -> (cfg, version, dir, record)."""
-    if cfg.resume is None:
-        data_dir = resolve_artifact("data", cfg.data)
-        version, model_dir = new_version_dir("models")
-        record = {"version": version, "run_name": f"train-{version}",
-                  "storage_path": str(recsys_home() / "ray_results"),
-                  "data_version": read_manifest(data_dir)["version"], "data_path": str(data_dir),
-                  "config": cfg.model_dump(exclude={"resume"})}
-        write_run_record(model_dir, record)
-        return cfg, version, model_dir, record
-    version, model_dir, record = find_run_to_resume(cfg.resume)
-    cfg = config_for_resume(cfg, record["config"])
-    remove_unregistered_checkpoints(record)
-    where = "its latest checkpoint" if has_checkpoint(record) else \
-        "step 0: it stopped before its first checkpoint"
-    log(JOB, f"resuming run {record['run_name']} (model {version}) from {where}")
-    return cfg, version, model_dir, record
-
-
 def run_training(cfg: TrainConfig) -> dict:
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
-
-    cfg, version, model_dir, record = start_or_resume_run(cfg)
+    cfg, version, model_dir, record = start_or_resume_run(cfg, cfg.data, "models", JOB)
     base_model = resolve_model_path(cfg.model_name_or_path)   # fail fast, before workers start
     data_dir, data_version = Path(record["data_path"]), record["data_version"]
     if not (data_dir / "train_pairs").is_dir():
@@ -110,43 +71,14 @@ def run_training(cfg: TrainConfig) -> dict:
                      + (f", early stop after {cfg.early_stopping_patience} evals without a better one"
                         if cfg.early_stopping_patience else ""))
             validation = ray.put(vset)
-    # Ray Train keeps the best checkpoints by `checkpoint_score` (set only on a new best) and always the latest.
-    keep = CheckpointConfig(num_to_keep=cfg.checkpoints_to_keep,
-                            checkpoint_score_attribute="checkpoint_score" if validation is not None else None,
-                            checkpoint_score_order="max")
-    resources = {"CPU": cfg.cpus_per_worker} | ({"GPU": 1} if cfg.use_gpu else {})
-    trainer = TorchTrainer(
-        train_loop_per_worker,
-        train_loop_config={"cfg": cfg.model_dump(), "total_steps": total_steps,
-                           "log_dir": str(model_dir / "logs"), "validation": validation},
-        scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
-                                     resources_per_worker=resources),
-        torch_config=TorchConfig(backend="nccl" if cfg.use_gpu else "gloo"),
-        datasets={"train": pairs},
-        run_config=RunConfig(name=record["run_name"], storage_path=record["storage_path"],
-                             failure_config=FailureConfig(max_failures=cfg.max_failures), checkpoint_config=keep),
-    )
-    log(JOB, f"step metrics -> {model_dir / 'logs' / METRICS_FILE} (tensorboard --logdir {model_dir / 'logs'}); "
-             f"checkpoints -> {Path(record['storage_path']) / record['run_name']}")
+    log(JOB, f"step metrics -> {model_dir / 'logs' / METRICS_FILE} (tensorboard --logdir {model_dir / 'logs'})")
     started = time.perf_counter()
-    stopped = f"run {record['run_name']} stopped; continue it with: python jobs/train.py --resume {version}"
-    try:
-        result = trainer.fit()
-    except BaseException:
-        log(JOB, stopped)
-        raise
-    if result.checkpoint is None or result.error is not None:
-        raise RuntimeError(f"training finished without a checkpoint (error: {result.error}); {stopped}")
-    with result.checkpoint.as_directory() as last:
-        if not read_train_state(last).finished:   # e.g. aborted between a DeepSpeed checkpoint and the export
-            raise RuntimeError(f"the run's last checkpoint is not an exported model; {stopped}")
-    result.checkpoint.to_directory(str(model_dir))   # next to logs/, which rank 0 wrote while training
-    orphans = remove_unregistered_checkpoints(record)
-    if orphans:
-        log(JOB, f"removed {len(orphans)} checkpoint(s) of failed attempts that Ray Train never registered")
-    (model_dir / TRAIN_STATE_FILE).unlink(missing_ok=True)
+    loop_config = {"cfg": cfg.model_dump(), "total_steps": total_steps, "log_dir": str(model_dir / "logs"),
+                   "validation": validation}
+    run_metrics = fit_run(train_loop_per_worker, loop_config, cfg, record, {"train": pairs}, model_dir, JOB,
+                          scored=validation is not None)
     user_tower = train_user_tower(cfg, model_dir, data_dir)   # stage 2, on the exported item tower
-    return finish_model(cfg, version, model_dir, data_version, base_model, n_pairs, result.metrics or {},
+    return finish_model(cfg, version, model_dir, data_version, base_model, n_pairs, run_metrics,
                         time.perf_counter() - started, user_tower)
 
 
@@ -244,14 +176,7 @@ def with_pair_column(pairs, column: str, value_of: Callable[[str, str], float]):
 def finish_model(cfg: TrainConfig, version: str, model_dir: Path, data_version: str, base_model: str,
                  n_pairs: int, run_metrics: dict, seconds: float, user_tower: dict | None = None) -> dict:
     """Curves, loss summary (from the whole run's metrics.jsonl, resumed attempts included), manifest."""
-    records = read_metrics(model_dir / "logs" / METRICS_FILE) if (model_dir / "logs" / METRICS_FILE).exists() else []
-    curve = [round(r["loss"], 4) for r in records if "loss" in r]
-    window = max(1, min(10, len(curve) // 4))
-    metrics = dict(run_metrics)
-    if curve:
-        metrics |= {"loss_first": round(sum(curve[:window]) / window, 4),
-                    "loss_last": round(sum(curve[-window:]) / window, 4)}
-        plot_training_curves(records, model_dir / "training_curves.png", title=f"train {version} ({data_version})")
+    metrics = dict(run_metrics) | summarise_run_losses(model_dir, f"train {version} ({data_version})")
     metrics.pop("checkpoint_score", None)
     write_manifest(model_dir, {
         "kind": "model", "version": version, "data_version": data_version, "base_model": base_model,
@@ -259,7 +184,6 @@ def finish_model(cfg: TrainConfig, version: str, model_dir: Path, data_version: 
         "query_max_length": cfg.query_max_length, "item_max_length": cfg.item_max_length,
         "wall_seconds": round(seconds, 1), "user_tower": user_tower or {"kind": "text"},
     })
-    (model_dir / "loss_curve.json").write_text(json.dumps(curve))
     mark_latest("models", version)
     log(JOB, f"model {version} -> {model_dir}: loss {metrics.get('loss_first', float('nan')):.4f} -> "
              f"{metrics.get('loss_last', float('nan')):.4f} in {metrics.get('steps')} steps"

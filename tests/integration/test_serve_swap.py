@@ -191,7 +191,8 @@ def search_scores(index_version: str, ranker_dir: str) -> dict[str, dict[str, tu
     out = {}
     for q in SEARCHES:
         cands = model.search_candidates(model.embedder.embed([q])[0], q, 40, 20, HybridSearchConfig())
-        out[q] = {c["item_id"]: (c["retrieval_score"], c["rank_score"]) for c in ranker.rank(cands, "search")}
+        ranked = asyncio.run(ranker.rank(cands, "search"))
+        out[q] = {c["item_id"]: (c["retrieval_score"], c["rank_score"]) for c in ranked}
     return out
 
 

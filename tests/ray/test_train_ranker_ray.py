@@ -10,12 +10,15 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from ray.train import TrainingFailedError
+from test_train_fault import kill_worker_when
 from transformers import AutoModelForSequenceClassification
 
 from recsys.artifacts import mark_latest, new_version_dir, write_manifest
 from recsys.data.examples import negative_distribution, ranking_examples
 from recsys.index.faiss_index import build_faiss_index, save_item_index
 from recsys.models.encoder import TextEmbedder
+from recsys.train.checkpoints import TRAIN_STATE_FILE
 from recsys.train.curves import read_metrics
 from recsys.train.ranker_config import RankerTrainConfig
 from recsys.train.ranker_trainer import run_ranker_training
@@ -112,3 +115,34 @@ def test_two_worker_zero2_ranker_learns_and_reranks(ray_cluster, recsys_home, ti
 
     reloaded = AutoModelForSequenceClassification.from_pretrained(out)   # a plain HF directory
     assert reloaded.config.num_labels == 1 and reloaded.config.hidden_size == 32
+
+
+def test_killed_ranker_worker_restarts_and_a_stopped_run_resumes(ray_cluster, recsys_home, tiny_model_dir):
+    """The ranker runs on the two towers' worker loop: a worker SIGKILLed after the step-3 checkpoint is
+    restarted from it (max_failures=1); a second kill after step 6 stops the run; --resume finishes it
+    from its latest checkpoint, to the same 12-step budget, and validates and exports as a fresh run does."""
+    data_version, item_ids, texts = make_ranking_data()
+    make_index(data_version, item_ids, texts, tiny_model_dir)
+    cfg = RankerTrainConfig(model_name_or_path=str(tiny_model_dir), num_workers=2, zero_stage=2,
+                            micro_batch_size=8, max_steps=12, lr=3e-3, warmup_steps=2, max_length=48,
+                            item_max_length=12, shuffle_buffer=0, log_every=3, checkpoint_every=3, max_failures=1,
+                            hard_negatives_per_positive=1, hard_negative_top_k=8, eval_max_users=16,
+                            rerank_candidates=10, eval_k=5, eval_batch_size=32)
+    killed: list = []
+    watcher = kill_worker_when(recsys_home, [lambda s: s["step"] >= 3, lambda s: s["step"] >= 6], killed)
+    with pytest.raises(TrainingFailedError):
+        run_ranker_training(cfg)
+    watcher.join(timeout=5)
+    assert [s["step"] >= 3 for s in killed] == [True, True] and killed[1]["step"] > killed[0]["step"]
+    stopped = [p for p in (recsys_home / "artifacts" / "rankers").iterdir() if (p / "run.json").is_file()]
+    assert len(stopped) == 1 and not (stopped[0] / "manifest.json").exists()
+
+    result = run_ranker_training(RankerTrainConfig(resume="latest"))
+    assert result["version"] == stopped[0].name
+    assert result["resumed_from_step"] >= killed[1]["step"] >= 6
+    out = stopped[0]
+    assert [r["step"] for r in read_metrics(out / "logs" / "metrics.jsonl")] == list(range(1, 13))
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["metrics"]["steps"] == 12 and manifest["validation"]["rerank"]["retriever"]["users"] == 16
+    assert not (out / TRAIN_STATE_FILE).exists()
+    assert AutoModelForSequenceClassification.from_pretrained(out).config.num_labels == 1

@@ -76,7 +76,7 @@ def test_validation_pairs_and_metrics_from_scores(data_dir) -> None:
     users = select_validation_users(inputs, None, seed=0)
     assert users.user_ids == ["u1", "u2"] and users.targets == ["i3", "i6"]
     assert users.histories == [ITEMS[:3], ["i5"]]
-    candidates = [["i8", "i9", "i3"], ["i0", "i1"]]                  # u2's target was not retrieved
+    candidates = [[("i8", 0.9), ("i9", 0.8), ("i3", 0.7)], [("i0", 0.5), ("i1", 0.4)]]   # u2's target: not retrieved
     pairs = build_validation_pairs(inputs, users, negatives_per_positive=3, candidates=candidates, seed=0)
     auc = pairs[pairs["kind"] == "auc"]
     assert auc.groupby("user")["label"].agg(["sum", "size"]).values.tolist() == [[1, 4], [1, 4]]
@@ -86,15 +86,24 @@ def test_validation_pairs_and_metrics_from_scores(data_dir) -> None:
     rerank = pairs[pairs["kind"] == "rerank"]
     assert rerank["item_id"].tolist() == ["i8", "i9", "i3", "i0", "i1"] and rerank["label"].sum() == 1
     assert rerank["retriever_rank"].tolist() == [0, 1, 2, 0, 1]
+    assert rerank["retriever_score"].tolist() == pytest.approx([0.9, 0.8, 0.7, 0.5, 0.4])
 
     # A ranker that scores every positive pair highest: AUC 1, and u1's target moves from 3rd to 1st.
     scored = pairs.assign(score=pairs["label"].astype(float))
-    result = validation_metrics(scored, inputs.popularity, n_users=2, n_candidates=3, k=2, with_rerank=True)
+    result = validation_metrics(scored, inputs.popularity, n_users=2, n_candidates=3, k=2, with_rerank=True,
+                                depth=2, weights=[0.1, 0.5])
     assert result["auc"]["auc"] == 1.0 and result["auc"]["positives"] == 2 and result["auc"]["negatives"] == 6
     before, after = result["rerank"]["retriever"], result["rerank"]["reranked"]
     assert before["ndcg@2"] == 0.0 and after["ndcg@2"] == pytest.approx(0.5)    # 1 of 2 users at rank 0
     assert before["recall@3"] == after["recall@3"] == pytest.approx(0.5)
     assert result["rerank"]["ndcg@2_gain"] == pytest.approx(0.5)
+    # Served blend, top 2 by retriever score re-scored: the target (3rd) is outside them and stays 3rd.
+    blend = result["rerank"]["served_blend"]
+    assert blend["0.1"]["ndcg@2"] == blend["0.5"]["ndcg@2"] == 0.0 and result["rerank"]["best_ndcg@2_gain"] == 0.5
+    deeper = validation_metrics(scored, {}, 2, 3, 2, True, depth=3, weights=[0.1, 0.5])["rerank"]["served_blend"]
+    # Re-scored too: 0.9 * 0.7 + 0.1 * sigmoid(1) < 0.9 * 0.9 + 0.1 * sigmoid(0), but at w 0.5 the target leads.
+    assert deeper["0.1"]["ndcg@2"] == 0.0 and deeper["0.5"]["ndcg@2"] == pytest.approx(0.5)
+    assert "served: top-2 blended, cross_encoder_weight 0.5" in format_validation_table(result, 2, 3)
     worse = validation_metrics(pairs.assign(score=-pairs["retriever_rank"].astype(float)), {}, 2, 3, 2, True)
     assert worse["rerank"]["ndcg@2_gain"] == 0.0 and worse["auc"]["auc"] < 1.0   # retriever order kept
     assert "do not serve it" in format_validation_table(worse, 2, 3)
