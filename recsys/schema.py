@@ -91,13 +91,16 @@ def _not_blank(value: str) -> str:
 # checks: Annotated[str | None, Query(min_length=1, max_length=200), NOT_BLANK].
 NOT_BLANK = AfterValidator(_not_blank)
 RequestId = Annotated[str, Field(min_length=1, max_length=200), NOT_BLANK]
+# An id in a history: ids unknown to the catalog (blank ones too) are skipped, not refused, but none may be
+# longer than any id the service stores.
+HistoryId = Annotated[str, Field(max_length=200)]
 
 
 class RecommendRequest(_Strict):
     """Recommendations from a known user's history and/or an explicit history (most recent last)."""
 
     user_id: RequestId | None = None
-    history: list[str] | None = Field(default=None, max_length=200,
+    history: list[HistoryId] | None = Field(default=None, max_length=200,
                                       description="item ids the user browsed, oldest first")
     k: int = Field(default=10, ge=1, le=MAX_K)
 
@@ -207,7 +210,7 @@ class PromotionsRequest(_Strict):
     """The items of the promotion campaigns running now, ordered for a user (or by popularity)."""
 
     user_id: RequestId | None = None
-    history: list[str] | None = Field(default=None, max_length=200,
+    history: list[HistoryId] | None = Field(default=None, max_length=200,
                                       description="item ids the user browsed, oldest first")
     k: int = Field(default=10, ge=1, le=MAX_K)
 

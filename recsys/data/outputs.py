@@ -95,6 +95,21 @@ def _iso(us: int) -> str:
     return datetime.fromtimestamp(us / 1e6, tz=timezone.utc).isoformat()
 
 
+class RowsLost(RuntimeError):
+    """Events in != events kept + dropped + quarantined: some rows went missing without a reason."""
+
+
+def check_row_accounting(events: dict) -> None:
+    """Every event row read is kept, dropped by a cleaning rule, or quarantined; anything else is a bug
+    that would lose data silently, so the run fails before it publishes a data version."""
+    accounted = events["rows_kept"] + events["rows_dropped"] + events["rows_quarantined"]
+    if events["rows_in"] != accounted:
+        raise RowsLost(f"{events['rows_in']} event rows were read but {accounted} are accounted for "
+                       f"(kept {events['rows_kept']} + dropped {events['rows_dropped']} + quarantined "
+                       f"{events['rows_quarantined']}): {events['rows_in'] - accounted:+d} rows unexplained; "
+                       "no data version was published")
+
+
 def finish(run: Run, cfg: PreprocessConfig, read_stats: dict, user_stats: dict, example_stats: dict,
            popularity: pd.DataFrame, cutoffs: tuple[int, int] | None) -> dict:
     """Write popularity, summary.json, report.png and the manifest; mark the version latest."""
@@ -125,6 +140,7 @@ def finish(run: Run, cfg: PreprocessConfig, read_stats: dict, user_stats: dict, 
         "sequence_length_histogram": user_stats.get("length_histogram", {"edges": [], "counts": []}),
         "seconds": round(time.perf_counter() - run.started, 1),
     }
+    check_row_accounting(summary["events"])
     write_report_chart({"title": f"preprocess {version} — {described}", "event_mix": summary["events"]["event_mix"],
                         "rejected_by_reason": {**quarantined, **dropped},
                         "sequence_length_histogram": summary["sequence_length_histogram"],

@@ -97,18 +97,55 @@ def parse_raw_records(data: bytes, source: str, columns: tuple[str, ...]) -> pd.
 
 
 def _csv_records(text: str, source: str, columns: tuple[str, ...]) -> pd.DataFrame:
-    """A fully decodable CSV through the csv module, so quoted fields may contain newlines."""
-    reader = csv.reader(io.StringIO(text, newline=""))
-    header = [h.strip() for h in next(reader, [])]
+    """A fully decodable CSV through the csv module, so quoted fields may contain newlines.
+
+    One unmatched quote makes the csv module read every following line into one field, up to the
+    next quote or the end of the file. A record over several lines that looks like that
+    (is_runaway_quote) is not kept: its first line alone is quarantined (`unbalanced_quote`) and
+    reading starts again on the next line, so no other row is lost with it.
+    """
+    lines = text.splitlines(keepends=True)
+    header: list[str] | None = None
     rows: list[dict] = []
-    start = reader.line_num + 1
-    for values in reader:
-        if values:
+    first = 0   # 0-based index of the physical line the current reader started at
+    while first < len(lines):
+        reader = csv.reader(lines[first:])
+        restart, done = None, 0
+        for values in reader:
+            start, end = first + done + 1, first + reader.line_num   # 1-based physical lines of this record
+            done = reader.line_num
+            if header is None:
+                header = [h.strip() for h in values]
+                continue
+            if not values:
+                continue
+            if end > start and is_runaway_quote(lines[start - 1:end], values, len(header)):
+                raw = lines[start - 1].rstrip("\r\n")
+                rows.append(_record(source, start, {c: None for c in columns},
+                                    "unbalanced_quote: a quote opened on this line is never closed where the "
+                                    f"row ends; lines {start + 1}-{end} are read again on their own", raw))
+                restart = start
+                break
             fields, error = _split_values(values, header)
             rows.append(_record(source, start, {c: _to_text(fields.get(c)) for c in columns}, error,
                                 ",".join(values)))
-        start = reader.line_num + 1
+        if restart is None:
+            break
+        first = restart
     return _frame(rows, columns)
+
+
+def is_runaway_quote(record_lines: list[str], values: list[str], n_fields: int) -> bool:
+    """Whether a record that spans several physical lines is an unmatched quote swallowing rows rather
+    than a quoted field with line breaks: it has the wrong number of fields, or its quotes do not close
+    (the csv module's strict mode fails on it), or every line after its first is itself a whole row."""
+    if len(values) != n_fields:
+        return True
+    try:
+        list(csv.reader(record_lines, strict=True))
+    except csv.Error:
+        return True
+    return all(len(next(csv.reader([line]), [])) == n_fields for line in record_lines[1:] if line.strip())
 
 
 def _parquet_records(table: pa.Table, source: str, columns: tuple[str, ...], first_line: int = 1) -> pd.DataFrame:

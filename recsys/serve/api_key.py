@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hmac
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from fastapi import HTTPException
 
@@ -46,3 +46,52 @@ class ApiKeyGuard:
         if not hmac.compare_digest(presented.encode(), self._key):
             raise HTTPException(status_code=401, headers={"WWW-Authenticate": API_KEY_HEADER},
                                 detail=f"{API_KEY_HEADER} does not match the service's API key")
+
+
+class ApiKeyFirstMiddleware:
+    """Checks X-API-Key on the guarded routes before FastAPI reads the request body.
+
+    The guarded endpoints also depend on the key (require_api_key), but FastAPI parses a JSON body
+    before it solves any dependency: malformed JSON got 422 (describing the body) before 401. Here
+    the key is checked first, so a caller without it learns nothing about the body either.
+    `guarded(scope)`: whether the request goes to a route that needs the key; `guard()`: the
+    replica's ApiKeyGuard (None before the replica is up: then the dependency still checks).
+    """
+
+    def __init__(self, app, guarded: Callable[[dict], bool], guard: Callable[[], ApiKeyGuard | None]):
+        self.app = app
+        self.guarded = guarded
+        self.guard = guard
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http" and self.guarded(scope):
+            guard = self.guard()
+            if guard is not None:
+                headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+                try:
+                    guard.check(headers.get(API_KEY_HEADER.lower()))
+                except HTTPException as exc:
+                    from fastapi.responses import JSONResponse
+
+                    await JSONResponse(status_code=exc.status_code, content={"detail": exc.detail},
+                                       headers=exc.headers)(scope, receive, send)
+                    return
+        await self.app(scope, receive, send)
+
+
+def routes_depending_on(app, dependency: Callable) -> Callable[[dict], bool]:
+    """A `guarded(scope)` for ApiKeyFirstMiddleware: the request matches a route of `app` that has
+    `dependency` among its dependencies (looked up on first use, once every route is defined)."""
+    from starlette.routing import Match
+
+    found: list | None = None
+
+    def guarded(scope: dict) -> bool:
+        nonlocal found
+        if found is None:
+            found = [route for route in app.routes
+                     if any(d.call is dependency
+                            for d in getattr(getattr(route, "dependant", None), "dependencies", ()))]
+        return any(route.matches(scope)[0] == Match.FULL for route in found)
+
+    return guarded

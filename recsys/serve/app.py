@@ -30,6 +30,7 @@ from recsys.serve.rerank import Reranker
 from recsys.serve.retrieve import Retriever
 from recsys.serve.storefront import DEFAULT_SAME_CATEGORY_PENALTY
 from recsys.serve.user_context import ServingUserStateConfig
+from recsys.serve.user_state_redis import redact_url
 
 logger = logging.getLogger("ray.serve")
 
@@ -218,12 +219,20 @@ def resolve_cross_encoder(ref: str | None) -> str | None:
     return str(path)
 
 
+def loggable_args(cfg: ServeArgs) -> dict[str, Any]:
+    """The serve args for a log line: an inline user_state.redis_url has its credentials redacted."""
+    args = cfg.model_dump()
+    if args.get("user_state", {}).get("redis_url"):
+        args["user_state"]["redis_url"] = redact_url(args["user_state"]["redis_url"])
+    return args
+
+
 def build_app(args: dict[str, Any]) -> serve.Application:
     """Serve args -> Ingress bound to Retriever, Ranker and Reranker (names fixed for configs), or
     with colocate_stages the Ingress alone, constructing the three in its replicas."""
     cfg = parse_serve_args(args)
     paths = resolve_serving_artifacts(cfg)
-    logger.info("building recsys app: %s", {**cfg.model_dump(), **paths})
+    logger.info("building recsys app: %s", {**loggable_args(cfg), **paths})
     catalog_path = f"{paths['data_dir']}/{CATALOG_FILE}"
     stages = {
         "Retriever": StageSpec(args=[paths["index_dir"], catalog_path, paths["query_max_length"],

@@ -42,6 +42,22 @@ _REQUEST_MODEL_NAMES = frozenset(model.__name__ for model in REQUEST_MODELS)
 DEFAULT_RETRY_AFTER_S = 1
 
 
+def json_safe(value: Any) -> Any:
+    """`value` as something the JSON response can always encode: a non-finite float (NaN, Infinity, or
+    1e400 parsed to inf) becomes its JSON spelling as a string, and a string holding a lone UTF-16
+    surrogate ("\\ud800" in the request's JSON) gets it backslash-escaped. Either one in an error's echoed
+    value made rendering the 422 fail, and the client saw a 500."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    if isinstance(value, str):
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    if isinstance(value, dict):
+        return {json_safe(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
+
+
 def describe_request_errors(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """FastAPI/pydantic errors -> [{"field", "message", "value"}] a storefront developer can read."""
     out = []
@@ -61,10 +77,10 @@ def describe_request_errors(errors: list[dict[str, Any]]) -> list[dict[str, Any]
         elif kind == "missing":
             value = None   # the input of a missing field is the whole enclosing object
         try:
-            value = jsonable_encoder(value)
+            value = json_safe(jsonable_encoder(value))
         except Exception:  # noqa: BLE001 - a value we cannot echo back is still an error to report
-            value = repr(value)
-        out.append({"field": field, "message": message, "value": value})
+            value = json_safe(repr(value))
+        out.append({"field": json_safe(field), "message": json_safe(message), "value": value})
     return out
 
 

@@ -13,11 +13,13 @@ from typing import Annotated, Any
 
 from fastapi import FastAPI, Header
 from ray import serve
+from ray.serve.exceptions import RayServeException
 from ray.serve.handle import DeploymentHandle
 
 from recsys.schema import RecsResponse, ScoredItem
 from recsys.serve.admission import install_admission_control
-from recsys.serve.api_key import API_KEY_HEADER, ApiKeyGuard
+from recsys.serve.api_key import API_KEY_HEADER, ApiKeyFirstMiddleware, ApiKeyGuard, routes_depending_on
+from recsys.serve.body_limit import BodySizeLimitMiddleware
 from recsys.serve.catalog import CATALOG_FILE, POPULARITY_FILE, SEQUENCES_DIR, CatalogLookup, load_popularity
 from recsys.serve.colocated import STAGES, StageSpec, construct_stage, reconfigure_stages
 from recsys.serve.http_errors import install_error_handlers
@@ -44,9 +46,34 @@ def construct_colocated_stages(specs: dict[str, dict[str, Any]]) -> tuple[Any, A
     return (construct_stage(Retriever, parsed["Retriever"]), construct_stage(Ranker, parsed["Ranker"]),
             construct_stage(Reranker, parsed["Reranker"]))
 
+
+def replica_api_key() -> ApiKeyGuard | None:
+    """This Ingress replica's key guard; None outside a replica or before IngressBase.__init__ ran."""
+    try:
+        ingress = serve.get_replica_context().servable_object
+    except RayServeException:
+        return None
+    return getattr(ingress, "api_key", None)
+
+
+async def require_api_key(
+        x_api_key: Annotated[str | None, Header(alias=API_KEY_HEADER, description=(
+            "The service's API key; required when the app runs with api_key_env."))] = None) -> None:
+    """FastAPI dependency of the guarded endpoints: 401 unless X-API-Key matches.
+
+    A dependency (not a check inside the endpoint) so it runs before the body is validated, and
+    ApiKeyFirstMiddleware checks the same key even before the body is parsed as JSON: a caller
+    without the key learns nothing about what a valid request looks like.
+    """
+    ingress: IngressBase = serve.get_replica_context().servable_object  # type: ignore[assignment]
+    ingress.api_key.check(x_api_key)
+
+
 app = FastAPI(title="recsys", description="Search, recommendations and storefront endpoints from "
                                           "transformer encoders. Errors name the field and value.")
 install_error_handlers(app)
+app.add_middleware(BodySizeLimitMiddleware)
+app.add_middleware(ApiKeyFirstMiddleware, guarded=routes_depending_on(app, require_api_key), guard=replica_api_key)
 # At import: the replica re-imports this module, so only what happens here reaches it; the limit
 # is set per replica in IngressBase.__init__ (ServeArgs.max_in_flight).
 ADMISSION = install_admission_control(app)
@@ -166,15 +193,3 @@ class IngressBase:
         store = getattr(self, "user_store", None)
         if store is not None:
             store.close()
-
-
-async def require_api_key(
-        x_api_key: Annotated[str | None, Header(alias=API_KEY_HEADER, description=(
-            "The service's API key; required when the app runs with api_key_env."))] = None) -> None:
-    """FastAPI dependency of the guarded endpoints: 401 unless X-API-Key matches.
-
-    A dependency (not a check inside the endpoint) so it runs before the body is validated: a
-    caller without the key learns nothing about what a valid request looks like.
-    """
-    ingress: IngressBase = serve.get_replica_context().servable_object  # type: ignore[assignment]
-    ingress.api_key.check(x_api_key)

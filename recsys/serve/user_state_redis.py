@@ -47,16 +47,26 @@ return 1
 """
 
 
+# Query parameters that carry credentials in Redis URLs (redis-py reads ?password=...) and their kin.
+SECRET_QUERY_KEYS = frozenset({"password", "pass", "passwd", "pwd", "secret", "token", "auth", "key",
+                               "access_key", "secret_key", "api_key"})
+
+
 def redact_url(url: str) -> str:
-    """The URL with any password replaced by ***, safe for error messages and logs."""
+    """The URL with every credential replaced by ***, safe for error messages, logs and /readyz: the
+    password of `user:pass@` (or `:pass@`) and the value of any query parameter named like a secret
+    (`?password=...`, which redis-py also accepts)."""
     try:
         parts = urlsplit(url)
-        if parts.password is None:
-            return url
-        user = parts.username or ""
-        host = parts.hostname or ""
-        netloc = f"{user}:***@{host}" + (f":{parts.port}" if parts.port else "")
-        return urlunsplit(parts._replace(netloc=netloc))
+        netloc = parts.netloc
+        if parts.password is not None:
+            host = (parts.hostname or "") + (f":{parts.port}" if parts.port else "")
+            netloc = f"{parts.username or ''}:***@{host}"
+        query = "&".join(
+            f"{name}=***" if name.lower() in SECRET_QUERY_KEYS else piece
+            for piece in parts.query.split("&") if piece
+            for name in [piece.split("=", 1)[0]])
+        return urlunsplit(parts._replace(netloc=netloc, query=query))
     except ValueError:
         return "<unparseable redis url>"
 

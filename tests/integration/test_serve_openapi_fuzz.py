@@ -32,12 +32,18 @@ ENDPOINTS = {"/v1/recommend", "/v1/search", "/v1/similar/{item_id}", "/v1/cart",
              "/v1/feedback", "/v1/users/{user_id}", "/healthz", "/readyz"}
 
 
-def fuzz_config(home: Path) -> dict:
-    """local.yaml as shipped, without an API key (so the fuzzer reaches the guarded handlers' bodies)
-    and with a running campaign (so /v1/promotions ranks a real pool)."""
+API_KEY = "fuzz-key"
+
+
+def fuzz_config(home: Path, keyed: bool) -> dict:
+    """local.yaml as shipped, with a running campaign (so /v1/promotions ranks a real pool); `keyed`: with
+    an API key (guarded handlers answer 401 without it), else none (the fuzzer reaches their bodies)."""
     config = yaml.safe_load((REPO / "serve_configs" / "local.yaml").read_text())
     app = config["applications"][0]
     app["runtime_env"]["env_vars"].update(RECSYS_HOME=str(home), TOKENIZERS_PARALLELISM="false")
+    if keyed:
+        app["runtime_env"]["env_vars"]["RECSYS_FUZZ_API_KEY"] = API_KEY
+        app["args"]["api_key_env"] = "RECSYS_FUZZ_API_KEY"
     app["args"].update(retrieval_k=40)
     now = datetime.now(timezone.utc)
     campaign = {"name": "book_week", "categories": ["books"], "item_ids": [GIFT_CARD["item_id"]], "add": 0.05,
@@ -81,13 +87,41 @@ def fuzz_operation(operation: schemathesis.APIOperation, session: requests.Sessi
     return found
 
 
-@pytest.fixture(scope="module")
-def base_url(serve_config_deploy_module, tmp_path_factory) -> Iterator[str]:
+@pytest.fixture(scope="module", params=["open", "keyed"])
+def base_url(request, serve_config_deploy_module, tmp_path_factory) -> Iterator[str]:
     home = tmp_path_factory.mktemp("fuzz_home")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("RECSYS_HOME", str(home))
         write_artifacts(unindexed=[GIFT_CARD])
-        yield serve_config_deploy_module(fuzz_config(home))
+        yield serve_config_deploy_module(fuzz_config(home, keyed=request.param == "keyed"))
+
+
+# Bodies JSON can carry but a 422 could not echo (NaN, Infinity, 1e400 parsed to inf, a lone UTF-16
+# surrogate), and oversized ones: each answered 500 "internal error" before (issue 24).
+HOSTILE_VALUES = [b"NaN", b"Infinity", b"-Infinity", b"1e400", b'"\\ud800"', b'"' + b"x" * 1_000_000 + b'"']
+HOSTILE_BODIES = {
+    "/v1/recommend": [b'{"history": ["c01"], "k": %s}', b'{"user_id": %s}', b'{"history": [%s]}'],
+    "/v1/search": [b'{"query": "ok", "k": %s}', b'{"query": %s}', b'{"query": "ok", "user_id": %s}'],
+    "/v1/cart": [b'{"items": ["c01"], "k": %s}', b'{"items": [%s]}'],
+    "/v1/promotions": [b'{"k": %s}', b'{"user_id": %s}'],
+    "/v1/feedback": [b'{"events": [{"user_id": "u1", "item_id": %s, "event_type": "view"}]}',
+                     b'{"events": [{"user_id": %s, "item_id": "c01", "event_type": "view", "timestamp": %s}]}'],
+}
+
+
+def test_hostile_values_get_client_errors_never_a_server_error(base_url: str) -> None:
+    failures = []
+    with requests.Session() as session:
+        for path, templates in HOSTILE_BODIES.items():
+            for template in templates:
+                for value in HOSTILE_VALUES:
+                    body = template.replace(b"%s", value)
+                    for key in (None, API_KEY):
+                        headers = {"content-type": "application/json"} | ({"X-API-Key": key} if key else {})
+                        r = session.post(base_url + path, data=body, headers=headers, timeout=60)
+                        if r.status_code >= 500 and not is_shed(r):
+                            failures.append(f"POST {path} {body[:80]!r} key={key}: {r.status_code} {r.text[:200]}")
+    assert not failures, f"{len(failures)} server errors:\n" + "\n".join(failures[:20])
 
 
 # What schemathesis found answering 500 (a blank user id reached the user-state store, or failed a request
@@ -103,7 +137,8 @@ BLANK_USER_REQUESTS = [
 
 @pytest.mark.parametrize(("method", "path", "kwargs"), BLANK_USER_REQUESTS, ids=[p for _, p, _ in BLANK_USER_REQUESTS])
 def test_blank_user_id_is_a_client_error(base_url: str, method: str, path: str, kwargs: dict) -> None:
-    r = requests.request(method, base_url + path, timeout=60, **kwargs)
+    # With the key: the keyed deployment checks it first (401), and the open one ignores the header.
+    r = requests.request(method, base_url + path, timeout=60, headers={"X-API-Key": API_KEY}, **kwargs)
     assert r.status_code == 422, f"{method} {path} {kwargs}: {r.status_code} {r.text}"
     assert r.json()["detail"][0]["field"] == "user_id", r.text
 

@@ -35,6 +35,10 @@ def make_app() -> FastAPI:
     async def promotions(user_id: str) -> dict:
         return PromotionsRequest(user_id=user_id).model_dump()
 
+    @app.post("/search")
+    async def search(req: SearchRequest) -> dict:
+        return req.model_dump()
+
     @app.get("/internal")
     async def internal() -> dict:
         return InternalModel(score="not a number").model_dump()   # type: ignore[arg-type]
@@ -60,6 +64,32 @@ def test_blank_id_found_by_endpoint_code_is_422_naming_the_field(path: str) -> N
     assert get(path, user_id="u1").status_code == 200
 
 
+def post_raw(path: str, body: bytes) -> httpx.Response:
+    async def call() -> httpx.Response:
+        transport = httpx.ASGITransport(app=make_app(), raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            return await client.post(path, content=body, headers={"content-type": "application/json"})
+
+    return asyncio.run(call())
+
+
+@pytest.mark.parametrize(("body", "field", "echoed"), [
+    (b'{"query": "ok", "k": NaN}', "k", "NaN"),
+    (b'{"query": "ok", "k": Infinity}', "k", "Infinity"),
+    (b'{"query": "ok", "k": -Infinity}', "k", "-Infinity"),
+    (b'{"query": "ok", "k": 1e400}', "k", "Infinity"),            # Python's JSON parses it to inf
+    (b'{"query": "\\ud800"}', "query", "\\ud800"),                # a lone surrogate, escaped back
+    (b'{"query": "ok", "user_id": ["\\udfff", 1.5]}', "user_id", ["\\udfff", 1.5]),
+])
+def test_values_json_cannot_echo_get_a_422_naming_the_field_not_a_500(body: bytes, field: str, echoed) -> None:
+    """Regression: rendering the 422 that echoes NaN / Infinity / a lone surrogate failed, and the client
+    got 500 "internal error" (issue 24)."""
+    r = post_raw("/search", body)
+    assert r.status_code == 422, r.text
+    errors = r.json()["detail"]
+    assert any(e["field"] == field and e["value"] == echoed for e in errors), errors
+
+
 def test_a_failing_internal_model_is_still_a_500() -> None:
     r = get("/internal")
     assert r.status_code == 500, r.text
@@ -80,3 +110,12 @@ def test_request_models_refuse_a_blank_user_id(model: type[BaseModel], blank: st
     with pytest.raises(ValidationError, match="non-space"):
         model(user_id=blank, **extra)
     assert model(user_id="u1", **extra).user_id == "u1"
+
+
+@pytest.mark.parametrize("model", [RecommendRequest, PromotionsRequest])
+def test_history_ids_are_capped_like_every_other_id(model: type[BaseModel]) -> None:
+    """Regression: a history element had no length limit (issue 24); blank or unknown ids stay allowed
+    (the service skips them)."""
+    with pytest.raises(ValidationError, match="at most 200 characters"):
+        model(history=["x" * 201])
+    assert model(history=["", "x" * 200]).history == ["", "x" * 200]   # type: ignore[attr-defined]

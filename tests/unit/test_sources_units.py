@@ -230,3 +230,39 @@ def test_read_units_round_trip_through_json() -> None:
     for unit in (ReadUnit("s3://bucket/event=view/a%20b.parquet", "parquet", (2, 3), 7, (("event", "view"),)),
                  ReadUnit("/data/a.csv", "csv", None, 1, ())):
         assert ReadUnit.from_json(unit.to_json()) == unit
+
+
+def test_an_unmatched_quote_loses_only_its_own_line() -> None:
+    """Regression (issue 24): one unmatched quote made the csv module read every following line into one
+    record: 1,001 data lines became 1 quarantined row and 1,000 events were gone."""
+    from recsys.data.sources import parse_raw_records
+
+    rows = [f"u{i},i{i},view,2024-01-01T00:00:{i % 60:02d}" for i in range(1001)]
+    rows[0] = 'u0,"i0,view,2024-01-01T00:00:00'                     # the quote never closes
+    data = ("user_id,item_id,event_type,timestamp\n" + "\n".join(rows) + "\n").encode()
+    frame = parse_raw_records(data, "events.csv", ("user_id", "item_id", "event_type", "timestamp"))
+    assert len(frame) == 1001
+    bad = frame[frame["_error"].notna()]
+    assert bad["_line"].tolist() == [2] and bad["_error"].iloc[0].startswith("unbalanced_quote")
+    assert bad["_raw"].iloc[0] == rows[0]
+    good = frame[frame["_error"].isna()]
+    assert good["user_id"].tolist() == [f"u{i}" for i in range(1, 1001)]
+    assert good["_line"].tolist() == list(range(3, 1003))
+
+
+def test_quoted_fields_with_line_breaks_are_still_one_row() -> None:
+    from recsys.data.sources import parse_raw_records
+
+    data = b'item_id,title,description\ni1,Pan,"two\nlines"\ni2,"Pot, 5"" deep",plain\ni3,Lid,"a\nb\nc"\n'
+    frame = parse_raw_records(data, "catalog.csv", ("item_id", "title", "description"))
+    assert frame["_error"].isna().all(), frame
+    assert frame["description"].tolist() == ["two\nlines", "plain", "a\nb\nc"]
+    assert frame["title"].tolist() == ["Pan", 'Pot, 5" deep', "Lid"] and frame["_line"].tolist() == [2, 4, 5]
+
+
+def test_the_run_fails_when_rows_go_unaccounted() -> None:
+    from recsys.data.outputs import RowsLost, check_row_accounting
+
+    check_row_accounting({"rows_in": 10, "rows_kept": 7, "rows_dropped": 2, "rows_quarantined": 1})
+    with pytest.raises(RowsLost, match=r"1001 event rows were read but 2 are accounted for .* \+999 rows"):
+        check_row_accounting({"rows_in": 1001, "rows_kept": 0, "rows_dropped": 1, "rows_quarantined": 1})
