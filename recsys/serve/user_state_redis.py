@@ -15,6 +15,7 @@ counted twice is harmless, one lost is not. Needs Redis >= 5 (or Valkey).
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar, cast
@@ -37,7 +38,9 @@ T = TypeVar("T")
 # Seeding must not race live feedback or another replica's seed: check-and-write runs in
 # Redis as one script. ARGV: max, n_events, n_events entries, then (score, item) per purchase.
 _SEED_IF_EMPTY = """
-if redis.call('EXISTS', KEYS[1]) == 1 or redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
+if redis.call('EXISTS', KEYS[1]) == 1 or redis.call('EXISTS', KEYS[2]) == 1 or redis.call('EXISTS', KEYS[3]) == 1 then
+  return 0
+end
 local max, n = tonumber(ARGV[1]), tonumber(ARGV[2])
 for i = 3, n + 2 do redis.call('RPUSH', KEYS[1], ARGV[i]) end
 redis.call('LTRIM', KEYS[1], -max, -1)
@@ -153,14 +156,27 @@ class RedisUserStore(UserStateStore):
                     args: list[Any] = [self.max_events_per_user, len(events), *map(_encode, events)]
                     for item, score in purchases.items():
                         args += [score, item]
-                    self._seed_script(keys=[self.events_key(user_id), self.purchased_key(user_id)],
+                    self._seed_script(keys=[self.events_key(user_id), self.purchased_key(user_id),
+                                            self.forgotten_key(user_id)],
                                       args=args, client=pipe)
                 written += sum(int(r) for r in pipe.execute())
         return written
 
+    def forgotten_key(self, user_id: str) -> str:
+        """Set by forget(): seeding never writes the user's old history back (new events still land)."""
+        return f"{self.key_prefix}forgotten:{user_id}"
+
     def _forget(self, user_id: str) -> None:
         keys = (self.events_key(user_id), self.purchased_key(user_id))
-        self._call(lambda c: c.delete(*keys), int)
+        forgotten = self.forgotten_key(user_id)
+
+        def forget(client: redis.Redis) -> list:
+            pipe = client.pipeline(transaction=True)   # the delete and the tombstone land together
+            pipe.delete(*keys)
+            pipe.set(forgotten, repr(time.time()))
+            return pipe.execute()
+
+        self._call(forget, list)
 
     def ping(self) -> None:
         self._call(lambda c: c.ping(), bool)

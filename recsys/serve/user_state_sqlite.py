@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -43,6 +44,12 @@ CREATE TABLE IF NOT EXISTS purchases (
     PRIMARY KEY (user_id, item_id)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS purchases_by_user ON purchases (user_id, seq);
+-- Users deleted through forget(): seeding never writes their old history back (new events still land).
+-- Added without a version bump: older code ignores the table, and this code creates it in older files.
+CREATE TABLE IF NOT EXISTS forgotten (
+    user_id TEXT PRIMARY KEY,
+    at REAL NOT NULL
+) WITHOUT ROWID;
 """
 
 
@@ -142,7 +149,8 @@ class EmbeddedUserStore(UserStateStore):
         # "is this user empty" check cannot race another replica seeding the same file.
         with self._connection(write=True) as conn:
             for user_id, events in histories.items():
-                if conn.execute("SELECT 1 FROM events WHERE user_id = ? LIMIT 1", (user_id,)).fetchone():
+                if conn.execute("SELECT 1 FROM events WHERE user_id = ? UNION ALL "
+                                "SELECT 1 FROM forgotten WHERE user_id = ? LIMIT 1", (user_id, user_id)).fetchone():
                     continue
                 self._insert(conn, user_id, events)
                 written += 1
@@ -152,6 +160,7 @@ class EmbeddedUserStore(UserStateStore):
         with self._connection(write=True) as conn:
             conn.execute("DELETE FROM events WHERE user_id = ?", (user_id,))
             conn.execute("DELETE FROM purchases WHERE user_id = ?", (user_id,))
+            conn.execute("INSERT OR REPLACE INTO forgotten (user_id, at) VALUES (?, ?)", (user_id, time.time()))
 
     def ping(self) -> None:
         with self._connection() as conn:

@@ -195,6 +195,20 @@ def test_forget_ping_and_close(store) -> None:
         store.history("u1")
 
 
+def test_a_forgotten_user_is_never_seeded_again(open_store) -> None:
+    """Regression (issue 24): DELETE /v1/users/{id} emptied the state, and the next replica start, scale-up
+    or swap seeded the user's old history straight back (seed_user_state fills users without state)."""
+    store = open_store()
+    histories = {"gone": ["a", "b"], "kept": ["c"]}
+    assert store.seed(histories) == 2
+    store.forget("gone")
+    restarted = open_store()                         # another replica, or this one after a restart
+    assert restarted.seed(histories) == 0 and restarted.history("gone") == []
+    restarted.append("gone", [("z", "click", 9.0)])  # the user comes back: new activity is stored
+    assert restarted.seed(histories) == 0 and restarted.history("gone") == ["z"]
+    assert restarted.history("kept") == ["c"]
+
+
 # ------------------------------------------------------------------ embedded backend
 def test_embedded_keeps_histories_across_restart(tmp_path: Path) -> None:
     cfg = UserStateConfig(path=str(tmp_path / "state" / "users.sqlite3"), max_events_per_user=10)
@@ -232,6 +246,9 @@ def test_redis_keys_live_under_the_prefix(redis_server: str) -> None:
         store.append("u:1", [("a", "purchase", 1.0)])
     raw = redis.Redis.from_url(redis_server, decode_responses=True)
     assert sorted(raw.keys(f"{prefix}*")) == [f"{prefix}events:u:1", f"{prefix}purchased:u:1"]
+    with open_user_store({"backend": "redis", "redis_url": redis_server, "key_prefix": prefix}) as store:
+        store.forget("u:1")
+    assert sorted(raw.keys(f"{prefix}*")) == [f"{prefix}forgotten:u:1"]
     raw.close()
 
 
