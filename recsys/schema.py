@@ -147,6 +147,9 @@ class ScoredItem(BaseModel):
 class RecsResponse(BaseModel):
     items: list[ScoredItem]
     cold_start: bool = False
+    degraded: list[str] = Field(default_factory=list, description=(
+        "What this answer was made without, when a dependency failed (e.g. the user-state store): "
+        "empty for a full answer."))
     model_version: str
     index_version: str
 
@@ -216,7 +219,10 @@ class PromotionsRequest(_Strict):
 
 
 class ReadinessResponse(BaseModel):
-    status: Literal["ready", "not_ready"]
+    status: Literal["ready", "degraded", "not_ready"] = Field(description=(
+        "ready: every stage answers; degraded: this replica's stages answer but a store it shares with "
+        "every replica does not (still 200: taking it out of rotation would take out the whole fleet); "
+        "not_ready: a stage of this replica does not answer (503)."))
     stages: dict[str, str] = Field(description="Per stage: 'ok', or why it did not answer.")
 
 

@@ -7,6 +7,7 @@
   (Retriever, Ranker, Reranker) has max_queued_requests waiting already and Serve's handle
   refused the call (BackPressureError), or it has no running replica. When the Ingress itself is
   full, Serve's proxy answers 503 + Retry-After before this code runs;
+- 503 + Retry-After too when a stage replica (or its node) died while it held the request;
 - 500 {"detail": "internal error: <Type>"}: bugs, whose traceback goes to the replica log only.
 
 Client errors that endpoint code finds after FastAPI's own validation are 422s too, not 500s: a request
@@ -24,6 +25,7 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
+from ray.exceptions import ActorUnavailableError, NodeDiedError, RayActorError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -36,6 +38,10 @@ logger = logging.getLogger("ray.serve")
 _LOCATIONS = ("body", "query", "path", "header", "cookie")
 
 _REQUEST_MODEL_NAMES = frozenset(model.__name__ for model in REQUEST_MODELS)
+
+# A stage replica (or its node) died while it held this request: the request did nothing wrong and a retry
+# goes to a live replica, so it is a 503 with Retry-After, not a 500 (issue 24).
+STAGE_LOST = (RayActorError, ActorUnavailableError, NodeDiedError)
 
 # Retry-After (seconds) when Serve gives no hint: long enough for a burst to drain or an
 # autoscaled replica to start taking requests, short enough that a storefront retry still helps.
@@ -104,6 +110,9 @@ def error_response(scope: Scope, exc: Exception) -> JSONResponse:
     request model built in endpoint code, else a 500 without the stack trace (which is logged)."""
     if isinstance(exc, (BackPressureError, DeploymentUnavailableError)):   # overload is not a bug: 503
         return overloaded_response(str(exc), getattr(exc, "retry_after_s", None))
+    if isinstance(exc, STAGE_LOST):   # a stage replica died or its node went away mid-request: retryable
+        return overloaded_response(f"a serving replica was lost mid-request ({type(exc).__name__}); "
+                                   "a retry reaches a live one", DEFAULT_RETRY_AFTER_S)
     if isinstance(exc, InvalidId):
         return client_error_response([{"field": exc.field, "message": str(exc), "value": exc.value}])
     if isinstance(exc, ValidationError) and exc.title in _REQUEST_MODEL_NAMES:

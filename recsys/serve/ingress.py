@@ -48,6 +48,8 @@ __all__ = ["Ingress", "app", "check_stages", "describe_request_errors", "request
 # How long /readyz waits for each stage: a stage slower than this to say "ok" is not ready to
 # take traffic (a load balancer's probe usually times out after a few seconds).
 READY_TIMEOUT_S = 2.0
+# Dependencies every replica shares: their failure degrades answers but never fails readiness.
+SHARED_DEPENDENCIES = frozenset({"user_store"})
 
 ItemIdPath = Annotated[str, Path(min_length=1, max_length=200, description="an item id")]
 UserIdPath = Annotated[str, Path(min_length=1, max_length=200, description="a user id")]
@@ -95,7 +97,7 @@ class Ingress(IngressBase):
                 cands, _ = drop_items(found["candidates"], ctx.purchased)
                 ranked = await self._rank_and_rerank(cands, ctx.history, req.k, "recommend", found["model_version"],
                                                      history=ctx.history)
-                return self._response(ranked, served=found)
+                return self._response(ranked, served=found, ctx=ctx)
         return await self._popular(ctx, req.k)
 
     @app.post("/v1/search", response_model=RecsResponse)
@@ -108,7 +110,7 @@ class Ingress(IngressBase):
         answer = await retrieved
         cands, _ = drop_items(answer["found"], ctx.purchased)
         ranked = await self._rank_and_rerank(cands, ctx.history, req.k, "search", answer["model_version"])
-        return self._response(ranked, served=answer)
+        return self._response(ranked, served=answer, ctx=ctx)
 
     @app.get("/v1/similar/{item_id}", response_model=RecsResponse,
              responses={404: {"description": "the index holds no such item"}})
@@ -120,7 +122,8 @@ class Ingress(IngressBase):
         if answer["found"] is None:
             raise HTTPException(status_code=404, detail=f"item_id={item_id!r} is not in index "
                                 f"{answer['index_version']}: there is no vector to find similar items by")
-        return self._response(await self._answer(answer["found"], "ann", ctx, k, exclude=[item_id]), served=answer)
+        return self._response(await self._answer(answer["found"], "ann", ctx, k, exclude=[item_id]), served=answer,
+                              ctx=ctx)
 
     @app.post("/v1/cart", response_model=RecsResponse)
     async def cart(self, req: CartRequest) -> RecsResponse:
@@ -134,7 +137,8 @@ class Ingress(IngressBase):
         cands, _ = to_candidates(answer["found"], "ann", ctx.purchased)
         cands = prefer_other_categories(cands, {self.catalog.category(i) for i in in_cart},
                                         self.catalog.category, self.cart_same_category_penalty)
-        return self._response(await self._rank_and_rerank(cands, ctx.history + in_cart, req.k), served=answer)
+        return self._response(await self._rank_and_rerank(cands, ctx.history + in_cart, req.k), served=answer,
+                              ctx=ctx)
 
     @app.get("/v1/promotions", response_model=RecsResponse)
     async def promotions(self, user_id: OptionalUser = None, k: K = 10) -> RecsResponse:
@@ -152,12 +156,12 @@ class Ingress(IngressBase):
         ctx = await self._user_context(req.user_id, req.history)
         pool = promotion_pool(await promoted, self.popularity, self.promotion_pool_size)
         if not pool:
-            return self._response([], cold_start=not ctx.history)
+            return self._response([], cold_start=not ctx.history, ctx=ctx)
         answer = await self._retriever.score_items.remote(ctx.history, pool) if ctx.history else None
         scored = answer["found"] if answer is not None else None
         cands, _ = promotion_candidates(pool, scored, ctx.purchased)
         return self._response(await self._rank_and_rerank(cands, ctx.history, req.k), cold_start=scored is None,
-                              served=answer)
+                              served=answer, ctx=ctx)
 
     # ------------------------------------------------------------ writes and operations
 
@@ -201,8 +205,10 @@ class Ingress(IngressBase):
     @app.get("/readyz", response_model=ReadinessResponse,
              responses={503: {"model": ReadinessResponse, "description": "a stage is not ready"}})
     async def readyz(self) -> JSONResponse:
-        """200 when every stage (Retriever, Ranker, Reranker, user-state store) answers within
-        READY_TIMEOUT_S, else 503 naming the stages that did not."""
+        """200 when this replica's stages (Retriever, Ranker, Reranker) answer within READY_TIMEOUT_S, else
+        503 naming the stages that did not. The user-state store is shared by every replica: when it does
+        not answer the status is "degraded", still 200 (answers then come from the request's history and say
+        so in `degraded`), because failing readiness would take every replica out of rotation at once."""
         async def ping_store() -> None:
             await asyncio.to_thread(self.user_store.ping)
 
@@ -212,6 +218,7 @@ class Ingress(IngressBase):
             "reranker": self._reranker.info.remote,
             "user_store": ping_store,
         })
-        ready = all(v == "ok" for v in stages.values())
-        body = ReadinessResponse(status="ready" if ready else "not_ready", stages=stages)
-        return JSONResponse(status_code=200 if ready else 503, content=body.model_dump())
+        own = all(v == "ok" for name, v in stages.items() if name not in SHARED_DEPENDENCIES)
+        status = "not_ready" if not own else "ready" if all(v == "ok" for v in stages.values()) else "degraded"
+        body = ReadinessResponse(status=status, stages=stages)
+        return JSONResponse(status_code=200 if own else 503, content=body.model_dump())

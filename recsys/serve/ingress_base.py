@@ -178,14 +178,18 @@ class IngressBase:
     async def _popular(self, ctx: UserContext, k: int, exclude: list[str] | None = None) -> RecsResponse:
         """Cold start: nothing we can embed, so what sells (still through the rules)."""
         popular = [(i, 0.0) for i in self.popular_in_stock[:max(self.retrieval_k, k)]]
-        return self._response(await self._answer(popular, "popular", ctx, k, exclude), cold_start=True)
+        return self._response(await self._answer(popular, "popular", ctx, k, exclude), cold_start=True, ctx=ctx)
 
     def _response(self, items: list[ScoredItem], cold_start: bool = False,
-                  served: Mapping[str, Any] | None = None) -> RecsResponse:
+                  served: Mapping[str, Any] | None = None, ctx: UserContext | None = None) -> RecsResponse:
         """The answer, naming the versions of the Retriever replica that computed it (`served`, from
-        its answer: mid-swap that may be an old one), else this replica's (popularity answers)."""
+        its answer: mid-swap that may be an old one), else this replica's (popularity answers), and
+        what it had to do without (`degraded`: the user-state store did not answer for `ctx`)."""
         served = served or {}
-        return RecsResponse(items=items, cold_start=cold_start,
+        degraded = [] if ctx is None or not ctx.store_error else [
+            f"user_state: {ctx.store_error}; answered from the request's own history, so the user's stored "
+            f"history and purchases were not used"]
+        return RecsResponse(items=items, cold_start=cold_start, degraded=degraded,
                             model_version=served.get("model_version", self.model_version),
                             index_version=served.get("index_version", self.index_version))
 

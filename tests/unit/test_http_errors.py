@@ -39,6 +39,12 @@ def make_app() -> FastAPI:
     async def search(req: SearchRequest) -> dict:
         return req.model_dump()
 
+    @app.get("/lost")
+    async def lost() -> dict:
+        from ray.exceptions import ActorDiedError
+
+        raise ActorDiedError()   # what awaiting a stage whose replica was killed mid-request raises
+
     @app.get("/internal")
     async def internal() -> dict:
         return InternalModel(score="not a number").model_dump()   # type: ignore[arg-type]
@@ -88,6 +94,13 @@ def test_values_json_cannot_echo_get_a_422_naming_the_field_not_a_500(body: byte
     assert r.status_code == 422, r.text
     errors = r.json()["detail"]
     assert any(e["field"] == field and e["value"] == echoed for e in errors), errors
+
+
+def test_a_stage_replica_lost_mid_request_is_a_retryable_503() -> None:
+    """Regression (issue 24): a replica dying mid-request surfaced as 500 internal error."""
+    r = get("/lost")
+    assert r.status_code == 503 and r.headers["retry-after"] == "1", r.text
+    assert "ActorDiedError" in r.json()["detail"] and r.json()["retry_after_s"] == 1
 
 
 def test_a_failing_internal_model_is_still_a_500() -> None:
