@@ -100,6 +100,73 @@ def restore_checkpoint(engine, checkpoint) -> TrainState:
     return state
 
 
+def checkpoint_candidates(latest) -> list:
+    """The run's checkpoints to restore from, best first: `latest` (Ray Train's), then the older ones kept
+    beside it in the run's storage directory (checkpoints_to_keep), newest first. Ray names each directory
+    checkpoint_<timestamp>, so names sort by age."""
+    from pyarrow.fs import FileSelector, FileType
+    from ray.train import Checkpoint
+
+    parent = latest.path.rstrip("/").rsplit("/", 1)[0]
+    try:
+        infos = latest.filesystem.get_file_info(FileSelector(parent))
+    except OSError:
+        return [latest]
+    # Only older ones: a newer directory is an upload of a worker group that died before every rank reported,
+    # which Ray Train never registered (and may hold only some ranks' files).
+    name = latest.path.rstrip("/").rsplit("/", 1)[-1]
+    older = sorted((i.path for i in infos if i.type == FileType.Directory and i.base_name.startswith("checkpoint_")
+                    and i.base_name < name), reverse=True)
+    return [latest, *(Checkpoint(p, filesystem=latest.filesystem) for p in older)]
+
+
+def readable_by_rank(directory: str | Path, rank: int) -> str | None:
+    """None when this rank can read every file it would load from the checkpoint (train_state.json, the
+    model states, its own ZeRO shard), else what is wrong. Plain file reads, no collective, so a rank
+    that fails here cannot leave the others waiting inside DeepSpeed's load."""
+    import torch
+
+    try:
+        state = read_train_state(directory)
+    except (OSError, ValueError) as exc:
+        return f"{TRAIN_STATE_FILE}: {exc}"
+    if state.finished:
+        return None
+    tag_dir = Path(directory) / DEEPSPEED_TAG
+    files = sorted(tag_dir.glob("*.pt")) if tag_dir.is_dir() else []
+    mine = [f for f in files if "zero_pp_rank_" not in f.name or f"zero_pp_rank_{rank}_" in f.name]
+    if not mine:
+        return f"no DeepSpeed files for rank {rank} in {tag_dir}"
+    for path in mine:
+        try:
+            torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as exc:  # noqa: BLE001 - a truncated or corrupt file raises many kinds of error
+            return f"{path.name}: {type(exc).__name__}: {exc}"[:300]
+    return None
+
+
+def restore_readable_checkpoint(engine, latest, rank: int, agree_any) -> tuple[TrainState, Any]:
+    """restore_checkpoint from the newest of the run's checkpoints that every rank can read
+    -> (its state, that checkpoint).
+
+    A corrupt latest checkpoint (a half-written upload, a disk error) would fail every restart the same
+    way until max_failures runs out; the older checkpoint kept beside it is the fallback. `agree_any(flag)`
+    is True on every rank when any rank says True (one all-reduce), so all ranks pick the same one."""
+    tried: list[str] = []
+    for candidate in checkpoint_candidates(latest):
+        with candidate.as_directory() as directory:
+            problem = readable_by_rank(directory, rank)
+        if not agree_any(problem is not None):
+            if tried:
+                logger.warning("[train] rank %d: restoring %s instead of the unreadable %s", rank, candidate.path,
+                               ", ".join(tried))
+            return restore_checkpoint(engine, candidate), candidate
+        logger.warning("[train] rank %d: checkpoint %s is unreadable (%s)", rank, candidate.path,
+                       problem or "on another rank")
+        tried.append(candidate.path)
+    raise RuntimeError(f"no checkpoint of this run can be read on every rank: tried {tried}")
+
+
 def load_best_weights(engine, best_path: str) -> None:
     """Load only the model weights of the best checkpoint (a storage path of this run) before
     exporting them; collective."""

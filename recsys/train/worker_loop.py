@@ -21,8 +21,15 @@ import numpy as np
 import torch
 
 from recsys.runtime import pin_threads_to_cores
-from recsys.train.checkpoints import TrainState, load_best_weights, report_checkpoint, report_final, restore_checkpoint
+from recsys.train.checkpoints import (
+    TrainState,
+    load_best_weights,
+    report_checkpoint,
+    report_final,
+    restore_readable_checkpoint,
+)
 from recsys.train.curves import MetricsWriter
+from recsys.train.evaluator import agree_any
 from recsys.train.run_config import DeepSpeedRunConfig
 from recsys.train.validation import EarlyStopping, is_due
 
@@ -104,7 +111,10 @@ def run_worker_loop(task: WorkerTask, cfg: DeepSpeedRunConfig, config: dict) -> 
     set_up_worker(cfg, task.job, ctx)
     engine, tokenizer = task.build_engine(world, total_steps)
     restored = ray.train.get_checkpoint()    # set after a worker-group restart or a resumed run
-    state = restore_checkpoint(engine, restored) if restored is not None else TrainState()
+    state = TrainState()
+    if restored is not None:   # the latest checkpoint, or an older one when it cannot be read
+        state, restored = restore_readable_checkpoint(engine, restored, rank,
+                                                      lambda flag: agree_any(flag, engine.device))
     if state.finished:
         logger.info(f"[{task.job}] this run already exported its model; nothing left to train")
         return
@@ -188,8 +198,6 @@ def after_optimizer_step(task: WorkerTask, cfg: DeepSpeedRunConfig, engine, toke
                          last_step: bool, rank: int, world: int) -> bool:
     """Evaluate, log, checkpoint and report as due after an optimizer step; True = stop early (all ranks)."""
     import ray.train
-
-    from recsys.train.evaluator import agree_any
 
     step = state.step // cfg.grad_accum_steps
     check = task.validation

@@ -118,6 +118,34 @@ def test_killed_worker_restarts_from_the_last_checkpoint(ray_cluster, recsys_hom
                                                           for r in snapshot["checkpoint_results"]}
 
 
+def corrupt_latest_checkpoint(home: Path) -> bool:
+    """Truncate the model states of the latest checkpoint Ray Train registered (as a half-written upload
+    or a disk error would leave it); True once done."""
+    for snapshot in (home / "ray_results").glob(f"train-*/{RAY_SNAPSHOT}"):
+        latest = json.loads(snapshot.read_text())["latest_checkpoint_result"]["checkpoint_dir_name"]
+        states = snapshot.parent / latest / DEEPSPEED_TAG / "mp_rank_00_model_states.pt"
+        states.write_bytes(states.read_bytes()[:100])
+        return True
+    return False
+
+
+def test_a_corrupt_latest_checkpoint_falls_back_to_the_one_before(ray_cluster, recsys_home, tiny_model_dir):
+    """Regression (issue 24): a corrupt latest checkpoint was retried until max_failures ran out, and the
+    older one that checkpoints_to_keep kept was never tried. The latest checkpoint (step 6 or later) is truncated
+    and a worker killed: the restarted group restores the one 3 steps before and finishes the 12-step budget."""
+    make_pair_data(recsys_home)
+    killed: list = []
+    watcher = kill_worker_when(recsys_home, [lambda s: s["step"] >= 6 and corrupt_latest_checkpoint(recsys_home)],
+                               killed)
+    result = run_training(tiny_config(tiny_model_dir, max_failures=1))
+    watcher.join(timeout=5)
+    assert killed and killed[0]["step"] >= 6, killed
+    assert result["resumed_from_step"] == killed[0]["step"] - 3, (killed, result)   # the checkpoint before it
+    records = read_metrics(Path(result["path"]) / "logs" / "metrics.jsonl")
+    assert [r["step"] for r in records] == list(range(1, 13))
+    assert json.loads((Path(result["path"]) / "manifest.json").read_text())["metrics"]["steps"] == 12
+
+
 def test_stopped_run_resumes_with_its_early_stopping_state_and_exports_the_best(ray_cluster, recsys_home,
                                                                                  tiny_model_dir):
     """ZeRO-3 with a 9-item catalog: recall@10 is 1.0 at every evaluation, so the first one (step 2) stays the
