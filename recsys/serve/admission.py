@@ -1,27 +1,32 @@
-"""Admission control in the Ingress replica: beyond `limit` requests in flight, answer 503 +
-Retry-After at once, so that Serve's own per-replica limit (max_ongoing_requests) never bites.
+"""Admission control in the Ingress replica: beyond what it allows in flight, answer 503 +
+Retry-After at once, so that accepted requests are answered about as fast as when idle and Serve's
+own per-replica limit (max_ongoing_requests) never bites.
 
-Why not max_ongoing_requests + max_queued_requests alone: once a replica reports
-max_ongoing_requests in flight, Ray Serve's router (2.60) stops sending to it and re-probes it
-only on a backoff timer (RAY_SERVE_ROUTER_RETRY_MAX_BACKOFF_S, 0.5 s), not when a slot frees, and
-dispatches about one queued request per routing task (two per replica) per timer. Under sustained
-overload the replica idles between timers. bench/serve_load.py at 2x capacity on 2 CPUs, the app
-from serve_configs/local.yaml (colocated, max_ongoing_requests 8, proxy queue 64): 0.21-0.24x of
-capacity served (4 req/s once the queue filled), 200s at p50 8.5-10 s / p99 12.5-14 s; a trivial
-25 ms endpoint behaved the same. The same app with max_ongoing_requests 256 and this gate at 16:
-0.37-0.73x served, p50 0.8-0.9 s, p99 1.5-3.4 s, 200s in every 2 s window.
+Where the queue builds (bench/serve_load.py, which reads the Server-Timing header set here; runs in
+docs/results.md): under Serve's HAProxy mode nothing queues in HAProxy (no per-server maxconn), so
+without a gate every request reaches the replica and waits inside it. Serve's own limit is the wrong
+tool: once a replica reports max_ongoing_requests in flight, Serve's router (2.60) re-probes it only
+on a 0.5 s backoff timer, not when a slot frees, and the replica idles between timers. So the
+replica counts what it works on and sheds the rest itself, for about a millisecond each.
 
-Use: install the gate on the Ingress's FastAPI app at import time (the replica re-imports the
-module, so an app changed in the driver does not travel), set `gate.limit` in the replica's
-__init__, and give the deployment a max_ongoing_requests well above the limit (it then only caps
-what reaches the replica; a shed request costs about a millisecond there). With stages colocated
-keep the limit >= the Retriever's max_batch_size, or encoder batches can never fill.
+How much to let in: a fixed `limit` bounds the wait to about limit / throughput, but throughput per
+replica falls when replicas share cores or the replica spends CPU turning away several times its
+capacity; with `target_latency_s` an AdaptiveLimit (AIMD) lowers what is let in while answers take
+longer than the target, never above `limit`.
+
+Use: install the gate on the Ingress's FastAPI app at import time (install_admission_control: the
+process's named gate, which survives Serve pickling the app), configure it in the replica's
+__init__, and give the deployment a max_ongoing_requests well above the limit. With stages
+colocated keep the limit >= the Retriever's max_batch_size, or encoder batches can never fill.
 """
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+
 from fastapi import FastAPI
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from recsys.serve.http_errors import HttpOnlyMiddleware, overloaded_response
 
@@ -29,33 +34,93 @@ from recsys.serve.http_errors import HttpOnlyMiddleware, overloaded_response
 UNGATED_PATHS = frozenset({"/healthz", "/readyz", "/docs", "/openapi.json"})
 
 
-class AdmissionGate:
-    """Counts the requests in flight in this replica; `limit` None lets every request in."""
+class AdaptiveLimit:
+    """AIMD on the number of requests let in at once, so that the latency of the admitted ones stays
+    near `target_s`: each request back within the target adds 1/allowed (about +1 per round of
+    `allowed` requests), one back later than the target cuts `allowed` by a quarter, at most once per
+    `target_s` (the slow answers of one burst count once), never below `floor` nor above `ceiling`.
 
-    def __init__(self, limit: int | None = None):
-        self.in_flight = 0
-        self.shed = 0   # requests answered 503 by this gate since the replica started
-        self.limit = limit
+    Why not a fixed limit alone: the time a request spends inside is about allowed / throughput, and
+    throughput per replica is not fixed: it falls when the replica shares its cores with another replica
+    or has to turn away several times its capacity (docs/results.md, overload). The same approach as TCP
+    congestion control and Netflix's concurrency-limits (AIMD), kept here because it is a few lines.
+    """
+
+    def __init__(self, ceiling: int, target_s: float, floor: int = 2, clock: Callable[[], float] = time.monotonic):
+        if not target_s > 0:
+            raise ValueError(f"admission target latency must be > 0 seconds, got {target_s!r}")
+        self.ceiling, self.target_s, self.floor, self.clock = ceiling, target_s, min(floor, ceiling), clock
+        self._allowed = float(ceiling)
+        self._last_cut = -float("inf")
 
     @property
-    def limit(self) -> int | None:
-        return self._limit
+    def allowed(self) -> int:
+        return int(self._allowed)
 
-    @limit.setter
-    def limit(self, value: int | None) -> None:
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-            raise ValueError(f"admission limit must be an int >= 1 or None, got {value!r}")
-        self._limit = value
+    def observe(self, latency_s: float) -> None:
+        if latency_s <= self.target_s:
+            self._allowed = min(float(self.ceiling), self._allowed + 1.0 / self._allowed)
+            return
+        now = self.clock()
+        if now - self._last_cut >= self.target_s:
+            self._allowed = max(float(self.floor), self._allowed * 0.75)
+            self._last_cut = now
+
+
+class AdmissionGate:
+    """Counts the requests in flight in this replica and turns away those beyond what it allows:
+    `limit` (None lets every request in), or with `target_latency_s` an AdaptiveLimit under `limit`.
+
+    A gate with a `name` is one per process (named_gate): Serve ships the FastAPI app to the
+    replica by value, pickled with the deployment class, so a plain gate in the app's middleware
+    would arrive as a copy that the replica's __init__ (which sets the limit on the module's gate)
+    never reaches, and nothing would be shed. A named gate unpickles as the process's own.
+    """
+
+    def __init__(self, limit: int | None = None, name: str | None = None, target_latency_s: float | None = None):
+        self.in_flight = 0
+        self.shed = 0   # requests answered 503 by this gate since the replica started
+        self.name = name
+        self.configure(limit, target_latency_s)
+
+    def __reduce__(self) -> tuple:
+        if self.name is None:
+            return super().__reduce__()
+        return named_gate, (self.name,)
+
+    def configure(self, limit: int | None, target_latency_s: float | None = None) -> None:
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+            raise ValueError(f"admission limit must be an int >= 1 or None, got {limit!r}")
+        self.limit = limit
+        self.adaptive = AdaptiveLimit(limit, target_latency_s) if limit and target_latency_s is not None else None
+
+    @property
+    def allowed(self) -> int | None:
+        """Requests let in at once now; None = no limit."""
+        return self.adaptive.allowed if self.adaptive is not None else self.limit
 
     def try_enter(self) -> bool:
-        if self._limit is not None and self.in_flight >= self._limit:
+        allowed = self.allowed
+        if allowed is not None and self.in_flight >= allowed:
             self.shed += 1
             return False
         self.in_flight += 1
         return True
 
-    def leave(self) -> None:
+    def leave(self, latency_s: float | None = None) -> None:
         self.in_flight -= 1
+        if self.adaptive is not None and latency_s is not None:
+            self.adaptive.observe(latency_s)
+
+
+_NAMED_GATES: dict[str, AdmissionGate] = {}
+
+
+def named_gate(name: str) -> AdmissionGate:
+    """This process's gate called `name`, made on first use."""
+    if name not in _NAMED_GATES:
+        _NAMED_GATES[name] = AdmissionGate(name=name)
+    return _NAMED_GATES[name]
 
 
 class AdmissionMiddleware(HttpOnlyMiddleware):
@@ -71,17 +136,31 @@ class AdmissionMiddleware(HttpOnlyMiddleware):
             return
         if not self.gate.try_enter():
             # Not logged one by one: under overload this runs tens of times a second; `shed` counts.
-            await overloaded_response(f"{self.gate.limit} requests in flight in this replica",
+            await overloaded_response(f"{self.gate.allowed} requests in flight in this replica",
                                       log=False)(scope, receive, send)
             return
+        admitted = time.perf_counter()
+        latency_s: float | None = None
+
+        async def send_with_timing(message: Message) -> None:
+            nonlocal latency_s
+            if message["type"] == "http.response.start":
+                # The replica's own time for the request (Server-Timing): a client whose latency is much
+                # larger than this waited in front of the replica (proxy, socket, event loop), not in it.
+                latency_s = time.perf_counter() - admitted
+                message = {**message, "headers": [*message.get("headers", []),
+                                                  (b"server-timing", f"app;dur={latency_s * 1000:.1f}".encode())]}
+            await send(message)
+
         try:
-            await self.app(scope, receive, send)
+            await self.app(scope, receive, send_with_timing)
         finally:
-            self.gate.leave()
+            self.gate.leave(latency_s)
 
 
 def install_admission_control(app: FastAPI, gate: AdmissionGate | None = None) -> AdmissionGate:
-    """Add the gate to `app` as its outermost middleware so far (install it last); returns the gate."""
-    gate = gate if gate is not None else AdmissionGate()
+    """Add the gate to `app` as its outermost middleware so far (install it last); returns the gate.
+    Default: the process's gate named "ingress", the one that survives Serve's pickling of the app."""
+    gate = gate if gate is not None else named_gate("ingress")
     app.add_middleware(AdmissionMiddleware, gate=gate)
     return gate

@@ -103,6 +103,13 @@ class ServeArgs(BaseModel, extra="forbid"):
                     "every 0.5 s and goodput collapses under overload. With colocated stages keep it >= "
                     "the Retriever's max_batch_size. null = Serve's limits alone.",
     )
+    target_latency_ms: float | None = Field(
+        default=None, gt=0, le=600_000,
+        description="With max_in_flight: the latency admitted requests should stay near inside a replica. "
+                    "The replica lets fewer requests in at once while answers take longer than this and "
+                    "more again when they are faster (AIMD, recsys/serve/admission.py), never more than "
+                    "max_in_flight. null = max_in_flight alone, fixed.",
+    )
     promotion_pool_size: int = Field(
         default=DEFAULT_PROMOTION_POOL, ge=1, le=100_000,
         description="/v1/promotions: the most popular promoted items scored per request.",
@@ -250,7 +257,7 @@ def build_app(args: dict[str, Any]) -> serve.Application:
         "user_state": resolve_user_state(cfg.user_state).model_dump(), "api_key_env": cfg.api_key_env,
         "cart_same_category_penalty": cfg.cart_same_category_penalty,
         "promotion_pool_size": cfg.promotion_pool_size, "seed_user_state": cfg.seed_user_state,
-        "max_in_flight": cfg.max_in_flight}
+        "max_in_flight": cfg.max_in_flight, "target_latency_ms": cfg.target_latency_ms}
     if cfg.colocate_stages:
         handles: list[Any] = [None, None, None]
         ingress_kwargs["colocated"] = {name: spec.model_dump() for name, spec in stages.items()}

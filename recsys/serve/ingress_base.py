@@ -76,7 +76,7 @@ app.add_middleware(BodySizeLimitMiddleware)
 app.add_middleware(ApiKeyFirstMiddleware, guarded=routes_depending_on(app, require_api_key), guard=replica_api_key)
 # At import: the replica re-imports this module, so only what happens here reaches it; the limit
 # is set per replica in IngressBase.__init__ (ServeArgs.max_in_flight).
-ADMISSION = install_admission_control(app)
+ADMISSION = install_admission_control(app)   # the process's "ingress" gate, also in the pickled app
 install_request_metrics(app)   # after: the outermost middleware, so it counts the 500s and the shed 503s
 
 # Promoted items scored per /v1/promotions request (the most popular of them): see promotion_pool.
@@ -91,11 +91,13 @@ class IngressBase:
                  retrieval_k: int = 100, user_state: dict[str, Any] | None = None, api_key_env: str | None = None,
                  cart_same_category_penalty: float = DEFAULT_SAME_CATEGORY_PENALTY,
                  promotion_pool_size: int = DEFAULT_PROMOTION_POOL, seed_user_state: bool = True,
-                 colocated: dict[str, dict[str, Any]] | None = None, max_in_flight: int | None = None):
+                 colocated: dict[str, dict[str, Any]] | None = None, max_in_flight: int | None = None,
+                 target_latency_ms: float | None = None):
         """Stage handles, or with `colocated` ({stage name: StageSpec dict}) none: the stages are then
         constructed in this replica (see colocated.py). `max_in_flight`: requests this replica works on
-        at once before it answers 503 + Retry-After (admission.py); None = Serve's limits alone."""
-        ADMISSION.limit = max_in_flight
+        at once before it answers 503 + Retry-After (admission.py); None = Serve's limits alone.
+        `target_latency_ms`: with max_in_flight, let fewer in while admitted requests take longer."""
+        ADMISSION.configure(max_in_flight, None if target_latency_ms is None else target_latency_ms / 1000)
         self.colocated = colocated is not None
         if colocated is not None:
             self._retriever, self._ranker, self._reranker = construct_colocated_stages(colocated)

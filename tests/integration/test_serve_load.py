@@ -1,6 +1,7 @@
-"""Overload over real HTTP: the app deployed from serve_configs/local.yaml (real MiniLM, Faiss, Ray Serve) is
-offered twice its measured capacity, with bench/serve_load.py's generator. Every request must be answered
-200 or 503 + Retry-After (shed), no other 5xx, no client timeout, and 200s must keep coming throughout."""
+"""Overload over real HTTP: the app deployed from serve_configs/local.yaml (real MiniLM, Faiss, Ray Serve, two
+Ingress replicas) is offered twice and then four times its measured capacity, with bench/serve_load.py's
+generator. Every request must be answered 200 or 503 + Retry-After (shed), no other 5xx, no client timeout,
+200s must keep coming throughout, and the accepted requests' p99 latency must stay within 1 s."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import yaml
 from bench_modules import load_bench_module
 from test_serve_http import REPO, write_artifacts
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(420)]
 
 
 def local_config(home: Path) -> dict:
@@ -24,18 +25,21 @@ def local_config(home: Path) -> dict:
     return config
 
 
-def test_twice_capacity_is_served_or_shed_never_failed(serve_config_deploy, recsys_home: Path) -> None:
+def test_two_and_four_times_capacity_are_served_fast_or_shed_never_failed(serve_config_deploy,
+                                                                         recsys_home: Path) -> None:
     serve_load = load_bench_module("serve_load")
     write_artifacts()
     base_url = serve_config_deploy(local_config(recsys_home))
 
-    # 12 s at 2x capacity offers ~12 s of surplus work, far more than local.yaml's queues hold, so the app
-    # has to shed. 30 s of client timeout: the longest wait measured was ~14 s (a full proxy queue of 64
-    # drains slowly under overload, see the report's p99), and a hung request must still show as a timeout.
-    report = asyncio.run(serve_load.run_load_test(base_url, duration_s=12, times_capacity=2, concurrency=[8],
-                                                  capacity_duration_s=4, timeout_s=30, window_s=3))
-    print("\n".join(report.lines()))
+    # 12 s at 2x (and 4x) capacity offers far more surplus work than the replicas' admission lets in, so
+    # the app has to shed. 30 s of client timeout: a hung request must still show as a timeout, not pass.
+    for times in (2, 4):
+        report = asyncio.run(serve_load.run_load_test(
+            base_url, duration_s=12, times_capacity=times, concurrency=[8], capacity_duration_s=4, timeout_s=30,
+            window_s=3, max_p99_ms=1000))
+        print("\n".join(report.lines()))
 
-    assert not report.problems, "\n".join(report.lines())
-    assert report.sent_rps >= 0.9 * report.offered_rps, f"the generator fell behind its schedule: {report.lines()}"
-    assert report.counts[503] > 0, f"2x capacity did not overload the app, the test proves nothing: {report.lines()}"
+        assert not report.problems, "\n".join(report.lines())   # includes p99 of the 200s > 1 s
+        assert report.sent_rps >= 0.9 * report.offered_rps, f"the generator fell behind its schedule: {report.lines()}"
+        assert report.counts[503] > 0, f"{times}x capacity did not overload the app, the test proves nothing"
+        assert report.server_p99_ms == report.server_p99_ms, "no Server-Timing header: the admission gate is not on"

@@ -83,3 +83,73 @@ def test_a_failed_request_leaves_the_gate() -> None:
 def test_bad_limits_are_refused(bad: object) -> None:
     with pytest.raises(ValueError, match="admission limit"):
         AdmissionGate(bad)  # type: ignore[arg-type]
+
+
+def test_the_ingress_gate_survives_serve_pickling_the_app() -> None:
+    """serve.ingress freezes the Ingress's FastAPI app by a pickle round trip (ray/serve/api.py), and that
+    copy is what the replica serves. The replica's __init__ sets the limit on ingress_base.ADMISSION; the
+    gate inside the frozen app's middleware must be that same object, or the replica never sheds (it
+    answered 300 concurrent searches with max_in_flight 16 before the gate was named)."""
+    import cloudpickle
+    from ray._common.serialization import pickle_dumps
+    from ray.serve._private.utils import ensure_serialization_context
+
+    from recsys.serve.admission import AdmissionMiddleware
+    from recsys.serve.ingress_base import ADMISSION, app
+
+    ensure_serialization_context()   # what serve.ingress does before the round trip
+    shipped = cloudpickle.loads(pickle_dumps(app, error_msg="app"))
+    gates = [m.kwargs["gate"] for m in shipped.user_middleware if m.cls is AdmissionMiddleware]
+    assert gates == [ADMISSION]
+    assert gates[0] is ADMISSION
+
+
+def test_unnamed_gates_stay_separate_objects() -> None:
+    import pickle
+
+    gate = AdmissionGate(3)
+    copy = pickle.loads(pickle.dumps(gate))
+    assert copy is not gate and copy.limit == 3
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_slow_answers_shrink_what_is_let_in_and_fast_ones_grow_it_back() -> None:
+    from recsys.serve.admission import AdaptiveLimit
+
+    clock = FakeClock()
+    limit = AdaptiveLimit(ceiling=16, target_s=0.5, floor=2, clock=clock)
+    assert limit.allowed == 16
+    limit.observe(0.9)
+    assert limit.allowed == 12
+    limit.observe(0.9)   # the same burst (within one target window): no second cut
+    assert limit.allowed == 12
+    for _ in range(20):  # sustained slowness: one cut per window, down to the floor
+        clock.now += 0.5
+        limit.observe(2.0)
+    assert limit.allowed == 2
+    for _ in range(200):  # fast again: about +1 per round of `allowed` answers, up to the ceiling
+        limit.observe(0.05)
+    assert limit.allowed == 16
+
+
+def test_a_gate_with_a_latency_target_sheds_at_the_adapted_limit() -> None:
+    gate = AdmissionGate(4, target_latency_s=0.1)
+    assert [gate.try_enter() for _ in range(5)] == [True] * 4 + [False]
+    gate.leave(1.0)   # a slow answer: 4 -> 3 allowed
+    assert gate.allowed == 3 and gate.in_flight == 3
+    assert not gate.try_enter() and gate.shed == 2
+    gate.leave(0.01)
+    assert gate.try_enter()
+
+
+@pytest.mark.parametrize("bad", [0, -0.5])
+def test_bad_latency_targets_are_refused(bad: float) -> None:
+    with pytest.raises(ValueError, match="target latency"):
+        AdmissionGate(8, target_latency_s=bad)
