@@ -52,3 +52,30 @@ def test_a_window_without_a_200_is_reported() -> None:
     report = summarize(starved)
     assert report.served_per_window == [6, 0, 6]
     assert any("no 200 answer" in p for p in report.problems), report.problems
+
+
+serve_crash = load_bench_module("serve_crash")
+
+
+def crash_report(outcomes: list, capacity_after: float = 3.0):
+    report = serve_crash.CrashReport(3.0, 1.0, 2.0, 10.0, capacity_after,
+                                     serve_crash.Counter(o.status or o.error for o in outcomes),
+                                     serve_crash.longest_gap_s(outcomes, 6.0))
+    return serve_crash.judge(report, max_failed_pct=1.0, max_gap_s=2.0, min_recovered=0.8)
+
+
+def test_a_crash_run_without_losses_passes() -> None:
+    ok = [o for o in healthy_run() if o.status == 200]
+    report = crash_report(ok)
+    assert report.problems == [] and report.failed == 0
+    assert report.longest_gap_s == pytest.approx(0.7)   # from the answer at s + 0.35 to the one at s + 1.05
+
+
+def test_a_crash_run_is_failed_by_lost_requests_gaps_and_capacity_not_coming_back() -> None:
+    ok = [o for o in healthy_run() if o.status == 200]
+    lost = [Outcome("/v1/recommend", 2.0, 0.01, 502), Outcome("/v1/search", 2.1, 0.0, error="ServerDisconnectedError")]
+    assert any("failed" in p for p in crash_report(ok + lost).problems)
+    gap = [o for o in ok if not 1 <= o.sent_s < 4]
+    assert any("without a 200" in p for p in crash_report(gap).problems)
+    assert any("after recovery" in p for p in crash_report(ok, capacity_after=1.0).problems)
+    assert crash_report(ok + lost).lines()[-1].endswith("FAIL")
