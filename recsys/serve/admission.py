@@ -22,6 +22,7 @@ colocated keep the limit >= the Retriever's max_batch_size, or encoder batches c
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 
@@ -77,21 +78,28 @@ class AdmissionGate:
     never reaches, and nothing would be shed. A named gate unpickles as the process's own.
     """
 
-    def __init__(self, limit: int | None = None, name: str | None = None, target_latency_s: float | None = None):
+    def __init__(self, limit: int | None = None, name: str | None = None, target_latency_s: float | None = None,
+                 timeout_s: float | None = None):
         self.in_flight = 0
-        self.shed = 0   # requests answered 503 by this gate since the replica started
+        self.shed = 0        # requests answered 503 by this gate since the replica started
+        self.timed_out = 0   # requests answered 503 at their deadline
         self.name = name
-        self.configure(limit, target_latency_s)
+        self.configure(limit, target_latency_s, timeout_s)
 
     def __reduce__(self) -> tuple:
         if self.name is None:
             return super().__reduce__()
         return named_gate, (self.name,)
 
-    def configure(self, limit: int | None, target_latency_s: float | None = None) -> None:
+    def configure(self, limit: int | None, target_latency_s: float | None = None,
+                  timeout_s: float | None = None) -> None:
+        """`timeout_s`: an admitted request still unanswered after this long is cancelled (its stage
+        calls with it) and answered 503 + Retry-After; None = no deadline."""
         if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
             raise ValueError(f"admission limit must be an int >= 1 or None, got {limit!r}")
-        self.limit = limit
+        if timeout_s is not None and not timeout_s > 0:
+            raise ValueError(f"request timeout must be > 0 seconds, got {timeout_s!r}")
+        self.limit, self.timeout_s = limit, timeout_s
         self.adaptive = AdaptiveLimit(limit, target_latency_s) if limit and target_latency_s is not None else None
 
     @property
@@ -153,9 +161,18 @@ class AdmissionMiddleware(HttpOnlyMiddleware):
             await send(message)
 
         try:
-            await self.app(scope, receive, send_with_timing)
+            # The deadline covers everything the request waits on (stage calls, the user-state store):
+            # asyncio.timeout cancels it, and a cancelled DeploymentHandle call cancels the stage's work.
+            async with asyncio.timeout(self.gate.timeout_s):
+                await self.app(scope, receive, send_with_timing)
+        except TimeoutError:
+            if latency_s is not None:   # the answer had started: too late to send another
+                raise
+            self.gate.timed_out += 1
+            await overloaded_response(f"no answer within the request timeout ({self.gate.timeout_s:g}s)"
+                                      )(scope, receive, send)
         finally:
-            self.gate.leave(latency_s)
+            self.gate.leave(latency_s if latency_s is not None else time.perf_counter() - admitted)
 
 
 def install_admission_control(app: FastAPI, gate: AdmissionGate | None = None) -> AdmissionGate:

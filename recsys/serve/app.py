@@ -110,6 +110,12 @@ class ServeArgs(BaseModel, extra="forbid"):
                     "more again when they are faster (AIMD, recsys/serve/admission.py), never more than "
                     "max_in_flight. null = max_in_flight alone, fixed.",
     )
+    request_timeout_s: float | None = Field(
+        default=10.0, gt=0, le=3600,
+        description="A request the Ingress has not answered after this many seconds is cancelled, with "
+                    "the stage calls it waits on, and answered 503 + Retry-After: a stuck stage replica "
+                    "or store costs a retry, not a hung connection. null = no deadline.",
+    )
     promotion_pool_size: int = Field(
         default=DEFAULT_PROMOTION_POOL, ge=1, le=100_000,
         description="/v1/promotions: the most popular promoted items scored per request.",
@@ -257,7 +263,8 @@ def build_app(args: dict[str, Any]) -> serve.Application:
         "user_state": resolve_user_state(cfg.user_state).model_dump(), "api_key_env": cfg.api_key_env,
         "cart_same_category_penalty": cfg.cart_same_category_penalty,
         "promotion_pool_size": cfg.promotion_pool_size, "seed_user_state": cfg.seed_user_state,
-        "max_in_flight": cfg.max_in_flight, "target_latency_ms": cfg.target_latency_ms}
+        "max_in_flight": cfg.max_in_flight, "target_latency_ms": cfg.target_latency_ms,
+        "request_timeout_s": cfg.request_timeout_s}
     if cfg.colocate_stages:
         handles: list[Any] = [None, None, None]
         ingress_kwargs["colocated"] = {name: spec.model_dump() for name, spec in stages.items()}

@@ -92,12 +92,14 @@ class IngressBase:
                  cart_same_category_penalty: float = DEFAULT_SAME_CATEGORY_PENALTY,
                  promotion_pool_size: int = DEFAULT_PROMOTION_POOL, seed_user_state: bool = True,
                  colocated: dict[str, dict[str, Any]] | None = None, max_in_flight: int | None = None,
-                 target_latency_ms: float | None = None):
+                 target_latency_ms: float | None = None, request_timeout_s: float | None = None):
         """Stage handles, or with `colocated` ({stage name: StageSpec dict}) none: the stages are then
         constructed in this replica (see colocated.py). `max_in_flight`: requests this replica works on
         at once before it answers 503 + Retry-After (admission.py); None = Serve's limits alone.
-        `target_latency_ms`: with max_in_flight, let fewer in while admitted requests take longer."""
-        ADMISSION.configure(max_in_flight, None if target_latency_ms is None else target_latency_ms / 1000)
+        `target_latency_ms`: with max_in_flight, let fewer in while admitted requests take longer.
+        `request_timeout_s`: a request unanswered after this long is cancelled and answered 503."""
+        ADMISSION.configure(max_in_flight, None if target_latency_ms is None else target_latency_ms / 1000,
+                            request_timeout_s)
         self.colocated = colocated is not None
         if colocated is not None:
             self._retriever, self._ranker, self._reranker = construct_colocated_stages(colocated)

@@ -13,10 +13,10 @@ from recsys.serve.admission import AdmissionGate, install_admission_control
 from recsys.serve.http_errors import install_error_handlers
 
 
-def make_app(limit: int | None) -> tuple[FastAPI, AdmissionGate, asyncio.Event]:
+def make_app(limit: int | None, timeout_s: float | None = None) -> tuple[FastAPI, AdmissionGate, asyncio.Event]:
     app = FastAPI()
     install_error_handlers(app)
-    gate = install_admission_control(app, AdmissionGate(limit))
+    gate = install_admission_control(app, AdmissionGate(limit, timeout_s=timeout_s))
     release = asyncio.Event()
 
     @app.get("/v1/slow")
@@ -153,3 +153,22 @@ def test_a_gate_with_a_latency_target_sheds_at_the_adapted_limit() -> None:
 def test_bad_latency_targets_are_refused(bad: float) -> None:
     with pytest.raises(ValueError, match="target latency"):
         AdmissionGate(8, target_latency_s=bad)
+
+
+def test_a_request_past_its_deadline_is_cancelled_and_answered_503() -> None:
+    """A stuck stage (here: an endpoint that never returns) costs the client a retryable 503 at the request
+    timeout, not a hung connection, and the work is cancelled: the slot is free again."""
+    async def call() -> tuple[httpx.Response, AdmissionGate, httpx.Response]:
+        app, gate, release = make_app(limit=1, timeout_s=0.2)
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            stuck = await client.get("/v1/slow")
+            release.set()
+            after = await client.get("/v1/slow")
+        return stuck, gate, after
+
+    stuck, gate, after = asyncio.run(call())
+    assert stuck.status_code == 503 and stuck.headers["retry-after"] == "1"
+    assert "request timeout (0.2s)" in stuck.json()["detail"]
+    assert after.status_code == 200, "the timed-out request kept its slot"
+    assert (gate.in_flight, gate.timed_out) == (0, 1)
