@@ -168,15 +168,16 @@ def restore_readable_checkpoint(engine, latest, rank: int, agree_any) -> tuple[T
 
 
 def load_best_weights(engine, best_path: str) -> None:
-    """Load only the model weights of the best checkpoint (a storage path of this run) before
-    exporting them; collective."""
+    """Load the best checkpoint's weights (a storage path of this run) before exporting them; collective.
+    With the optimizer states: they hold the fp32 master weights the export reads (export_weights.py);
+    the module's own copy is bf16 under mixed precision. The lr schedule is not needed."""
     import ray.train
     from ray.train import Checkpoint
 
     latest = ray.train.get_checkpoint()   # any checkpoint of this run knows the storage filesystem
     best = Checkpoint(best_path, filesystem=latest.filesystem if latest is not None else None)
     with best.as_directory() as directory:
-        load_path, _ = engine.load_checkpoint(directory, tag=DEEPSPEED_TAG, load_optimizer_states=False,
+        load_path, _ = engine.load_checkpoint(directory, tag=DEEPSPEED_TAG, load_optimizer_states=True,
                                               load_lr_scheduler_states=False)
     if load_path is None:
         raise RuntimeError(f"the best checkpoint {best_path} could not be loaded")

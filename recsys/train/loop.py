@@ -26,6 +26,7 @@ from recsys.models.towers import TwoTowerModel, tokenize_pairs
 from recsys.train.config import TrainConfig
 from recsys.train.deepspeed_config import build_deepspeed_config
 from recsys.train.evaluator import evaluate_retrieval
+from recsys.train.export_weights import cast_for_export, full_fp32_state_dict, load_exported_weights
 from recsys.train.hard_negatives import negative_column_pairs
 from recsys.train.validation import ValidationSet
 from recsys.train.worker_loop import PeriodicValidation, WorkerTask, run_worker_loop
@@ -70,18 +71,14 @@ def export_encoder(engine, cfg: TrainConfig, tokenizer, out_dir: str, rank: int)
     """Write the trained item tower as a plain HF directory (safetensors) on rank 0, and a separate query
     tower as another one in its QUERY_TOWER_DIR; each config.json records the pooling.
 
-    ZeRO-3 shards parameters, so every rank must join the gather before rank 0 saves; rank 0 alone then
-    loads a plain (unpartitioned: no ds_config) model to hold the gathered weights.
+    The weights are the optimizer's fp32 master copy at every ZeRO stage (export_weights.py), saved in
+    cfg.export_dtype; every rank joins the gather, then rank 0 alone loads them into a plain model.
     """
-    model = engine.module
-    if cfg.zero_stage == 3:
-        state = engine._zero3_consolidated_16bit_state_dict()
-        if rank != 0:
-            return False
-        model, _ = build_model(cfg)
-        model.load_state_dict({k: v.float() for k, v in state.items()})
-    if rank != 0:
+    state = full_fp32_state_dict(engine, rank)
+    if rank != 0 or state is None:
         return False
+    model, _ = build_model(cfg)
+    model = cast_for_export(load_exported_weights(model, state), cfg.export_dtype)
     towers = [(model.encoder, out_dir)]
     if model.query_encoder is not None:
         towers.append((model.query_encoder, os.path.join(out_dir, QUERY_TOWER_DIR)))

@@ -26,6 +26,7 @@ from recsys.models.cross_encoder import (
 )
 from recsys.models.encoder import zero3_partitioned_loading
 from recsys.train.deepspeed_config import build_deepspeed_config
+from recsys.train.export_weights import cast_for_export, full_fp32_state_dict, load_exported_weights
 from recsys.train.ranker_config import RankerTrainConfig
 from recsys.train.worker_loop import WorkerTask, run_worker_loop
 
@@ -33,21 +34,13 @@ logger = logging.getLogger("recsys.train")
 
 
 def export_ranker(engine, cfg: RankerTrainConfig, tokenizer, out_dir: str, rank: int) -> bool:
-    """Write the trained ranker as a plain HF directory on rank 0.
-
-    ZeRO-3 shards parameters, so every rank must join the gather before rank 0 saves; rank 0 alone then
-    loads a plain (unpartitioned) model to hold the gathered weights.
-    """
-    model = engine.module
-    if cfg.zero_stage == 3:
-        state = engine._zero3_consolidated_16bit_state_dict()
-        if rank != 0:
-            return False
-        model, _ = load_cross_encoder(cfg.model_name_or_path)
-        model.load_state_dict({k: v.float() for k, v in state.items()})
-    if rank != 0:
+    """Write the trained ranker as a plain HF directory on rank 0: the fp32 master weights at every ZeRO
+    stage (export_weights.py), saved in cfg.export_dtype."""
+    state = full_fp32_state_dict(engine, rank)
+    if rank != 0 or state is None:
         return False
-    save_cross_encoder(model, tokenizer, out_dir)
+    model, _ = load_cross_encoder(cfg.model_name_or_path)
+    save_cross_encoder(cast_for_export(load_exported_weights(model, state), cfg.export_dtype), tokenizer, out_dir)
     return True
 
 

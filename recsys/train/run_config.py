@@ -24,6 +24,9 @@ class DeepSpeedRunConfig(JobConfig):
     offload_optimizer: bool = Field(False, description="ZeRO-Offload optimizer states to CPU memory")
     offload_param: bool = Field(False, description="ZeRO-3 only: offload parameters to CPU memory")
     bf16: bool | Literal["auto"] = Field("auto", description="bf16 mixed precision; auto = on with GPUs")
+    export_dtype: Literal["float32", "bfloat16"] = Field(
+        "float32", description="dtype of the exported model's files: the fp32 master weights as they are, "
+                               "or cast to bfloat16 (half the size; what a GPU server loads anyway)")
     micro_batch_size: int = Field(16, ge=1, description="rows per worker per step")
     grad_accum_steps: int = Field(1, ge=1, description="micro-batches per optimizer step")
     max_steps: int | None = Field(100, ge=1, description="optimizer steps; null = run `epochs` full epochs")

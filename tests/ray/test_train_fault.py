@@ -190,3 +190,35 @@ def test_stopped_run_resumes_with_its_early_stopping_state_and_exports_the_best(
     assert len(tower) * 2 == len(best_weights)
     with pytest.raises(FileNotFoundError, match="already finished"):
         run_training(TrainConfig(resume=stopped.name))
+
+
+@pytest.mark.parametrize("zero_stage", [2, 3])
+def test_a_bf16_run_exports_the_fp32_master_weights(ray_cluster, recsys_home, tiny_model_dir, zero_stage):
+    """bf16 mixed precision (this CPU runs it) trains a bf16 module against DeepSpeed's fp32 master weights.
+    The export is the master copy in fp32 at ZeRO-2 and ZeRO-3, equal to what zero_to_fp32 reads from the
+    checkpoint it came from, not the bf16 module's rounding of it; export_dtype bfloat16 casts on request.
+    (A 9-item catalog: recall@10 is 1.0 at both evaluations, so the step-3 checkpoint stays the best and is
+    what the run exports after step 6; warm-up leaves the first steps at lr 0.)"""
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    make_pair_data(recsys_home, catalog_items=9)
+    result = run_training(tiny_config(tiny_model_dir, zero_stage=zero_stage, bf16=True, max_steps=6, lr=5e-3,
+                                      checkpoint_every=0, eval_every=3, eval_metric="recall@10",
+                                      early_stopping_patience=3, eval_batch_size=2))
+    assert result["best_step"] == 3
+    exported = load_file(Path(result["path"]) / "model.safetensors")
+    (best,) = [c for c in checkpoints(recsys_home) if (c / DEEPSPEED_TAG).is_dir()]
+    master = {k.removeprefix("encoder.backbone."): v
+              for k, v in get_fp32_state_dict_from_zero_checkpoint(str(best), tag=DEEPSPEED_TAG).items()}
+    assert exported.keys() == master.keys()
+    for name, tensor in master.items():
+        assert exported[name].dtype == torch.float32, name
+        torch.testing.assert_close(exported[name], tensor, rtol=0, atol=0)
+    weights = torch.cat([t.flatten() for t in exported.values()])
+    assert (weights != weights.bfloat16().float()).float().mean() > 0.5, "these are bf16 values, not the master"
+
+    if zero_stage == 3:
+        return   # the cast below is the same at every stage
+    bf16 = run_training(tiny_config(tiny_model_dir, zero_stage=zero_stage, bf16=True, max_steps=2,
+                                    checkpoint_every=0, export_dtype="bfloat16", user_tower={"kind": "text"}))
+    assert {t.dtype for t in load_file(Path(bf16["path"]) / "model.safetensors").values()} == {torch.bfloat16}
