@@ -132,7 +132,25 @@ class TextEncoder(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         out = self.backbone(input_ids=input_ids, attention_mask=attention_mask)
-        return F.normalize(pool(out.last_hidden_state, attention_mask, self.pooling), dim=-1)
+        # Pool and normalise in fp32: a bf16 mean over 100+ tokens loses digits the vector keeps.
+        return F.normalize(pool(out.last_hidden_state.float(), attention_mask, self.pooling), dim=-1)
+
+
+InferenceDtype = Literal["auto", "float32", "bfloat16", "float16"]
+INFERENCE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_inference_dtype(dtype: InferenceDtype, device: str, quantize: Quantize = "none") -> torch.dtype:
+    """auto: bf16 on a CUDA device that has it (half the memory traffic of fp32; vectors agree to the
+    tolerance tests/unit/test_encoder_dtype.py states), fp32 elsewhere. int8 runs on fp32 activations."""
+    if dtype == "auto":
+        on_gpu = device.startswith("cuda") and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        return torch.bfloat16 if on_gpu and quantize == "none" else torch.float32
+    if dtype not in INFERENCE_DTYPES:
+        raise ValueError(f"dtype={dtype!r}: want one of auto, {', '.join(INFERENCE_DTYPES)}")
+    if quantize != "none" and dtype != "float32":
+        raise ValueError(f"dtype={dtype!r} with quantize={quantize!r}: int8 runs on float32 activations")
+    return INFERENCE_DTYPES[dtype]
 
 
 class TextEmbedder:
@@ -141,17 +159,20 @@ class TextEmbedder:
     quantize="int8" runs the encoder's Linear layers as dynamic int8 on CPU (recsys.models.quantize:
     no extra dependency or export step; weights int8, activations quantised per batch on the fly).
     It needs a CPU: device=None then means "cpu", and an explicit CUDA device raises ValueError.
+    dtype: the weights' and activations' precision (resolve_inference_dtype); vectors come back float32.
     """
 
     def __init__(self, model_path: str, max_length: int = 128, batch_size: int = 64,
-                 device: str | None = None, quantize: Quantize = "none"):
+                 device: str | None = None, quantize: Quantize = "none", dtype: InferenceDtype = "auto"):
         if device is None:
             device = "cpu" if quantize != "none" else ("cuda" if torch.cuda.is_available() else "cpu")
         check_quantize(quantize, device)         # before the model load, so a bad config fails fast
+        self.dtype = resolve_inference_dtype(dtype, device, quantize)
         backbone, self.tokenizer = load_hf_encoder(model_path)
         self.device = device
         self.quantize = quantize
-        encoder = TextEncoder(backbone).to(self.device).eval()
+        # Cast explicitly: transformers 5 loads a checkpoint in the dtype it was saved in.
+        encoder = TextEncoder(backbone).to(self.device, dtype=self.dtype).eval()
         self.encoder = quantize_int8(encoder) if quantize == "int8" else encoder
         self.max_length = max_length
         self.batch_size = batch_size
