@@ -46,7 +46,7 @@ def build_model(cfg: TrainConfig, ds_config: dict | None = None) -> tuple[TwoTow
         if cfg.lora.enabled:
             backbone = apply_lora(backbone, cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout, cfg.lora.target_modules)
         encoders.append(TextEncoder(backbone, cfg.pooling))
-    return TwoTowerModel(encoders[0], encoders[1] if towers == 2 else None), loaded[0][1]
+    return TwoTowerModel(encoders[0], encoders[1] if towers == 2 else None, cfg.length_buckets), loaded[0][1]
 
 
 def build_engine(cfg: TrainConfig, world: int, total_steps: int):

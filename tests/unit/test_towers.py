@@ -89,3 +89,38 @@ def test_a_model_without_a_pooling_attribute_pools_by_mean(tiny_model_dir: Path)
         TextEncoder(backbone, "first")
     with pytest.raises(ValueError, match="pooling"):
         TrainConfig(pooling="first")
+
+
+def test_length_buckets_give_the_joint_vectors_and_gradients_with_less_padding(tiny_model_dir: Path) -> None:
+    """Encoding each part in groups of similar length is only a different batching: the same vectors (pooling
+    ignores padding) and the same gradients as one call over the jointly padded batch, fewer tokens computed."""
+    from recsys.models.towers import encode_by_length, padding_stats
+
+    cfg = TrainConfig(model_name_or_path=str(tiny_model_dir), length_buckets=3)
+    model, tokenizer = build_model(cfg)
+    model.eval()   # no dropout: the two paths must see the same network
+    queries = ["a", "red boots for hiking in the rain and snow all winter long", "tent", "blue mug", "x y z w"]
+    items = ["boots", "a tent for four people with a porch", "mug"]
+    batch = tokenize_pairs(tokenizer, queries, items, 32, 16)
+    q, i = model(batch["input_ids"], batch["attention_mask"], n_queries=len(queries))
+    joint = model.encoder(batch["input_ids"], batch["attention_mask"])
+    torch.testing.assert_close(torch.cat([q, i]), joint, rtol=1e-4, atol=1e-5)
+
+    grads = []
+    for encode in (lambda: torch.cat(model(batch["input_ids"], batch["attention_mask"], n_queries=len(queries))),
+                   lambda: model.encoder(batch["input_ids"], batch["attention_mask"])):
+        model.zero_grad()
+        (encode() * torch.arange(1.0, 9.0).unsqueeze(1)).sum().backward()
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-3, atol=1e-5)
+
+    stats = padding_stats(batch["attention_mask"], len(queries), length_buckets=3)
+    assert stats["real"] < stats["computed"] < stats["computed_joint"], stats
+    assert encode_by_length(model.encoder, batch["input_ids"][:0], batch["attention_mask"][:0], 3).shape == (0, 32)
+
+
+def test_length_buckets_are_off_for_separate_towers_at_zero3() -> None:
+    assert TrainConfig().length_buckets == 4
+    assert TrainConfig(zero_stage=3, towers="separate").length_buckets == 1   # the default adjusts
+    with pytest.raises(ValueError, match="length_buckets=4 with zero_stage=3 and towers=separate"):
+        TrainConfig(zero_stage=3, towers="separate", length_buckets=4)       # an explicit choice is refused
