@@ -145,13 +145,13 @@ class TrainConfig(DeepSpeedRunConfig):
 
     @model_validator(mode="after")
     def _check_length_buckets(self) -> TrainConfig:
-        # ZeRO-3 with separate towers and several encoder calls per tower per step killed a CPU worker
-        # (SIGSEGV, DeepSpeed 0.19.8, tests/ray/test_train_fault.py); shared towers at ZeRO-3 and every
-        # ZeRO-2 setup run fine. Until that is understood, that combination encodes each part in one call.
-        if self.zero_stage == 3 and self.towers == "separate" and self.length_buckets > 1:
+        # ZeRO-3 with several encoder calls per tower per step killed a CPU worker now and then (SIGSEGV,
+        # DeepSpeed 0.19.8, tests/ray/test_train_fault.py, shared and separate towers); ZeRO-2 runs fine.
+        # Until that is understood, ZeRO-3 encodes each part in one call.
+        if self.zero_stage == 3 and self.length_buckets > 1:
             if "length_buckets" in self.model_fields_set:
-                raise ValueError(f"length_buckets={self.length_buckets} with zero_stage=3 and towers=separate: "
-                                 "not supported yet (a worker crashed); use 1, ZeRO-2 or shared towers")
+                raise ValueError(f"length_buckets={self.length_buckets} with zero_stage=3: not supported yet "
+                                 "(a worker crashed); use 1 or ZeRO-2")
             self.length_buckets = 1
         return self
 

@@ -94,7 +94,11 @@ def staged_config() -> dict:
     config = colocated_config()
     app = yaml.safe_load((REPO / "serve_configs" / "prod.yaml").read_text())["applications"][0]
     app["runtime_env"]["env_vars"]["OMP_NUM_THREADS"] = "1"
-    app["args"].update(user_state=config["applications"][0]["args"]["user_state"], api_key_env=None)
+    # No latency target: squeezed onto 2 cores, the swap's second set of replicas loading its encoders
+    # triples answer times for seconds, and prod.yaml's 250 ms target then sheds (503) what a cluster
+    # with room for the surge serves; this test is about the swap losing nothing, not about overload.
+    app["args"].update(user_state=config["applications"][0]["args"]["user_state"], api_key_env=None,
+                       target_latency_ms=None)
     for deployment in app["deployments"]:
         deployment["autoscaling_config"].update(min_replicas=1, max_replicas=1)
         deployment["ray_actor_options"] = {"num_cpus": 0.25, "num_gpus": 0}
