@@ -43,27 +43,28 @@ class TwoTowerModel(nn.Module):
 def length_groups(attention_mask: torch.Tensor, buckets: int) -> list[torch.Tensor]:
     """Row indices sorted by length, cut into `buckets` groups of near-equal size (fewer for few rows)."""
     order = torch.argsort(attention_mask.sum(dim=1), stable=True)
-    return [g for g in order.chunk(max(1, min(buckets, len(order))))] if len(order) else []
+    return list(order.chunk(min(buckets, len(order)))) if len(order) else []
 
 
 def encode_by_length(encoder: TextEncoder, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                      buckets: int) -> torch.Tensor:
     """[N, T] -> [N, H] in input order, encoded group by group of similar length, each at its own width."""
-    out = torch.zeros(len(input_ids), encoder.dim, device=input_ids.device)
-    parts = [(rows, encoder(*_trimmed(input_ids[rows], attention_mask[rows])))
-             for rows in length_groups(attention_mask, buckets)]
-    if not parts:
-        return out
-    out = out.to(parts[0][1].dtype)
-    for rows, vectors in parts:
-        out = out.index_copy(0, rows.to(out.device), vectors)
-    return out
+    groups = length_groups(attention_mask, buckets)
+    if not groups:
+        return torch.zeros(0, encoder.dim, device=input_ids.device)
+    vectors = torch.cat([encoder(*_trimmed(input_ids[rows], attention_mask[rows])) for rows in groups])
+    return vectors[torch.argsort(torch.cat(groups)).to(vectors.device)]   # back to input order
+
+
+def _used_width(attention_mask: torch.Tensor) -> int:
+    """Columns up to the last one any row uses (1 for an all-padding mask)."""
+    used = attention_mask.any(dim=0).nonzero()
+    return int(used.max()) + 1 if len(used) else 1
 
 
 def _trimmed(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Drop the trailing padding columns this part of a jointly padded batch does not need."""
-    used = attention_mask.any(dim=0).nonzero()
-    width = int(used.max()) + 1 if len(used) else 1
+    width = _used_width(attention_mask)
     return input_ids[:, :width], attention_mask[:, :width]
 
 
@@ -81,8 +82,7 @@ def padding_stats(attention_mask: torch.Tensor, n_queries: int, length_buckets: 
     """Tokens of a tokenize_pairs batch: real ones, and the ones computed when TwoTowerModel encodes it with
     `length_buckets`, or in one call over the jointly padded [Q + I, T] batch."""
     def computed(mask: torch.Tensor) -> int:
-        return sum(len(rows) * int(_trimmed(mask[rows], mask[rows])[1].shape[1])
-                   for rows in length_groups(mask, length_buckets))
+        return sum(len(rows) * _used_width(mask[rows]) for rows in length_groups(mask, length_buckets))
 
     return {"real": int(attention_mask.sum()),
             "computed": computed(attention_mask[:n_queries]) + computed(attention_mask[n_queries:]),

@@ -14,8 +14,9 @@ from typing import Literal
 
 import torch
 
+from recsys.models.encoder import INFERENCE_DTYPES
+
 ExportDtype = Literal["float32", "bfloat16"]
-EXPORT_DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
 def full_fp32_state_dict(engine, rank: int) -> dict[str, torch.Tensor] | None:
@@ -37,16 +38,13 @@ def full_fp32_state_dict(engine, rank: int) -> dict[str, torch.Tensor] | None:
     return state if rank == 0 else None
 
 
-def load_exported_weights(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> torch.nn.Module:
-    """`state` (the trainable parameters) into a plain model of the same structure, freshly loaded: its
-    frozen parameters and buffers keep their own values."""
+def load_exported_weights(model: torch.nn.Module, state: dict[str, torch.Tensor],
+                          dtype: ExportDtype = "float32") -> torch.nn.Module:
+    """`state` (the trainable parameters) into a plain model of the same structure, freshly loaded (its
+    frozen parameters and buffers keep their own values), cast to the export's `dtype`."""
     missing, unexpected = model.load_state_dict(state, strict=False)
     trainable = {name for name, p in model.named_parameters() if p.requires_grad}
     lost = [k for k in missing if k in trainable]
     if lost or unexpected:
         raise RuntimeError(f"exported weights do not fit the model: missing {lost[:5]}, unexpected {unexpected[:5]}")
-    return model
-
-
-def cast_for_export(model: torch.nn.Module, dtype: ExportDtype) -> torch.nn.Module:
-    return model.to(EXPORT_DTYPES[dtype])
+    return model.to(INFERENCE_DTYPES[dtype])

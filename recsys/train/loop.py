@@ -26,7 +26,7 @@ from recsys.models.towers import TwoTowerModel, tokenize_pairs
 from recsys.train.config import TrainConfig
 from recsys.train.deepspeed_config import build_deepspeed_config
 from recsys.train.evaluator import evaluate_retrieval
-from recsys.train.export_weights import cast_for_export, full_fp32_state_dict, load_exported_weights
+from recsys.train.export_weights import full_fp32_state_dict, load_exported_weights
 from recsys.train.hard_negatives import negative_column_pairs
 from recsys.train.validation import ValidationSet
 from recsys.train.worker_loop import PeriodicValidation, WorkerTask, run_worker_loop
@@ -78,7 +78,7 @@ def export_encoder(engine, cfg: TrainConfig, tokenizer, out_dir: str, rank: int)
     if rank != 0 or state is None:
         return False
     model, _ = build_model(cfg)
-    model = cast_for_export(load_exported_weights(model, state), cfg.export_dtype)
+    model = load_exported_weights(model, state, cfg.export_dtype)
     towers = [(model.encoder, out_dir)]
     if model.query_encoder is not None:
         towers.append((model.query_encoder, os.path.join(out_dir, QUERY_TOWER_DIR)))

@@ -26,7 +26,7 @@ from recsys.models.cross_encoder import (
 )
 from recsys.models.encoder import zero3_partitioned_loading
 from recsys.train.deepspeed_config import build_deepspeed_config
-from recsys.train.export_weights import cast_for_export, full_fp32_state_dict, load_exported_weights
+from recsys.train.export_weights import full_fp32_state_dict, load_exported_weights
 from recsys.train.ranker_config import RankerTrainConfig
 from recsys.train.worker_loop import WorkerTask, run_worker_loop
 
@@ -40,7 +40,7 @@ def export_ranker(engine, cfg: RankerTrainConfig, tokenizer, out_dir: str, rank:
     if rank != 0 or state is None:
         return False
     model, _ = load_cross_encoder(cfg.model_name_or_path)
-    save_cross_encoder(cast_for_export(load_exported_weights(model, state), cfg.export_dtype), tokenizer, out_dir)
+    save_cross_encoder(load_exported_weights(model, state, cfg.export_dtype), tokenizer, out_dir)
     return True
 
 
