@@ -155,9 +155,9 @@ class Stages:
 
     def merge(self, by_source: dict, k: int) -> list[dict]:
         """What Retriever.recommend_candidates returns when a personal source found something, else []."""
-        from recsys.serve.candidate_sources import merge_candidates
+        from recsys.serve.candidate_sources import PERSONAL_SOURCES, merge_candidates
 
-        personal = any(by_source.get(s) for s in ("ann", "cooccurrence", "fresh"))
+        personal = any(by_source.get(s) for s in PERSONAL_SOURCES)
         return merge_candidates(by_source, self.sources, k) if personal else []
 
     def rank(self, cands: list[dict]) -> list[dict]:

@@ -13,8 +13,8 @@ args pointed at --data and --index (plus any --set Deployment.key=value), and re
 "k": 10}: the whole served path, candidate sources, Ranker and business rules. Recall@10 and NDCG@10 against
 the one held-out item per user. Offline, in this process, the same index and data version answer the same
 histories: its model's ANN alone, the candidate sources merged as the Retriever merges them (before ranking
-and rules), item co-occurrence alone and popularity alone; every method leaves the history's items out, as the
-served rule exclude_history does. The served row is last, with its ratio to co-occurrence.
+and rules), item co-occurrence alone, EASE alone and popularity alone; every method leaves the history's items
+out, as the served rule exclude_history does. The served row is last, with its ratio to co-occurrence.
 """
 
 from __future__ import annotations
@@ -126,7 +126,7 @@ def load_targets(cut: str, max_users: int | None, seed: int) -> tuple[list[str],
 def offline_answers(config: dict, histories: list[list[str]]) -> dict[str, list[list[str]]]:
     """Top-K lists per method from the served index and data version, loaded in this process."""
     from recsys.serve.app import parse_serve_args, resolve_serving_artifacts
-    from recsys.serve.candidate_sources import SOURCE_NAMES, SourcesConfig, merge_candidates
+    from recsys.serve.candidate_sources import PERSONAL_SOURCES, SOURCE_NAMES, SourcesConfig, merge_candidates
     from recsys.serve.colocated import stage_user_config
     from recsys.serve.retrieval_model import RetrievalModel
 
@@ -138,8 +138,8 @@ def offline_answers(config: dict, histories: list[list[str]]) -> dict[str, list[
                            embed_fresh_items=serve_args.embed_fresh_items)
     sources = SourcesConfig.model_validate(stage_user_config(app, "Retriever").get("sources") or {})
     merge_k = max(serve_args.retrieval_k, K)   # what the Ingress asks the Retriever for
-    out: dict[str, list[list[str]]] = {"popular (offline)": [], "co-occurrence (offline)": [], "ann (offline)": [],
-                                       "sources merged (offline)": []}
+    out: dict[str, list[list[str]]] = {"popular (offline)": [], "co-occurrence (offline)": [], "ease (offline)": [],
+                                       "ann (offline)": [], "sources merged (offline)": []}
     for n, history in enumerate(histories):
         quotas = {name: getattr(sources, name).quota for name in SOURCE_NAMES}
         quotas["ann"] = max(quotas["ann"], K + len(set(history)))   # ANN alone needs K unseen; merge re-cuts it
@@ -148,8 +148,10 @@ def offline_answers(config: dict, histories: list[list[str]]) -> dict[str, list[
         out["popular (offline)"].append(popular)
         out["co-occurrence (offline)"].append(top_k_unseen(
             (i for i, _ in model.cooccurrence.neighbours(history, K + len(set(history)))), history))
+        out["ease (offline)"].append(top_k_unseen(
+            (i for i, _ in model.ease.neighbours(history, K + len(set(history)))), history))
         out["ann (offline)"].append(top_k_unseen((i for i, _ in by_source.get("ann", [])), history))
-        personal = any(by_source.get(s) for s in ("ann", "cooccurrence", "fresh"))
+        personal = any(by_source.get(s) for s in PERSONAL_SOURCES)
         merged = [c["item_id"] for c in merge_candidates(by_source, sources, merge_k)] if personal else popular
         out["sources merged (offline)"].append(top_k_unseen(merged, history))
         if (n + 1) % 500 == 0:

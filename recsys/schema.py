@@ -123,11 +123,12 @@ class Explanation(BaseModel):
     """Why an item is in the answer."""
 
     # Which candidate source proposed the item (recsys/serve/candidate_sources.py): "ann" (embedding
-    # neighbours), "cooccurrence" (seen together in sessions), "fresh" (a catalog item newer than
-    # the index, embedded at start-up), "popular"; for /v1/search "bm25" (lexical match), "ann+bm25"
-    # (both lists of the hybrid search found it: recsys/index/hybrid.py); "pin": a business rule
-    # placed an item retrieval did not propose (its scores are then 0).
-    source: Literal["ann", "bm25", "ann+bm25", "cooccurrence", "fresh", "popular", "pin"]
+    # neighbours), "cooccurrence" (seen together in sessions), "ease" (learned item-to-item weights),
+    # "similar" (text neighbours of the last items), "fresh" (a catalog item newer than the index,
+    # embedded at start-up), "popular"; for /v1/search "bm25" (lexical match), "ann+bm25" (both lists
+    # of the hybrid search found it: recsys/index/hybrid.py); "pin": a business rule placed an item
+    # retrieval did not propose (its scores are then 0).
+    source: Literal["ann", "bm25", "ann+bm25", "cooccurrence", "ease", "similar", "fresh", "popular", "pin"]
     retrieval_score: float
     rank_score: float   # the Ranker's score; ScoredItem.score is this after rule boosts
     rules_applied: list[str] = Field(

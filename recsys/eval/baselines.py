@@ -26,6 +26,29 @@ def popularity_scores(train_sequences: list[list[int]], n_items: int) -> np.ndar
     return np.bincount(np.concatenate(flat), minlength=n_items).astype(np.float64)
 
 
+def sum_csr_rows(indptr: np.ndarray, indices: np.ndarray, weights: np.ndarray, rows: list[np.ndarray],
+                 row_weights: list[np.ndarray], n_cols: int) -> np.ndarray:
+    """Per user u, sum of the CSR matrix's rows `rows[u]` each times `row_weights[u]` -> dense [U, n_cols]
+    float64. Shared by every item-to-item model that scores a history as a weighted sum of its items' rows."""
+    n_users = len(rows)
+    users = np.repeat(np.arange(n_users), [r.size for r in rows]).astype(np.int64)
+    src = np.concatenate(rows).astype(np.int64) if rows else np.zeros(0, dtype=np.int64)
+    scale = np.concatenate(row_weights).astype(np.float64) if row_weights else np.zeros(0)
+    # Expand each (user, history item) into that item's CSR row entries at once.
+    starts, ends = indptr[src], indptr[src + 1]
+    row_len = ends - starts
+    total = int(row_len.sum())
+    owner = np.repeat(np.arange(src.size), row_len)
+    offsets = np.arange(total) - np.repeat(np.cumsum(row_len) - row_len, row_len)
+    entry = starts[owner] + offsets
+    flat = users[owner] * n_cols + indices[entry]
+    contrib = scale[owner] * weights[entry]
+    # bincount allocates the [U*N] output once; no extra dense temporaries. With no entries
+    # at all (only empty histories) it returns int64, hence the (then no-copy) cast.
+    dense = np.bincount(flat, weights=contrib, minlength=n_users * n_cols)
+    return dense.astype(np.float64, copy=False).reshape(n_users, n_cols)
+
+
 class CooccurrenceRecommender:
     """Item-to-item co-occurrence within a sliding window, stored as CSR arrays.
 
@@ -34,15 +57,17 @@ class CooccurrenceRecommender:
     window) are skipped: they would only recommend what the user just saw.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, window: int = 3, last_n: int = 5) -> None:
+        self.window, self.last_n = window, last_n   # defaults of fit and score
         self.n_items = 0
         self.indptr = np.zeros(1, dtype=np.int64)   # [N+1]
         self.indices = np.zeros(0, dtype=np.int64)  # [nnz] co-occurring item per entry
         self.weights = np.zeros(0, dtype=np.float64)  # [nnz]
         self.popularity = np.zeros(0, dtype=np.float64)  # [N] counts
 
-    def fit(self, train_sequences: list[list[int]], n_items: int, window: int = 3) -> CooccurrenceRecommender:
+    def fit(self, train_sequences: list[list[int]], n_items: int, window: int | None = None) -> CooccurrenceRecommender:
         """Count windowed co-occurrences over all sequences; returns self."""
+        window = self.window if window is None else window
         if window < 1:
             raise ValueError(f"window must be >= 1, got {window}")
         self.n_items = n_items
@@ -87,7 +112,7 @@ class CooccurrenceRecommender:
         lo, hi = self.indptr[item], self.indptr[item + 1]
         return {int(j): float(v) for j, v in zip(self.indices[lo:hi], self.weights[lo:hi])}
 
-    def score(self, histories: list[list[int]], last_n: int = 5) -> np.ndarray:
+    def score(self, histories: list[list[int]], last_n: int | None = None) -> np.ndarray:
         """Scores [U, N] float64 for each user's next item.
 
         Sum of the co-occurrence rows of the last `last_n` history items, the most recent
@@ -97,33 +122,13 @@ class CooccurrenceRecommender:
         """
         if self.n_items == 0:
             raise RuntimeError("CooccurrenceRecommender.score called before fit")
+        last_n = self.last_n if last_n is None else last_n
         if last_n < 1:
             raise ValueError(f"last_n must be >= 1, got {last_n}")
-        n_users, n_items = len(histories), self.n_items
-
-        user_parts, item_parts, w_parts = [], [], []
-        for u, hist in enumerate(histories):
-            recent = _as_positions(hist, n_items, f"histories[{u}]")[-last_n:][::-1]
-            user_parts.append(np.full(recent.size, u, dtype=np.int64))
-            item_parts.append(recent)
-            w_parts.append(1.0 / np.arange(1, recent.size + 1))
-        users = np.concatenate(user_parts) if user_parts else np.zeros(0, dtype=np.int64)
-        src = np.concatenate(item_parts) if item_parts else np.zeros(0, dtype=np.int64)
-        recency = np.concatenate(w_parts) if w_parts else np.zeros(0)
-
-        # Expand each (user, history item) into that item's CSR row entries at once.
-        starts, ends = self.indptr[src], self.indptr[src + 1]
-        row_len = ends - starts
-        total = int(row_len.sum())
-        owner = np.repeat(np.arange(src.size), row_len)
-        offsets = np.arange(total) - np.repeat(np.cumsum(row_len) - row_len, row_len)
-        entry = starts[owner] + offsets
-        flat = users[owner] * n_items + self.indices[entry]
-        contrib = recency[owner] * self.weights[entry]
-        # bincount allocates the [U*N] output once; no extra dense temporaries. With no entries
-        # at all (only empty histories) it returns int64, hence the (then no-copy) cast.
-        dense = np.bincount(flat, weights=contrib, minlength=n_users * n_items)
-        out = dense.astype(np.float64, copy=False).reshape(n_users, n_items)
+        n_items = self.n_items
+        recent = [_as_positions(h, n_items, f"histories[{u}]")[-last_n:][::-1] for u, h in enumerate(histories)]
+        out = sum_csr_rows(self.indptr, self.indices, self.weights, recent,
+                           [1.0 / np.arange(1, r.size + 1) for r in recent], n_items)
 
         top = self.popularity.max() if self.popularity.size else 0.0
         if top > 0:

@@ -20,7 +20,10 @@ RECOMMEND_RETRIEVER_FEATURES = (
     "ann_rank",           # 1-based rank in the ANN list; quota + 1 when absent
     "cooc_score",         # co-occurrence score / the list's best (0 when absent)
     "cooc_rank",          # 1-based rank in the co-occurrence list; quota + 1 when absent
+    "ease_score",         # EASE item-to-item score / the list's best (0 when absent)
+    "ease_rank",          # 1-based rank in the EASE list; quota + 1 when absent
     "last_item_cosine",   # cosine of the item's text vector and the history's last item's
+    "history_cosine",     # cosine with the recency-weighted direction of the last 5 items' text vectors
     "fresh",              # 1 for an item newer than the index
     "history_length",     # known history items
 )
@@ -43,14 +46,16 @@ def source_columns(item_ids: Sequence[str], pairs: Sequence[tuple[str, float]], 
 
 def recommend_feature_rows(cands: Sequence[Mapping], by_source: Mapping[str, Sequence[tuple[str, float]]],
                            quotas: Mapping[str, int], ann_score: Sequence[float], last_cosine: Sequence[float],
-                           history_length: int) -> np.ndarray:
+                           history_cosine: Sequence[float], history_length: int) -> np.ndarray:
     """Merged candidates [{item_id, retrieval_score, source}] -> float32 [C, len(RECOMMEND_RETRIEVER_FEATURES)]."""
     ids = [c["item_id"] for c in cands]
     _, ann_rank = source_columns(ids, by_source.get("ann", ()), quotas.get("ann", 0), scale_by_best=False)
     cooc, cooc_rank = source_columns(ids, by_source.get("cooccurrence", ()), quotas.get("cooccurrence", 0),
                                      scale_by_best=True)
+    ease, ease_rank = source_columns(ids, by_source.get("ease", ()), quotas.get("ease", 0), scale_by_best=True)
     columns = [np.array([c["retrieval_score"] for c in cands], np.float32), np.asarray(ann_score, np.float32),
-               ann_rank, cooc, cooc_rank, np.asarray(last_cosine, np.float32),
+               ann_rank, cooc, cooc_rank, ease, ease_rank, np.asarray(last_cosine, np.float32),
+               np.asarray(history_cosine, np.float32),
                np.array([c["source"] == "fresh" for c in cands], np.float32),
                np.full(len(ids), history_length, np.float32)]
     return np.stack(columns, axis=1).astype(np.float32).reshape(len(ids), len(RECOMMEND_RETRIEVER_FEATURES))

@@ -4,6 +4,9 @@ Sources (each a list of (item_id, score), best first):
 - "ann": the user tower's nearest items in the Faiss index (personal, needs a known history);
 - "cooccurrence": items bought/viewed near the history's items in the data version's sequences
   (recsys.eval.baselines.CooccurrenceRecommender, the offline baseline, reused as is);
+- "ease": items the learned item-to-item weights (recsys.models.ease) give the recency-weighted history;
+- "similar": the index's items nearest (text vectors) to the recency-weighted direction of the history's
+  last items (ItemVectors.recent_direction): one Faiss search, no encoder pass;
 - "fresh": catalog items the index lacks, embedded from their text with the item tower at
   Retriever start-up and scored against the history's text vector (cold-start items);
 - "popular": the most interacted-with items (cold-start users, and filler for everyone).
@@ -26,10 +29,13 @@ from pydantic import BaseModel, Field
 
 from recsys.eval.baselines import CooccurrenceRecommender
 from recsys.index.hybrid import HybridSearchConfig
+from recsys.models.ease import EaseRecommender
 
-SOURCE_NAMES = ("ann", "cooccurrence", "fresh", "popular")
+SOURCE_NAMES = ("ann", "cooccurrence", "ease", "similar", "fresh", "popular")
+# Sources that find something for a known history (popular is the filler list).
+PERSONAL_SOURCES = ("ann", "cooccurrence", "ease", "similar", "fresh")
 # Sources whose scores are already cosines in [-1, 1], comparable across requests and with each other.
-COSINE_SOURCES = frozenset({"ann", "fresh"})
+COSINE_SOURCES = frozenset({"ann", "similar", "fresh"})
 
 
 class SourceQuota(BaseModel, extra="forbid"):
@@ -51,6 +57,8 @@ class SourcesConfig(BaseModel, extra="forbid"):
 
     ann: SourceQuota = _quota(100, 1.0)
     cooccurrence: SourceQuota = _quota(50, 0.8)
+    ease: SourceQuota = _quota(100, 0.9)
+    similar: SourceQuota = _quota(100, 0.7)
     fresh: SourceQuota = _quota(20, 0.6)
     popular: SourceQuota = _quota(20, 0.3)
 
@@ -106,35 +114,47 @@ def drop_items(cands: Iterable[dict[str, Any]], exclude: Iterable[str]) -> tuple
     return kept, len(cands) - len(kept)
 
 
-class CooccurrenceSource:
-    """Item ids in, item ids out, around the position-based CooccurrenceRecommender."""
+class ItemToItemSource:
+    """Item ids in, item ids out, around a position-based item-to-item model fitted on the histories
+    (co-occurrence, EASE): `model` has fit(position sequences, n_items) and score(position histories) -> [U, N]."""
 
-    def __init__(self, histories: Iterable[Sequence[str]], window: int = 3, last_n: int = 5):
+    def __init__(self, histories: Iterable[Sequence[str]], model: Any, min_score: float = 0.0):
         seqs = [list(h) for h in histories]
         self.item_ids = sorted({i for h in seqs for i in h})
         self.position = {item: p for p, item in enumerate(self.item_ids)}
-        self.last_n = last_n
-        self.model = CooccurrenceRecommender()
+        self.min_score = min_score
+        self.model = model
         if self.item_ids:
-            self.model.fit([[self.position[i] for i in h] for h in seqs], len(self.item_ids), window)
+            self.model.fit([[self.position[i] for i in h] for h in seqs], len(self.item_ids))
 
     def __len__(self) -> int:
         return len(self.item_ids)
 
     def neighbours(self, history: Sequence[str], k: int) -> list[tuple[str, float]]:
-        """History (oldest first) -> up to k (item_id, co-occurrence score), best first; items with no
-        co-occurrence (score only from the popularity tie-break) and history items are left out."""
+        """History (oldest first) -> up to k (item_id, score), best first; items scoring at most min_score
+        and history items are left out."""
         known = [self.position[i] for i in history if i in self.position]
         if not known or k < 1:
             return []
-        scores = self.model.score([known], self.last_n)[0]   # [N]
+        scores = self.model.score([known])[0]   # [N]
         scores[known] = 0.0
-        n = min(k, int((scores > 1e-3).sum()))   # the tie-break adds at most 1e-6
+        n = min(k, int((scores > self.min_score).sum()))
         if n == 0:
             return []
         top = np.argpartition(-scores, n - 1)[:n]
         top = top[np.argsort(-scores[top], kind="stable")]
         return [(self.item_ids[p], float(scores[p])) for p in top]
+
+
+def cooccurrence_source(histories: Iterable[Sequence[str]], window: int = 3, last_n: int = 5) -> ItemToItemSource:
+    """Co-occurrence over the histories. Its popularity tie-break adds at most 1e-6, so only scores above
+    1e-3 are co-occurrences."""
+    return ItemToItemSource(histories, CooccurrenceRecommender(window, last_n), min_score=1e-3)
+
+
+def ease_source(histories: Iterable[Sequence[str]]) -> ItemToItemSource:
+    """EASE item-to-item weights over the histories (recsys.models.ease, its defaults)."""
+    return ItemToItemSource(histories, EaseRecommender())
 
 
 class RetrieverConfig(BaseModel, extra="forbid"):

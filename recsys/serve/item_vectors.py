@@ -75,6 +75,19 @@ class ItemVectors:
         norm = float(np.linalg.norm(mean))
         return mean / norm if norm > 1e-6 else None
 
+    def recent_direction(self, history: Sequence[str], last_n: int = 5, decay: float = 0.5) -> np.ndarray | None:
+        """Unit-length sum of the last `last_n` known history items' vectors, the newest weighted 1, the one
+        before `decay`, then decay**2, ...: where the user's recent taste points. None when none is known."""
+        found, vecs = self.vectors(list(reversed(history)))
+        if len(vecs) == 0:
+            return None
+        _, first = np.unique(found[:last_n], return_index=True)   # each item once, at its newest step
+        weights = np.zeros(min(last_n, len(found)), dtype=np.float32)
+        weights[first] = decay ** first.astype(np.float32)
+        mean = weights @ vecs[:weights.size]
+        norm = float(np.linalg.norm(mean))
+        return mean / norm if norm > 1e-6 else None
+
     def search(self, vector: np.ndarray, k: int, exclude: Sequence[str] = ()) -> list[tuple[str, float]]:
         """Vector [D] -> up to k (item_id, inner product), best first, skipping `exclude`."""
         if k < 1:

@@ -23,7 +23,14 @@ from recsys.models.quantize import Quantize
 from recsys.models.recommend_features import recommend_feature_rows
 from recsys.models.search_features import ranks_in, retriever_feature_rows, term_rows_stats
 from recsys.models.sequence_tower import USER_TOWER_DIR, SequenceTowerInput
-from recsys.serve.candidate_sources import SOURCE_NAMES, CooccurrenceSource, SourcesConfig, merge_candidates
+from recsys.serve.candidate_sources import (
+    PERSONAL_SOURCES,
+    SOURCE_NAMES,
+    SourcesConfig,
+    cooccurrence_source,
+    ease_source,
+    merge_candidates,
+)
 from recsys.serve.catalog import POPULARITY_FILE, SEQUENCES_DIR, CatalogLookup, load_popularity, load_user_histories
 from recsys.serve.fresh_items import FreshItems, load_fresh_items, unindexed_item_texts
 from recsys.serve.item_vectors import ItemVectors
@@ -63,10 +70,12 @@ class RetrievalModel:
         self.lexical_position = {item: p for p, item in enumerate(self.lexical_ids)}
         # Co-occurrence and popularity come from the data version beside the catalog (sequences/,
         # popularity.parquet); without data_dir those sources stay empty.
-        self.cooccurrence = CooccurrenceSource([])
+        self.cooccurrence = cooccurrence_source([])
+        self.ease = ease_source([])
         self.popular: list[str] = []
         if data_dir is not None:
-            self.cooccurrence = CooccurrenceSource(load_user_histories(Path(data_dir) / SEQUENCES_DIR).values())
+            histories = list(load_user_histories(Path(data_dir) / SEQUENCES_DIR).values())
+            self.cooccurrence, self.ease = cooccurrence_source(histories), ease_source(histories)
             ranked, _ = load_popularity(Path(data_dir) / POPULARITY_FILE)
             self.popular = [i for i in ranked if self.catalog.in_stock(i)]
 
@@ -203,17 +212,21 @@ class RetrievalModel:
         text_vector = self._history_text_vector(history, quotas, text_vector)
         user = self.user_tower.user_vector(history) if self.user_tower is not None else text_vector
         by_source = self.candidate_sources(history, quotas, text_vector, user)
-        if not any(by_source.get(s) for s in ("ann", "cooccurrence", "fresh")):
+        if not any(by_source.get(s) for s in PERSONAL_SOURCES):
             return [], False
         cands = merge_candidates(by_source, sources, k)
         ids = [c["item_id"] for c in cands]
         ann = dict(self.user_space_vectors.score(user, ids)) if user is not None else {}
-        last = next((i for i in reversed(history) if i in self.text_vectors), None)
-        last_cos = dict(self.text_vectors.score(self.text_vectors.vectors([last])[1][0], ids)) if last else {}
-        rows = recommend_feature_rows(cands, by_source, quotas, [ann.get(i, 0.0) for i in ids],
-                                      [last_cos.get(i, 0.0) for i in ids], sum(i in self.catalog.titles
-                                                                              for i in history))
+        last_cos = self._cosines(self.text_vectors.recent_direction(history, last_n=1), ids)
+        recent_cos = self._cosines(self.text_vectors.recent_direction(history), ids)
+        rows = recommend_feature_rows(cands, by_source, quotas, [ann.get(i, 0.0) for i in ids], last_cos, recent_cos,
+                                      sum(i in self.catalog.titles for i in history))
         return [{**c, "features": row.tolist()} for c, row in zip(cands, rows)], True
+
+    def _cosines(self, direction: np.ndarray | None, ids: list[str]) -> list[float]:
+        """The text vectors' cosine with `direction` per id (0 for ids the index lacks, or no direction)."""
+        found = dict(self.text_vectors.score(direction, ids)) if direction is not None else {}
+        return [found.get(i, 0.0) for i in ids]
 
     def _history_text_vector(self, history: list[str], quotas: dict[str, int],
                              text_vector: np.ndarray | None) -> np.ndarray | None:
@@ -240,6 +253,12 @@ class RetrievalModel:
             out["ann"] = [] if user is None else self._search(user[None], quotas["ann"], recommend=True)[0]
         if quotas.get("cooccurrence", 0) > 0:
             out["cooccurrence"] = self.cooccurrence.neighbours(history, quotas["cooccurrence"])
+        if quotas.get("ease", 0) > 0:
+            out["ease"] = self.ease.neighbours(history, quotas["ease"])
+        if quotas.get("similar", 0) > 0:
+            direction = self.text_vectors.recent_direction(history)
+            out["similar"] = [] if direction is None else self.text_vectors.search(direction, quotas["similar"],
+                                                                                   exclude=history)
         if quotas.get("fresh", 0) > 0:
             out["fresh"] = self.fresh.search(text_vector, quotas["fresh"])
         if quotas.get("popular", 0) > 0:

@@ -8,7 +8,6 @@ contrastive step, the retrieval validation and the export of the towers as HF di
 from __future__ import annotations
 
 import os
-import zlib
 from typing import Any
 
 import torch
@@ -22,12 +21,12 @@ from recsys.models.encoder import (
 )
 from recsys.models.lora import apply_lora, merge_lora
 from recsys.models.losses import in_batch_softmax_loss
-from recsys.models.towers import TwoTowerModel, tokenize_pairs
+from recsys.models.towers import TwoTowerModel, padding_stats
 from recsys.train.config import TrainConfig
 from recsys.train.deepspeed_config import build_deepspeed_config
 from recsys.train.evaluator import evaluate_retrieval
 from recsys.train.export_weights import full_fp32_state_dict, load_exported_weights
-from recsys.train.hard_negatives import negative_column_pairs
+from recsys.train.pair_tokens import ANCHOR_KEY, stacked_tokens, token_sides
 from recsys.train.validation import ValidationSet
 from recsys.train.worker_loop import PeriodicValidation, WorkerTask, run_worker_loop
 
@@ -60,11 +59,6 @@ def build_engine(cfg: TrainConfig, world: int, total_steps: int):
     params = [p for p in model.parameters() if p.requires_grad]
     engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=params, config=ds_config)
     return engine, tokenizer
-
-
-def item_keys(item_ids) -> torch.Tensor:
-    """Stable int ids (item ids or anchor texts) for the masks of the loss (crc32 is the same on every worker)."""
-    return torch.tensor([zlib.crc32(str(i).encode()) for i in item_ids], dtype=torch.int64)
 
 
 def export_encoder(engine, cfg: TrainConfig, tokenizer, out_dir: str, rank: int) -> bool:
@@ -103,43 +97,47 @@ def gather_candidates(local: torch.Tensor, rank: int, world: int) -> torch.Tenso
     return torch.cat(parts)
 
 
-def train_step(engine, tokenizer, batch: dict, cfg: TrainConfig, rank: int = 0, world: int = 1) -> float:
-    """One micro-batch: forward both towers in one pass, softmax over the candidates, backward, step.
+def train_step(engine, batch: dict, cfg: TrainConfig, rank: int = 0, world: int = 1) -> float:
+    """One micro-batch of tokenised pairs (recsys/train/pair_tokens.py): forward both towers, softmax over the
+    candidates, backward, step. No tokenisation here: Ray Data did it before the batch arrived.
 
     Candidates are the batch's positives, then its mined hard negatives (when the pairs carry them: every
     pair's first, then every pair's second ...), then with negatives_across_workers the same from every
     other worker."""
-    n = len(batch["anchor_text"])
-    items, ids = list(batch["positive_text"]), list(batch["positive_item_id"])
-    negatives = negative_column_pairs(list(batch))
-    for id_column, text_column in negatives:
-        items += list(batch[text_column])
-        ids += list(batch[id_column])
-    n_hard = n * len(negatives)
-    tok = tokenize_pairs(tokenizer, batch["anchor_text"], items, cfg.query_max_length, cfg.item_max_length)
-    query, item = engine(tok["input_ids"].to(engine.device), tok["attention_mask"].to(engine.device), n_queries=n)
-    keys = item_keys(ids).to(engine.device)
-    anchors = item_keys(batch["anchor_text"]).to(engine.device)
+    device = engine.device
+    sides = token_sides(batch)
+    n = len(batch[ANCHOR_KEY])
+    n_hard = n * (len(sides) - 1)
+    input_ids, attention_mask = stacked_tokens(batch, sides)
+    query, item = engine(input_ids.to(device), attention_mask.to(device), n_queries=n)
+    keys = torch.cat([torch.as_tensor(batch[f"{side}_key"]) for side in sides]).to(device)
     # -1: a hard negative is no row's positive, so no anchor's other positive either
-    anchors = torch.cat([anchors, torch.full((n_hard,), -1, dtype=torch.int64, device=engine.device)])
+    anchors = torch.cat([torch.as_tensor(batch[ANCHOR_KEY]).to(device),
+                         torch.full((n_hard,), -1, dtype=torch.int64, device=device)])
     log_q = None
     if cfg.logq_correction:   # only in-batch positives were sampled by frequency; hard negatives get no correction
-        log_q = torch.tensor(batch["positive_log_q"], dtype=torch.float32, device=engine.device)
-        log_q = torch.cat([log_q, torch.zeros(n_hard, device=engine.device)])
+        log_q = torch.cat([torch.as_tensor(batch["positive_log_q"]).float().to(device),
+                           torch.zeros(n_hard, device=device)])
     item, first = item.float(), 0
     if cfg.negatives_across_workers and world > 1:
-        first = rank * len(ids)
+        first = rank * len(keys)
         item, keys = gather_candidates(item, rank, world), gather_candidates(keys, rank, world)
         anchors = gather_candidates(anchors, rank, world)
         log_q = gather_candidates(log_q, rank, world) if log_q is not None else None
-    # torch.tensor copies: Ray Data hands read-only numpy arrays, which torch.as_tensor warns about.
-    weights = torch.tensor(batch["positive_weight"], dtype=torch.float32, device=engine.device) \
-        if "positive_weight" in batch else None
+    weights = torch.as_tensor(batch["positive_weight"]).float().to(device) if "positive_weight" in batch else None
     loss = in_batch_softmax_loss(query.float(), item, keys, cfg.temperature, log_q, first, anchors,
                                  symmetric=cfg.symmetric_loss, weights=weights)
     engine.backward(loss)
     engine.step()
     return float(loss.detach())
+
+
+def step_tokens(batch: dict, cfg: TrainConfig) -> dict[str, int]:
+    """Real and computed tokens of one tokenised micro-batch, as TwoTowerModel encodes it (the run's summary)."""
+    sides = token_sides(batch)
+    _, attention_mask = stacked_tokens(batch, sides)
+    stats = padding_stats(attention_mask, len(batch[ANCHOR_KEY]), cfg.length_buckets)
+    return {"real": stats["real"], "computed": stats["computed"]}
 
 
 def retrieval_validation(cfg: TrainConfig, vset: ValidationSet) -> PeriodicValidation:
@@ -158,7 +156,9 @@ def two_tower_task(cfg: TrainConfig, vset: ValidationSet | None) -> WorkerTask:
     return WorkerTask(
         job="train",
         build_engine=lambda world, total_steps: build_engine(cfg, world, total_steps),
-        step=lambda engine, tokenizer, batch, rank, world: train_step(engine, tokenizer, batch, cfg, rank, world),
+        step=lambda engine, _tokenizer, batch, rank, world: train_step(engine, batch, cfg, rank, world),
+        torch_batches=True,
+        count_tokens=lambda batch: step_tokens(batch, cfg),
         export=lambda engine, tokenizer, out_dir, rank: export_encoder(engine, cfg, tokenizer, out_dir, rank),
         validation=retrieval_validation(cfg, vset) if vset is not None else None)
 

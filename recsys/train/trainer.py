@@ -30,12 +30,14 @@ from recsys.train.config import TrainConfig
 from recsys.train.curves import METRICS_FILE, summarise_run_losses
 from recsys.train.deepspeed_config import plan_total_steps
 from recsys.train.loop import train_loop_per_worker
+from recsys.train.pair_tokens import PairTokens
 from recsys.train.retriever import mine_pair_hard_negatives
 from recsys.train.run_driver import fit_run, start_or_resume_run
 from recsys.train.user_tower_stage import train_user_tower
 from recsys.train.validation import load_validation_set
 
 JOB = "train"
+TOKENIZE_BATCH_ROWS = 256   # rows per tokenizer call in Ray Data: big enough to amortise the call, small blocks
 
 
 def run_training(cfg: TrainConfig) -> dict:
@@ -53,6 +55,7 @@ def run_training(cfg: TrainConfig) -> dict:
         pairs_dir = mine_pair_hard_negatives(hn, data_dir, data_version, model_dir, cfg.use_gpu, cfg.seed, JOB,
                                              judged.get(hn.judgments or ""))
     pairs, n_pairs = training_pair_stream(pairs_dir, data_dir, cfg, judged)
+    pairs = tokenized(pairs, base_model, cfg)
     total_steps = plan_total_steps(cfg, n_pairs, cfg.num_workers)
     log(JOB, f"data {data_version}: {n_pairs} pairs; {total_steps} steps x {cfg.num_workers} workers x "
              f"{cfg.micro_batch_size} pairs"
@@ -107,6 +110,15 @@ def training_pair_stream(pairs_dir: Path, data_dir: Path, cfg: TrainConfig,
         table = judged[path] if judged and path in judged else read_judgments(path)[0]
         pairs = with_positive_weights(pairs, pairs_dir, path, cfg.graded_positives.floor, table)
     return pairs, n_pairs
+
+
+def tokenized(pairs, tokenizer_path: str, cfg: TrainConfig):
+    """The pairs as token ids, masks and keys (recsys/train/pair_tokens.py), tokenised by Ray Data tasks on
+    the CPUs the workers leave free, so no worker step waits on a tokenizer."""
+    log(JOB, f"pairs are tokenised in Ray Data (queries to {cfg.query_max_length}, items to {cfg.item_max_length} "
+             f"tokens) ahead of the workers")
+    return pairs.map_batches(PairTokens(tokenizer_path, cfg.query_max_length, cfg.item_max_length),
+                             batch_format="numpy", batch_size=TOKENIZE_BATCH_ROWS)
 
 
 def catalog_query_dataset(pairs, data_dir: Path, cfg: TrainConfig, n_logged: int):

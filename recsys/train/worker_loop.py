@@ -63,6 +63,32 @@ class WorkerTask:
     export: Callable[[Engine, Any, str, int], bool]                   # write the model to a dir (rank 0 -> True)
     validation: PeriodicValidation | None = None
     after_training: Callable[[Engine, Any, int, int], dict[str, Any]] | None = None   # extra final metrics
+    torch_batches: bool = False       # batches of tensors on the device (all-numeric columns), else numpy
+    count_tokens: Callable[[dict], dict[str, int]] | None = None   # batch -> {"real", "computed"} tokens
+
+
+@dataclass
+class Throughput:
+    """What this attempt's steps processed, for the run summary: wall time includes waiting for data."""
+
+    steps: int = 0
+    data_wait_s: float = 0.0
+    real_tokens: int = 0
+    computed_tokens: int = 0
+
+    def add(self, wait_s: float, tokens: dict[str, int] | None) -> None:
+        self.steps += 1
+        self.data_wait_s += wait_s
+        if tokens:
+            self.real_tokens += tokens["real"]
+            self.computed_tokens += tokens["computed"]
+
+    def summary(self, seconds: float) -> dict[str, float]:
+        out = {"data_wait_fraction": round(self.data_wait_s / max(seconds, 1e-9), 4)}
+        if self.computed_tokens:
+            out |= {"tokens_per_second": round(self.real_tokens / max(seconds, 1e-9), 1),
+                    "real_token_fraction": round(self.real_tokens / self.computed_tokens, 4)}
+        return out
 
 
 def limit_cpu_heap_growth(zero_stage: int, use_gpu: bool) -> None:
@@ -127,7 +153,8 @@ def run_worker_loop(task: WorkerTask, cfg: DeepSpeedRunConfig, config: dict) -> 
         state.best_checkpoint = restored.path   # saved as the new best: its own path was not known yet
     writer = MetricsWriter(config["log_dir"], resume_step=state.step) if rank == 0 and config.get("log_dir") else None
     started, start_step = time.perf_counter(), state.step
-    train_steps(task, cfg, engine, tokenizer, state, stopper, writer, micro_steps, rank, world)
+    throughput = Throughput()
+    train_steps(task, cfg, engine, tokenizer, state, stopper, writer, micro_steps, rank, world, throughput)
     if writer is not None:
         writer.close()
     steps_done = state.step // cfg.grad_accum_steps
@@ -142,7 +169,8 @@ def run_worker_loop(task: WorkerTask, cfg: DeepSpeedRunConfig, config: dict) -> 
     metrics: dict[str, Any] = {
         "steps": steps_done, "stopped_early": steps_done < total_steps,
         "resumed_from_step": state.resumed_from // cfg.grad_accum_steps, "train_seconds": round(state.elapsed_s, 1),
-        "pairs_per_second": round((state.step - start_step) * cfg.micro_batch_size * world / max(seconds, 1e-9), 2)}
+        "pairs_per_second": round((state.step - start_step) * cfg.micro_batch_size * world / max(seconds, 1e-9), 2),
+        **throughput.summary(seconds)}
     if task.validation is not None and stopper.best_step is not None:
         metrics |= {"best_step": stopper.best_step, **state.best_metrics, "checkpoint_score": stopper.best}
     if task.after_training is not None:
@@ -150,21 +178,33 @@ def run_worker_loop(task: WorkerTask, cfg: DeepSpeedRunConfig, config: dict) -> 
     report_final(state, metrics, rank, lambda out_dir: task.export(engine, tokenizer, out_dir, rank))
 
 
-def train_steps(task: WorkerTask, cfg: DeepSpeedRunConfig, engine, tokenizer, state: TrainState,
-                stopper: EarlyStopping, writer: MetricsWriter | None, micro_steps: int, rank: int, world: int) -> bool:
-    """Step through the worker's shard, epoch after epoch, to the step budget; True = stopped early."""
+def shard_batches(task: WorkerTask, cfg: DeepSpeedRunConfig, shuffle_seed: int):
+    """One epoch of this worker's shard in micro-batches: tensors already on the training device, prefetched
+    while the step computes, when the task's batches are all-numeric; else numpy."""
     import ray.train
 
     shard = ray.train.get_dataset_shard("train")
+    common = {"batch_size": cfg.micro_batch_size, "drop_last": True, "local_shuffle_seed": shuffle_seed,
+              "local_shuffle_buffer_size": cfg.shuffle_buffer or None}
+    if task.torch_batches:
+        return shard.iter_torch_batches(prefetch_batches=2, **common)
+    return shard.iter_batches(batch_format="numpy", **common)
+
+
+def train_steps(task: WorkerTask, cfg: DeepSpeedRunConfig, engine, tokenizer, state: TrainState,
+                stopper: EarlyStopping, writer: MetricsWriter | None, micro_steps: int, rank: int, world: int,
+                throughput: Throughput) -> bool:
+    """Step through the worker's shard, epoch after epoch, to the step budget; True = stopped early.
+    Each step's samples_per_s and the run's throughput count the wait for the batch as well as the step."""
     losses: list[float] = []
     prior_elapsed, start_step = state.elapsed_s, state.step
     started = last = time.perf_counter()
     stop = stopper.should_stop
     while state.step < micro_steps and not stop:
         seen_in_epoch = 0
-        for batch in shard.iter_batches(batch_size=cfg.micro_batch_size, batch_format="numpy", drop_last=True,
-                                        local_shuffle_buffer_size=cfg.shuffle_buffer or None,
-                                        local_shuffle_seed=cfg.seed + state.step + rank):
+        for batch in shard_batches(task, cfg, cfg.seed + state.step + rank):
+            waited = time.perf_counter() - last
+            throughput.add(waited, task.count_tokens(batch) if task.count_tokens else None)
             losses.append(task.step(engine, tokenizer, batch, rank, world))
             state.step += 1
             seen_in_epoch += 1
@@ -172,7 +212,7 @@ def train_steps(task: WorkerTask, cfg: DeepSpeedRunConfig, engine, tokenizer, st
             state.elapsed_s = prior_elapsed + now - started
             scalars = {"loss": losses[-1], "lr": float(engine.get_lr()[0]),
                        "samples_per_s": cfg.micro_batch_size * world / max(now - last, 1e-9),
-                       "elapsed_s": state.elapsed_s}
+                       "data_wait_s": waited, "elapsed_s": state.elapsed_s}
             last_step = state.step >= micro_steps
             if state.step % cfg.grad_accum_steps == 0:
                 stop = after_optimizer_step(task, cfg, engine, tokenizer, state, stopper, scalars, writer,

@@ -21,7 +21,7 @@ from recsys.artifacts import resolve_artifact
 from recsys.index.hybrid import HybridSearchConfig
 from recsys.models.recommend_features import RECOMMEND_RETRIEVER_FEATURES
 from recsys.serve.app import build_app
-from recsys.serve.candidate_sources import SourcesConfig, merge_candidates
+from recsys.serve.candidate_sources import SOURCE_NAMES, SourcesConfig, merge_candidates
 from recsys.serve.http_errors import install_error_handlers
 from recsys.serve.retrieval_model import RetrievalModel
 
@@ -44,7 +44,8 @@ def test_sources_and_batching(serve_app, recsys_home: Path) -> None:
     # The Retriever's core, in this process: which source proposes what.
     model = RetrievalModel(index_dir, data_dir / "catalog.parquet", data_dir=data_dir)
     assert model.fresh.item_ids == ["c99"] and model.size == 40, "the unindexed item is embedded at start"
-    by_source = model.candidate_sources(["c01"], {"ann": 20, "cooccurrence": 20, "fresh": 5, "popular": 5})
+    by_source = model.candidate_sources(["c01"], {"ann": 20, "cooccurrence": 20, "ease": 20, "fresh": 5, "popular": 5})
+    assert by_source["ease"] and "c01" not in dict(by_source["ease"]), by_source["ease"]
     assert [i for i, _ in by_source["cooccurrence"]] == ["c02", "c00"], by_source["cooccurrence"]
     assert by_source["fresh"][0][0] == "c99" and by_source["fresh"][0][1] > 0.3, by_source["fresh"]
     assert by_source["popular"][0][0] == "b03", "e00 is out of stock"
@@ -60,7 +61,7 @@ def test_sources_and_batching(serve_app, recsys_home: Path) -> None:
     merged = merge_candidates(by_source, SourcesConfig(), k=100)
     # what the Retriever serves: the same merge, each candidate with every source's view for a learned ranker
     served, personal = model.recommend_candidates(["c01"], SourcesConfig(), 100)
-    quotas = {name: getattr(SourcesConfig(), name).quota for name in ("ann", "cooccurrence", "fresh", "popular")}
+    quotas = {name: getattr(SourcesConfig(), name).quota for name in SOURCE_NAMES}
     same = merge_candidates(model.candidate_sources(["c01"], quotas), SourcesConfig(), k=100)
     assert personal and [c["item_id"] for c in served] == [c["item_id"] for c in same]
     assert all(len(c["features"]) == len(RECOMMEND_RETRIEVER_FEATURES) for c in served)
@@ -89,7 +90,7 @@ def test_sources_and_batching(serve_app, recsys_home: Path) -> None:
         assert r.status_code == 200, r.text
         why = {i["item_id"]: i["explanation"]["source"] for i in r.json()["items"]}
         assert why.get("c99") == "fresh", f"the fresh pan is not recommended as fresh: {why}"
-        assert set(why.values()) <= {"ann", "cooccurrence", "fresh", "popular"}, why
+        assert set(why.values()) <= set(SOURCE_NAMES), why
         r = http.post("/v1/recommend", json={"user_id": "u1", "k": 10})
         assert r.status_code == 200 and not {i["item_id"] for i in r.json()["items"]} & set(HISTORIES["u1"])
         # Search finds the fresh pan by its text (its vector and its words).

@@ -8,10 +8,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from recsys.serve.candidate_sources import (
-    CooccurrenceSource,
     RetrieverConfig,
     SourceQuota,
     SourcesConfig,
+    cooccurrence_source,
     drop_items,
     merge_candidates,
     scale_scores,
@@ -74,12 +74,12 @@ def test_drop_items_counts_what_it_drops() -> None:
 
 
 def test_cooccurrence_source_uses_item_ids_and_leaves_history_out() -> None:
-    source = CooccurrenceSource([["a", "b", "c"], ["a", "b"], ["x", "y"]], window=1)
+    source = cooccurrence_source([["a", "b", "c"], ["a", "b"], ["x", "y"]], window=1)
     got = source.neighbours(["a"], k=5)
     assert [i for i, _ in got] == ["b"], "c is two steps from a, outside window 1; x/y never co-occur"
     assert [i for i, _ in source.neighbours(["b"], k=5)] == ["a", "c"]   # a twice, c once
     assert source.neighbours(["a", "b"], k=5)[0][0] == "c"
-    assert source.neighbours(["unknown"], k=5) == [] and CooccurrenceSource([]).neighbours(["a"], 3) == []
+    assert source.neighbours(["unknown"], k=5) == [] and cooccurrence_source([]).neighbours(["a"], 3) == []
 
 
 def _fake_embed(texts):  # one-hot by first letter: deterministic unit vectors

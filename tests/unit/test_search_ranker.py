@@ -103,11 +103,14 @@ def test_recommend_feature_rows_give_every_source_its_view() -> None:
     cands = [{"item_id": "a", "retrieval_score": 0.9, "source": "ann"},
              {"item_id": "b", "retrieval_score": 0.8, "source": "cooccurrence"},
              {"item_id": "n", "retrieval_score": 0.5, "source": "fresh"}]
-    by_source = {"ann": [("a", 0.9), ("b", 0.4)], "cooccurrence": [("b", 4.0), ("a", 2.0)], "fresh": [("n", 0.5)]}
-    rows = recommend_feature_rows(cands, by_source, {"ann": 100, "cooccurrence": 50}, [0.9, 0.4, 0.1],
-                                  [0.3, 0.2, 0.1], history_length=4)
+    by_source = {"ann": [("a", 0.9), ("b", 0.4)], "cooccurrence": [("b", 4.0), ("a", 2.0)], "fresh": [("n", 0.5)],
+                 "ease": [("a", 0.2)]}
+    rows = recommend_feature_rows(cands, by_source, {"ann": 100, "cooccurrence": 50, "ease": 30}, [0.9, 0.4, 0.1],
+                                  [0.3, 0.2, 0.1], [0.6, 0.5, 0.4], history_length=4)
     col = {name: rows[:, j].tolist() for j, name in enumerate(RECOMMEND_RETRIEVER_FEATURES)}
     assert col["merged"] == pytest.approx([0.9, 0.8, 0.5]) and col["ann_rank"] == [1, 2, 101]
     assert col["cooc_score"] == pytest.approx([0.5, 1.0, 0.0]) and col["cooc_rank"] == [2, 1, 51]
+    assert col["ease_score"] == pytest.approx([1.0, 0.0, 0.0]) and col["ease_rank"] == [1, 31, 31]
+    assert col["history_cosine"] == pytest.approx([0.6, 0.5, 0.4])
     assert col["fresh"] == [0, 0, 1] and col["history_length"] == [4, 4, 4]
     assert source_columns(["x"], [], 7, scale_by_best=True)[1].tolist() == [8], "absent: quota + 1"
