@@ -17,3 +17,9 @@ class RecommendRankerConfig(LTRSettings):
     retrieval_k: int = Field(100, ge=10, le=1000, description="candidates per user, as serve args retrieval_k")
     min_history: int = Field(2, ge=1, description="users need this many items before their last one")
     max_users: int | None = Field(None, ge=10, description="a seeded sample of users (null = all)")
+    # Small trees: one positive per user leaves few positives (2-3k on Amazon Scientific), and 31-leaf trees
+    # overfit them within a dozen rounds; these lost nothing on validation and gained on served users
+    # (docs/results.md, "Learned item-to-item weights").
+    learning_rate: float = Field(0.03, gt=0, le=1)
+    num_leaves: int = Field(7, ge=2)
+    min_data_in_leaf: int = Field(200, ge=1)
