@@ -35,3 +35,15 @@ def cpu_by_process(driver: str = "client + driver") -> dict[str, float]:
                 role = next((Path(c).name for c in cmd[1:] if c.endswith(".py")), "other Ray processes")
             out[role] = out.get(role, 0.0) + sum(p.cpu_times()[:2])
     return out
+
+
+def kill_tree(proc) -> None:
+    """Stop a child that is still running and its descendants (raylet, workers): only what this bench started."""
+    import psutil
+
+    if proc.poll() is not None:   # already reaped: its pid may belong to someone else by now
+        return
+    with contextlib.suppress(psutil.Error):
+        for p in [*psutil.Process(proc.pid).children(recursive=True), psutil.Process(proc.pid)]:
+            with contextlib.suppress(psutil.Error):
+                p.kill()

@@ -43,7 +43,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "bench")]   # recsys, and bench/common.py (bench/ is scripts, not a package)
 
-from common import CHILD_ENV, say  # noqa: E402
+from common import CHILD_ENV, kill_tree, say  # noqa: E402
 
 # name -> BertConfig fields; the vocabulary is the MiniLM tokenizer's (BertConfig's default 30522)
 SHAPES = {
@@ -336,18 +336,6 @@ def run_ours(args) -> dict:
 
 # ---------------------------------------------------------------------------------------------- driver
 
-def _kill_tree(proc) -> None:
-    """Stop a child that is still running and its descendants (raylet, workers): only what this bench started."""
-    import psutil
-
-    if proc.poll() is not None:   # already reaped: its pid may belong to someone else by now
-        return
-    with contextlib.suppress(psutil.Error):
-        for p in [*psutil.Process(proc.pid).children(recursive=True), psutil.Process(proc.pid)]:
-            with contextlib.suppress(psutil.Error):
-                p.kill()
-
-
 def spawn(child: str, extra: list[str], home: Path, timeout: float) -> dict | None:
     """Run one child mode of this script, echo its progress lines, return its result (None if it failed or was
     killed at the deadline: the bench goes on to report what it has)."""
@@ -357,7 +345,7 @@ def spawn(child: str, extra: list[str], home: Path, timeout: float) -> dict | No
            "--result", str(result)]
     proc = subprocess.Popen(cmd, env={**CHILD_ENV, **os.environ}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, errors="replace")
-    timer = threading.Timer(max(timeout, 1.0), lambda: _kill_tree(proc))
+    timer = threading.Timer(max(timeout, 1.0), lambda: kill_tree(proc))
     timer.start()
     try:
         with log_path.open("w") as log:
@@ -369,7 +357,7 @@ def spawn(child: str, extra: list[str], home: Path, timeout: float) -> dict | No
     finally:   # also on Ctrl-C / timeout: nothing this child started may outlive it
         killed = not timer.is_alive() and proc.returncode != 0
         timer.cancel()
-        _kill_tree(proc)
+        kill_tree(proc)
     if proc.returncode != 0 or not result.is_file():
         why = f"killed after {timeout:.0f}s (the --budget-s deadline)" if killed else f"exit code {proc.returncode}"
         tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-40:])

@@ -24,7 +24,6 @@ on 2 cores, docs/results.md), or with --only mem the memory ratio.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import re
@@ -36,7 +35,7 @@ import threading
 import time
 from pathlib import Path
 
-from common import CHILD_ENV, GIB, say
+from common import CHILD_ENV, GIB, kill_tree, say
 
 ECHO = re.compile(r"\[(bench|train)\]")   # child lines worth showing live: ours and the trainer's progress
 ANSI = re.compile(r"\x1b\[[0-9;]*m")       # Ray colours its worker prefixes
@@ -322,18 +321,6 @@ def run_mem(args) -> dict:
             "step_s": sum(times[1:] or times) / len(times[1:] or times)}
 
 
-def _kill_tree(proc) -> None:
-    """Stop a child that is still running and its descendants (raylet, workers): only what this bench started."""
-    import psutil
-
-    if proc.poll() is not None:   # already reaped: its pid may belong to someone else by now
-        return
-    with contextlib.suppress(psutil.Error):
-        for p in [*psutil.Process(proc.pid).children(recursive=True), psutil.Process(proc.pid)]:
-            with contextlib.suppress(psutil.Error):
-                p.kill()
-
-
 def spawn(args, name: str, child_args: list[str], timeout: float, envs: list[dict]) -> list[dict]:
     """Run len(envs) copies of a child mode; echo the first one's progress lines; return their results."""
     tmp = Path(os.environ["RECSYS_HOME"])
@@ -343,7 +330,7 @@ def spawn(args, name: str, child_args: list[str], timeout: float, envs: list[dic
         out = subprocess.PIPE if i == 0 else (tmp / f"{name}-{i}.log").open("w")
         procs.append(subprocess.Popen([*base, "--result", str(results[i])], env={**os.environ, **CHILD_ENV, **extra},
                                       stdout=out, stderr=subprocess.STDOUT, text=True, errors="replace"))
-    timer = threading.Timer(timeout, lambda: [_kill_tree(p) for p in procs])
+    timer = threading.Timer(timeout, lambda: [kill_tree(p) for p in procs])
     timer.start()
     try:
         with (tmp / f"{name}-0.log").open("w") as log:
@@ -356,7 +343,7 @@ def spawn(args, name: str, child_args: list[str], timeout: float, envs: list[dic
     finally:   # also on Ctrl-C / timeout: nothing this child started may outlive it
         timer.cancel()
         for p in procs:
-            _kill_tree(p)
+            kill_tree(p)
     if any(p.returncode != 0 or not r.is_file() for p, r in zip(procs, results)):
         tail = "\n".join((tmp / f"{name}-0.log").read_text(errors="replace").splitlines()[-40:])
         say(f"{name} FAILED (exit codes {[p.returncode for p in procs]}); last lines of its log:\n{tail}")
