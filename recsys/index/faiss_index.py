@@ -79,6 +79,16 @@ class ItemIndex:
         ids = [[str(self.item_ids[p]) for p in row if p >= 0] for row in positions]
         return scores, ids
 
+    def item_vectors(self) -> tuple[np.ndarray, dict[str, int]]:
+        """(the search index's item vectors [N, D], item id -> row). Read back with faiss reconstruct_n, which
+        Flat and HNSW indexes answer; a compressed index (IVF-PQ ...) keeps no exact vectors and says so."""
+        try:
+            vectors = self.index.reconstruct_n(0, self.index.ntotal)
+        except RuntimeError as err:
+            raise ValueError(f"index {self.version} ({type(self.index).__name__}) cannot give back its item "
+                             f"vectors: {err}") from err
+        return vectors, {str(i): row for row, i in enumerate(self.item_ids)}
+
 
 def save_item_index(directory: Path, index: faiss.Index, item_ids: list[str],
                     manifest: dict[str, Any], recommend_index: faiss.Index | None = None,

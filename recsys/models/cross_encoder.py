@@ -56,8 +56,9 @@ def cap_item_texts(tokenizer, items: Sequence[str], item_max_length: int) -> lis
 
 
 def tokenize_ranking_pairs(tokenizer, contexts: Sequence[str], items: Sequence[str], max_length: int,
-                           item_max_length: int) -> dict[str, torch.Tensor]:
-    """[CLS] context [SEP] item [SEP], padded to the longest pair, at most `max_length` tokens.
+                           item_max_length: int, padding: bool | str = True, return_tensors: str = "pt") -> dict:
+    """[CLS] context [SEP] item [SEP], padded to the longest pair (or padding="max_length"), at most
+    `max_length` tokens.
 
     The item keeps up to `item_max_length` tokens; the context gets what is left and loses tokens
     from its end, which is the oldest part of a newest-first history.
@@ -70,7 +71,8 @@ def tokenize_ranking_pairs(tokenizer, contexts: Sequence[str], items: Sequence[s
     capped = cap_item_texts(tokenizer, items, item_max_length)
     # An empty context (no history in the catalog) is still a valid first segment: [CLS] [SEP] item [SEP].
     return tokenizer([str(c) for c in contexts], capped, truncation="only_first", max_length=max_length,
-                     padding=True, return_tensors="pt")
+                     padding=padding, return_tensors=return_tensors)
+
 
 
 def pair_logits(model: nn.Module, batch: dict[str, torch.Tensor], device: torch.device | str) -> torch.Tensor:

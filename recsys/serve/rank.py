@@ -27,6 +27,7 @@ from recsys.models.cross_encoder import CrossEncoderScorer
 from recsys.models.ltr import LTRModel
 from recsys.models.ranker import RankerConfig, blend_cross_encoder, score_candidates, top_positions
 from recsys.models.recommend_features import RECOMMEND_FEATURES
+from recsys.models.retriever_offset import RetrieverOffset
 from recsys.models.search_features import SEARCH_FEATURES, popularity_column
 from recsys.serve.catalog import load_popularity
 
@@ -121,6 +122,7 @@ class ServedCrossEncoder:
                                          int(manifest.get("item_max_length", 48)), batch_size,
                                          quantize=quantize)   # type: ignore[arg-type]
         self.max_history_items = int(manifest.get("max_history_items", 8))
+        self.offset = RetrieverOffset.from_manifest(manifest)   # trained as a residual on the retrieval score
         ids, titles, texts = catalog_texts(pd.read_parquet(catalog_path))
         self.titles, self.texts = dict(zip(ids, titles)), dict(zip(ids, texts))
 
@@ -131,5 +133,7 @@ class ServedCrossEncoder:
         top = top_positions(scores, depth)
         context = history_text_for_items(history, self.titles, self.max_history_items)
         logits = self.scorer.score([context] * len(top), [self.texts.get(ranked[i]["item_id"], "") for i in top])
+        if self.offset is not None:
+            logits = logits + self.offset.apply([ranked[i]["retrieval_score"] for i in top])
         final = blend_cross_encoder(scores, top, logits, weight)
         return [{**c, "rank_score": float(s)} for c, s in zip(ranked, final)]

@@ -26,7 +26,7 @@ from recsys.train.config import TrainConfig
 from recsys.train.deepspeed_config import build_deepspeed_config
 from recsys.train.evaluator import evaluate_retrieval
 from recsys.train.export_weights import full_fp32_state_dict, load_exported_weights
-from recsys.train.pair_tokens import ANCHOR_KEY, stacked_tokens, token_sides
+from recsys.train.pair_tokens import ANCHOR_KEY, stacked_masks, stacked_tokens, token_sides
 from recsys.train.validation import ValidationSet
 from recsys.train.worker_loop import PeriodicValidation, WorkerTask, run_worker_loop
 
@@ -134,8 +134,7 @@ def train_step(engine, batch: dict, cfg: TrainConfig, rank: int = 0, world: int 
 
 def step_tokens(batch: dict, cfg: TrainConfig) -> dict[str, int]:
     """Real and computed tokens of one tokenised micro-batch, as TwoTowerModel encodes it (the run's summary)."""
-    sides = token_sides(batch)
-    _, attention_mask = stacked_tokens(batch, sides)
+    attention_mask = stacked_masks(batch, token_sides(batch))
     stats = padding_stats(attention_mask, len(batch[ANCHOR_KEY]), cfg.length_buckets)
     return {"real": stats["real"], "computed": stats["computed"]}
 

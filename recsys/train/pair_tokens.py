@@ -1,6 +1,7 @@
 """Training pairs tokenised before they reach the workers: the text columns become fixed-width token id
 and mask columns, the id columns the int64 keys the loss masks with. No Ray: jobs/train.py runs
 `PairTokens` in Ray Data's map_batches (recsys/train/trainer.py), and the worker's step only stacks tensors.
+jobs/train_ranker.py does the same with the cross-encoder's (context, item) pairs: `RankingPairTokens`.
 
 Why: tokenising inside train_step ran serially before every forward pass, 31% of a plain GPU step at
 BERT-large size and 80% at MiniLM size (../shared/gpu/README.md). In Ray Data it runs on the data CPUs
@@ -20,8 +21,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from recsys.models.cross_encoder import tokenize_ranking_pairs
 from recsys.train.hard_negatives import negative_column_pairs, negative_columns
 
+TOKENIZE_BATCH_ROWS = 256   # rows per tokenizer call in Ray Data: big enough to amortise the call, small blocks
 QUERY_SIDE = "anchor"
 ANCHOR_KEY = "anchor_key"     # crc32 of the anchor text: two pairs of one anchor never count as negatives
 # The loss's per-pair float columns, passed through as they are when present.
@@ -94,10 +97,43 @@ def stacked_tokens(batch: Mapping[str, torch.Tensor], sides: Sequence[str]) -> t
     """Anchor rows, then each item side's rows, as one [Q + I, T] (ids, mask) pair: the wider side's width,
     the narrower one right-padded with zeros (trimmed off again per encoder call)."""
     parts = [token_columns(QUERY_SIDE), *(token_columns(s) for s in sides)]
-    width = max(batch[ids].shape[1] for ids, _ in parts)
+    return (_stacked(batch, [ids for ids, _ in parts]), _stacked(batch, [mask for _, mask in parts]))
 
-    def padded(t: torch.Tensor) -> torch.Tensor:
-        return torch.nn.functional.pad(t.long(), (0, width - t.shape[1]))
 
-    return (torch.cat([padded(batch[ids]) for ids, _ in parts]),
-            torch.cat([padded(batch[mask]) for _, mask in parts]))
+def stacked_masks(batch: Mapping[str, torch.Tensor], sides: Sequence[str]) -> torch.Tensor:
+    """The mask half of stacked_tokens alone (counting tokens needs no ids)."""
+    return _stacked(batch, [token_columns(s)[1] for s in (QUERY_SIDE, *sides)])
+
+
+def _stacked(batch: Mapping[str, torch.Tensor], columns: Sequence[str]) -> torch.Tensor:
+    width = max(batch[c].shape[1] for c in columns)
+    return torch.cat([torch.nn.functional.pad(batch[c].long(), (0, width - batch[c].shape[1])) for c in columns])
+
+
+PAIR_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+def trim_to_longest(batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Fixed-width token columns (right-padded) -> the same cut to the batch's longest real row: the padding
+    Ray Data's fixed width adds computes nothing."""
+    width = max(int(batch["attention_mask"].sum(dim=1).max()), 1)
+    return {k: batch[k][:, :width].long() for k in PAIR_INPUTS if k in batch}
+
+
+class RankingPairTokens:
+    """map_batches function of ranker training: (context_text, item_text) rows -> fixed-width token columns
+    (int32 ids, int8 mask / segment ids) plus the loss's float columns, so the worker's step holds no
+    tokenizer (as PairTokens above)."""
+
+    FLOAT_COLUMNS = ("label", "weight", "offset")
+
+    def __init__(self, model_path: str, max_length: int, item_max_length: int):
+        self.model_path, self.max_length, self.item_max_length = model_path, max_length, item_max_length
+
+    def __call__(self, batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        enc = tokenize_ranking_pairs(cached_tokenizer(self.model_path), list(batch["context_text"]),
+                                     list(batch["item_text"]), self.max_length, self.item_max_length,
+                                     padding="max_length", return_tensors="np")
+        out = {"input_ids": enc["input_ids"].astype(np.int32)}
+        out |= {k: enc[k].astype(np.int8) for k in PAIR_INPUTS[1:] if k in enc}
+        return out | {c: np.asarray(batch[c], dtype=np.float32) for c in self.FLOAT_COLUMNS}

@@ -32,6 +32,10 @@ class RankerTrainConfig(DeepSpeedRunConfig):
                                                            "retriever's top-k for the positive's context")
     hard_negative_weight: float = Field(1.0, gt=0, description="BCE weight of a hard negative (sampled "
                                                                "negatives weigh 1)")
+    retriever_offset: bool = Field(True, description="the logit BCE trains is a*retriever_score + b (a logistic "
+                                                     "fit, then frozen) + the cross-encoder's: it learns the "
+                                                     "retriever's errors (recsys/models/retriever_offset.py); "
+                                                     "needs retriever_index")
     # ---- validation (after training: the Train workers score, the driver computes the metrics)
     eval_max_users: int | None = Field(200, ge=1, description="validation users sampled (null = all with "
                                                               "a validation target)")

@@ -8,6 +8,7 @@ and are never one of the user's own items, held-out targets included.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +24,7 @@ from recsys.data.examples import negative_distribution, ranking_examples
 from recsys.data.text import catalog_texts, history_text_for_items
 
 SEQUENCE_FIELDS = ["user_id", "items", "n_train", "valid_index"]
-TRAIN_COLUMNS = ["context_text", "item_text", "label", "weight", "source"]
+TRAIN_COLUMNS = ["context_text", "item_text", "label", "weight", "source", "retriever_score", "offset"]
 
 
 @dataclass
@@ -88,10 +89,14 @@ def select_example_groups(examples: pd.DataFrame, max_groups: int | None, seed: 
 
 
 def build_training_frame(examples: pd.DataFrame, inputs: RankingInputs, hard: dict[tuple[str, int], list[str]],
-                         hard_weight: float, seed: int) -> tuple[pd.DataFrame, dict[str, int]]:
+                         hard_weight: float, seed: int,
+                         retriever_scores: Callable[[pd.DataFrame], np.ndarray] | None = None,
+                         ) -> tuple[pd.DataFrame, dict[str, int]]:
     """Ranking examples + hard negatives -> shuffled TRAIN_COLUMNS rows, and counts per kind.
 
     Rows whose item has no catalog text cannot be scored; they are counted, not silently lost.
+    `retriever_scores`: rows (user_id, position, item_id) -> the retriever's score of each; it fills
+    `retriever_score` (0 without a retriever). `offset` starts at 0: the caller fits it (retriever_offset.py).
     """
     has_text = examples["item_id"].isin(inputs.texts.keys())
     kept = examples[has_text]
@@ -107,6 +112,9 @@ def build_training_frame(examples: pd.DataFrame, inputs: RankingInputs, hard: di
     contexts = {key: inputs.context_text(*key) for key in set(zip(rows["user_id"], rows["position"]))}
     rows["context_text"] = [contexts[key] for key in zip(rows["user_id"], rows["position"])]
     rows["item_text"] = rows["item_id"].map(inputs.texts)
+    rows["retriever_score"] = (np.zeros(len(rows), np.float32) if retriever_scores is None
+                               else retriever_scores(rows).astype(np.float32))
+    rows["offset"] = np.float32(0)
     counts = {kind: int(n) for kind, n in rows["source"].value_counts().items()}
     counts["dropped_no_item_text"] = int((~has_text).sum())
     order = np.random.default_rng(seed).permutation(len(rows))   # examples arrive sorted by user

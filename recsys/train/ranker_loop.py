@@ -1,8 +1,9 @@
 """`ranker_train_loop`: DeepSpeed fine-tuning of the cross-encoder ranker inside a Ray Train worker.
 
-Rows arrive as (context_text, item_text, label, weight); the loss is BCE with logits weighted
-by `weight`. The loop (steps, checkpoints, killed-worker restart, resume, export) is the one the
-two towers use, recsys/train/worker_loop.py; this module is the ranker's task on it. After
+Rows arrive as (context_text, item_text, label, weight, offset); the loss is BCE with logits weighted
+by `weight`, on the transformer's logit plus the row's frozen retriever offset. The loop (steps,
+checkpoints, killed-worker restart, resume, export) is the one the two towers use,
+recsys/train/worker_loop.py; this module is the ranker's task on it. After
 training the same workers score the validation pairs the driver wrote (their model is loaded and
 warm; no extra actors).
 """
@@ -27,6 +28,7 @@ from recsys.models.cross_encoder import (
 from recsys.models.encoder import zero3_partitioned_loading
 from recsys.train.deepspeed_config import build_deepspeed_config
 from recsys.train.export_weights import full_fp32_state_dict, load_exported_weights
+from recsys.train.pair_tokens import trim_to_longest
 from recsys.train.ranker_config import RankerTrainConfig
 from recsys.train.worker_loop import WorkerTask, run_worker_loop
 
@@ -91,17 +93,23 @@ def build_ranker_engine(cfg: RankerTrainConfig, world: int, total_steps: int):
     return engine, tokenizer
 
 
-def ranker_step(engine, tokenizer, batch: dict, cfg: RankerTrainConfig) -> float:
-    """One micro-batch of (context, item, label, weight) rows: weighted BCE on the pair logits, backward, step."""
-    tok = tokenize_ranking_pairs(tokenizer, list(batch["context_text"]), list(batch["item_text"]),
-                                 cfg.max_length, cfg.item_max_length)
-    logits = pair_logits(engine, tok, engine.device)
-    # torch.tensor copies: Ray Data hands read-only numpy arrays, which torch.as_tensor warns about.
-    loss = weighted_bce_loss(logits, torch.tensor(batch["label"], device=engine.device),
-                             torch.tensor(batch["weight"], device=engine.device))
+def ranker_step(engine, batch: dict, cfg: RankerTrainConfig) -> float:
+    """One micro-batch of tokenised (context, item) pairs (RankingPairTokens, in Ray Data) with label, weight
+    and offset: weighted BCE on the pair logits plus the frozen retriever offset, backward, step."""
+    device = engine.device
+    logits = pair_logits(engine, trim_to_longest(batch), device)
+    # + the frozen retriever offset (0 without one): the transformer learns the residual (retriever_offset.py)
+    loss = weighted_bce_loss(logits + batch["offset"].to(device), batch["label"].to(device),
+                             batch["weight"].to(device))
     engine.backward(loss)
     engine.step()
     return float(loss.detach())
+
+
+def ranker_tokens(batch: dict) -> dict[str, int]:
+    """Real and computed tokens of one micro-batch (the run summary): trimmed to its longest row."""
+    mask = batch["attention_mask"]
+    return {"real": int(mask.sum()), "computed": int(mask.shape[0] * max(int(mask.sum(dim=1).max()), 1))}
 
 
 def ranker_task(cfg: RankerTrainConfig, config: dict) -> WorkerTask:
@@ -118,7 +126,9 @@ def ranker_task(cfg: RankerTrainConfig, config: dict) -> WorkerTask:
     return WorkerTask(
         job="train_ranker",
         build_engine=lambda world, total_steps: build_ranker_engine(cfg, world, total_steps),
-        step=lambda engine, tokenizer, batch, rank, world: ranker_step(engine, tokenizer, batch, cfg),
+        step=lambda engine, _tokenizer, batch, rank, world: ranker_step(engine, batch, cfg),
+        torch_batches=True,
+        count_tokens=ranker_tokens,
         export=lambda engine, tokenizer, out_dir, rank: export_ranker(engine, cfg, tokenizer, out_dir, rank),
         after_training=score_validation)
 

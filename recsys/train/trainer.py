@@ -30,14 +30,13 @@ from recsys.train.config import TrainConfig
 from recsys.train.curves import METRICS_FILE, summarise_run_losses
 from recsys.train.deepspeed_config import plan_total_steps
 from recsys.train.loop import train_loop_per_worker
-from recsys.train.pair_tokens import PairTokens
+from recsys.train.pair_tokens import TOKENIZE_BATCH_ROWS, PairTokens
 from recsys.train.retriever import mine_pair_hard_negatives
 from recsys.train.run_driver import fit_run, start_or_resume_run
 from recsys.train.user_tower_stage import train_user_tower
 from recsys.train.validation import load_validation_set
 
 JOB = "train"
-TOKENIZE_BATCH_ROWS = 256   # rows per tokenizer call in Ray Data: big enough to amortise the call, small blocks
 
 
 def run_training(cfg: TrainConfig) -> dict:

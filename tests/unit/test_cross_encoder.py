@@ -22,6 +22,7 @@ from recsys.models.cross_encoder import (
     tokenize_ranking_pairs,
     weighted_bce_loss,
 )
+from recsys.train.pair_tokens import RankingPairTokens, trim_to_longest
 from recsys.train.ranker_config import RankerTrainConfig
 from recsys.train.ranker_eval import list_metrics, rerank_lists, roc_auc, target_positions
 
@@ -109,6 +110,23 @@ def test_export_reloads_as_a_plain_hf_model_with_the_same_scores(tiny, tmp_path)
     torch.testing.assert_close(before, after)
     scorer = CrossEncoderScorer(str(tmp_path), max_length=32, item_max_length=8, device="cpu")
     np.testing.assert_allclose(scorer.score(CONTEXTS, ITEMS), before.numpy(), atol=1e-5)
+
+
+def test_pairs_tokenised_ahead_score_as_pairs_tokenised_in_the_step(tiny, tiny_model_dir) -> None:
+    """Ray Data's RankingPairTokens pads to max_length; the step trims to the longest row, so the logits equal
+    those of the pairs tokenised (and padded to their longest) in the step, and the loss columns pass through."""
+    model, tok = tiny
+    model.eval()
+    columns = RankingPairTokens(str(tiny_model_dir), 32, 8)(
+        {"context_text": np.array(CONTEXTS, dtype=object), "item_text": np.array(ITEMS, dtype=object),
+         "label": np.array([1, 0, 0]), "weight": np.array([2.0, 1.0, 1.0]), "offset": np.array([0.5, -1.0, 0.0])})
+    assert columns["input_ids"].shape == (3, 32) and columns["input_ids"].dtype == np.int32
+    assert columns["attention_mask"].dtype == np.int8 and columns["offset"].tolist() == [0.5, -1.0, 0.0]
+    trimmed = trim_to_longest({k: torch.as_tensor(v) for k, v in columns.items()})
+    in_step = tokenize_ranking_pairs(tok, CONTEXTS, ITEMS, max_length=32, item_max_length=8)
+    assert trimmed["input_ids"].shape == in_step["input_ids"].shape
+    with torch.inference_mode():
+        torch.testing.assert_close(pair_logits(model, trimmed, "cpu"), pair_logits(model, in_step, "cpu"))
 
 
 # ---------------------------------------------------------------- AUC and re-ranking metrics
