@@ -100,9 +100,13 @@ def test_two_worker_zero2_ranker_learns_and_reranks(ray_cluster, recsys_home, ti
     curve = json.loads((out / "loss_curve.json").read_text())
     assert len(curve) == 60
     first, last = np.mean(curve[:10]), np.mean(curve[-10:])
-    assert last < first - 0.02, f"BCE did not go down: {first:.4f} -> {last:.4f}"
+    # The BCE starts below ln 2: the frozen retriever offset (a * retriever_score + b) already separates
+    # some pairs, and the transformer learns the rest (shoes and socks).
+    assert last < first - 0.01, f"BCE did not go down: {first:.4f} -> {last:.4f}"
     assert [r["step"] for r in read_metrics(out / "logs" / "metrics.jsonl")] == list(range(1, 61))
     assert (out / "training_curves.png").read_bytes()[:4] == b"\x89PNG"
+    offset = manifest["retriever_offset"]
+    assert set(offset) >= {"scale", "bias"} and np.isfinite([offset["scale"], offset["bias"]]).all(), offset
 
     validation = manifest["validation"]
     assert validation["auc"]["positives"] == 48 and validation["auc"]["negatives"] == 192
