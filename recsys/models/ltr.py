@@ -41,6 +41,15 @@ class LTRModel:
         self.booster = booster
         self.feature_names = tuple(feature_names)
 
+    @staticmethod
+    def params(learning_rate: float = 0.05, num_leaves: int = 31, min_data_in_leaf: int = 50, seed: int = 0,
+               eval_at: int = 10) -> dict[str, Any]:
+        """LightGBM's LambdaMART parameters (what fit and cv_rounds share)."""
+        return {"objective": "lambdarank", "metric": "ndcg", "eval_at": [eval_at], "label_gain": label_gain(),
+                "learning_rate": learning_rate, "num_leaves": num_leaves, "min_data_in_leaf": min_data_in_leaf,
+                "lambdarank_truncation_level": max(eval_at * 2, 20), "seed": seed, "deterministic": True,
+                "num_threads": 0, "verbosity": -1}
+
     @classmethod
     def fit(cls, features: np.ndarray, gains: np.ndarray, group_sizes: Sequence[int], feature_names: Sequence[str],
             valid: tuple[np.ndarray, np.ndarray, Sequence[int]] | None = None, num_trees: int = 300,
@@ -50,10 +59,7 @@ class LTRModel:
         NDCG@eval_at has not improved for 30 rounds and keeps the best round."""
         import lightgbm as lgb
 
-        params = {"objective": "lambdarank", "metric": "ndcg", "eval_at": [eval_at], "label_gain": label_gain(),
-                  "learning_rate": learning_rate, "num_leaves": num_leaves, "min_data_in_leaf": min_data_in_leaf,
-                  "lambdarank_truncation_level": max(eval_at * 2, 20), "seed": seed, "deterministic": True,
-                  "num_threads": 0, "verbosity": -1}
+        params = cls.params(learning_rate, num_leaves, min_data_in_leaf, seed, eval_at)
         train = lgb.Dataset(features, gain_labels(gains), group=list(group_sizes), feature_name=list(feature_names))
         sets: list[Any] = []
         callbacks: list[Any] = []
@@ -63,6 +69,23 @@ class LTRModel:
             callbacks = [lgb.early_stopping(30, verbose=False)]
         booster = lgb.train(params, train, num_boost_round=num_trees, valid_sets=sets, callbacks=callbacks)
         return cls(booster, feature_names)
+
+    @classmethod
+    def cv_rounds(cls, features: np.ndarray, gains: np.ndarray, group_sizes: Sequence[int], folds: int,
+                  max_trees: int, **params: Any) -> tuple[int, float]:
+        """The boosting rounds (<= max_trees) at which the k-fold mean NDCG (folds split by query) peaks, and
+        that NDCG. Why not early stopping on one split: with one relevant item per query the NDCG curve is
+        noisy with long plateaus, and a patience window stops on an early bump (docs/results.md, "Recent
+        popularity")."""
+        import lightgbm as lgb
+
+        train = lgb.Dataset(features, gain_labels(gains), group=list(group_sizes))
+        curves = lgb.cv(cls.params(**params), train, num_boost_round=max_trees, nfold=folds, stratified=False,
+                        seed=params.get("seed", 0))
+        mean = np.asarray(next(v for k, v in curves.items() if k.endswith("ndcg@" + str(params.get("eval_at", 10))
+                                                                           + "-mean")))
+        best = int(np.argmax(mean))
+        return best + 1, float(mean[best])
 
     def score(self, features: np.ndarray) -> np.ndarray:
         """[C, F] -> float64 [C]: higher ranks first (an unbounded LambdaMART score)."""

@@ -2,7 +2,8 @@
 
 The hand-set merge (recsys.serve.candidate_sources.merge_candidates) keeps one score per candidate,
 its best weighted source; the learned ranker sees every source's view of it instead, plus how close it
-is to the very last item (next-item behaviour leans on the last step) and how long the history is. All
+is to the very last item (next-item behaviour leans on the last step), how long the history is and how
+popular the item is at the end of the log (recent popularity, for time shift). All
 from the behaviour log and the encoder: no categories, brands or timestamps. The Retriever computes
 them for /v1/recommend's merged candidates (RetrievalModel.recommend_candidates) and the Ranker
 appends popularity; jobs/train_recommend_ranker.py computes them with the same code.
@@ -13,6 +14,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 import numpy as np
+
+from recsys.models.recent_popularity import RECENT_FEATURES
 
 RECOMMEND_RETRIEVER_FEATURES = (
     "merged",             # the hand-set merge's score (best weighted source)
@@ -26,6 +29,7 @@ RECOMMEND_RETRIEVER_FEATURES = (
     "history_cosine",     # cosine with the recency-weighted direction of the last 5 items' text vectors
     "fresh",              # 1 for an item newer than the index
     "history_length",     # known history items
+    *RECENT_FEATURES,     # recent popularity: the end of the log's sequences (recsys.models.recent_popularity)
 )
 RECOMMEND_FEATURES = (*RECOMMEND_RETRIEVER_FEATURES, "popularity")   # popularity appended by the Ranker
 RECOMMEND_RANKER_TYPE = "recommend_ltr"   # a recommendation ranker manifest's `type`
@@ -46,8 +50,10 @@ def source_columns(item_ids: Sequence[str], pairs: Sequence[tuple[str, float]], 
 
 def recommend_feature_rows(cands: Sequence[Mapping], by_source: Mapping[str, Sequence[tuple[str, float]]],
                            quotas: Mapping[str, int], ann_score: Sequence[float], last_cosine: Sequence[float],
-                           history_cosine: Sequence[float], history_length: int) -> np.ndarray:
-    """Merged candidates [{item_id, retrieval_score, source}] -> float32 [C, len(RECOMMEND_RETRIEVER_FEATURES)]."""
+                           history_cosine: Sequence[float], history_length: int,
+                           recent: np.ndarray | None = None) -> np.ndarray:
+    """Merged candidates [{item_id, retrieval_score, source}] -> float32 [C, len(RECOMMEND_RETRIEVER_FEATURES)].
+    `recent`: RecentPopularity.columns of the candidates [C, len(RECENT_FEATURES)] (zeros when None)."""
     ids = [c["item_id"] for c in cands]
     _, ann_rank = source_columns(ids, by_source.get("ann", ()), quotas.get("ann", 0), scale_by_best=False)
     cooc, cooc_rank = source_columns(ids, by_source.get("cooccurrence", ()), quotas.get("cooccurrence", 0),
@@ -58,4 +64,6 @@ def recommend_feature_rows(cands: Sequence[Mapping], by_source: Mapping[str, Seq
                np.asarray(history_cosine, np.float32),
                np.array([c["source"] == "fresh" for c in cands], np.float32),
                np.full(len(ids), history_length, np.float32)]
+    recent = np.zeros((len(ids), len(RECENT_FEATURES)), np.float32) if recent is None else recent
+    columns += [recent[:, j] for j in range(len(RECENT_FEATURES))]
     return np.stack(columns, axis=1).astype(np.float32).reshape(len(ids), len(RECOMMEND_RETRIEVER_FEATURES))

@@ -20,6 +20,7 @@ from recsys.index.faiss_index import ItemIndex, load_item_index
 from recsys.index.hybrid import HybridSearchConfig, fuse_ranked_lists
 from recsys.models.encoder import TextEmbedder, query_tower_path
 from recsys.models.quantize import Quantize
+from recsys.models.recent_popularity import RecentPopularity
 from recsys.models.recommend_features import recommend_feature_rows
 from recsys.models.search_features import ranks_in, retriever_feature_rows, term_rows_stats
 from recsys.models.sequence_tower import USER_TOWER_DIR, SequenceTowerInput
@@ -73,9 +74,11 @@ class RetrievalModel:
         self.cooccurrence = cooccurrence_source([])
         self.ease = ease_source([])
         self.popular: list[str] = []
+        self.recent = RecentPopularity([])
         if data_dir is not None:
             histories = list(load_user_histories(Path(data_dir) / SEQUENCES_DIR).values())
             self.cooccurrence, self.ease = cooccurrence_source(histories), ease_source(histories)
+            self.recent = RecentPopularity(histories)
             ranked, _ = load_popularity(Path(data_dir) / POPULARITY_FILE)
             self.popular = [i for i in ranked if self.catalog.in_stock(i)]
 
@@ -220,7 +223,7 @@ class RetrievalModel:
         last_cos = self._cosines(self.text_vectors.recent_direction(history, last_n=1), ids)
         recent_cos = self._cosines(self.text_vectors.recent_direction(history), ids)
         rows = recommend_feature_rows(cands, by_source, quotas, [ann.get(i, 0.0) for i in ids], last_cos, recent_cos,
-                                      sum(i in self.catalog.titles for i in history))
+                                      sum(i in self.catalog.titles for i in history), self.recent.columns(ids))
         return [{**c, "features": row.tolist()} for c, row in zip(cands, rows)], True
 
     def _cosines(self, direction: np.ndarray | None, ids: list[str]) -> list[float]:

@@ -2,8 +2,8 @@
 history -> /v1/recommend's merged candidates and features -> LambdaMART -> a versioned ranker artifact.
 
 Why the last item: with leave-last-out preprocessing it is the test target, which the two-tower model
-and the sequence tower never trained on (valid was only their early-stopping signal). The co-occurrence
-source and EASE sources and the popularity feature are rebuilt here from the histories without their last item, so no
+and the sequence tower never trained on (valid was only their early-stopping signal). Co-occurrence, EASE,
+recent popularity and the popularity feature are rebuilt here from the histories without their last item, so no
 feature has seen the targets it is learning to rank: served, the same sources see one more step per
 user, as they would a day later. Candidates and features come from the serving code
 (RetrievalModel.recommend_candidates, the Ranker's popularity column). All in this process: one
@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from recsys.artifacts import mark_latest, new_version_dir, read_manifest, resolve_artifact, write_manifest
+from recsys.models.recent_popularity import RecentPopularity
 from recsys.models.recommend_features import RECOMMEND_FEATURES, RECOMMEND_RANKER_TYPE
 from recsys.runtime import log
 from recsys.serve.candidate_sources import cooccurrence_source, ease_source
@@ -70,6 +71,7 @@ def run_recommend_ranker_training(cfg: RecommendRankerConfig) -> dict:
     model = RetrievalModel(index_dir, data_dir / CATALOG_FILE, embed_fresh_items=False, data_dir=data_dir)
     # Without the targets (module docstring):
     model.cooccurrence, model.ease = cooccurrence_source(histories), ease_source(histories)
+    model.recent = RecentPopularity(histories)
     counts = Counter(i for h in histories for i in h)
     log(JOB, f"{len(users)} users' next items; index {index_dir.name} (model {index_manifest.get('model_version')}, "
              f"{'sequence' if model.user_tower is not None else 'text'} user tower), {cfg.retrieval_k} candidates")

@@ -114,3 +114,27 @@ def test_recommend_feature_rows_give_every_source_its_view() -> None:
     assert col["history_cosine"] == pytest.approx([0.6, 0.5, 0.4])
     assert col["fresh"] == [0, 0, 1] and col["history_length"] == [4, 4, 4]
     assert source_columns(["x"], [], 7, scale_by_best=True)[1].tolist() == [8], "absent: quota + 1"
+    assert col["recent_last"] == col["recent_last3"] == col["recent_share"] == [0, 0, 0], "no recent columns: zeros"
+
+
+def test_recent_popularity_reads_the_end_of_each_sequence() -> None:
+    from recsys.models.recent_popularity import RECENT_FEATURES, RecentPopularity
+
+    # "old" was everyone's favourite early on; "new" is what two users did last; "mid" sits in a tail once.
+    recent = RecentPopularity([["old", "old", "x", "mid", "new"], ["old", "y", "z", "w", "new"], ["old", "a"]],
+                              tail=3, prior=1.0)
+    col = dict(zip(RECENT_FEATURES, recent.columns(["new", "old", "mid", "unseen"]).T.tolist()))
+    assert col["recent_last"] == pytest.approx([1.0, 0.0, 0.0, 0.0])       # 2 users end on new, the most
+    assert col["recent_last3"] == pytest.approx([1.0, 0.5, 0.5, 0.0])      # tails: new 2, old 1, mid 1
+    assert col["recent_share"] == pytest.approx([2 / 3, 1 / 5, 1 / 2, 0.0])  # tail count / (all + prior)
+    rows = recommend_rows_with(recent)
+    np.testing.assert_allclose(rows[:, -3:], recent.columns(["new", "old"]))
+
+
+def recommend_rows_with(recent):
+    from recsys.models.recommend_features import recommend_feature_rows
+
+    cands = [{"item_id": "new", "retrieval_score": 0.9, "source": "ann"},
+             {"item_id": "old", "retrieval_score": 0.8, "source": "ann"}]
+    return recommend_feature_rows(cands, {"ann": [("new", 0.9), ("old", 0.8)]}, {"ann": 10}, [0.9, 0.8], [0, 0],
+                                  [0, 0], 3, recent.columns(["new", "old"]))
