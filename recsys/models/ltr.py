@@ -79,6 +79,8 @@ class LTRModel:
         popularity")."""
         import lightgbm as lgb
 
+        if folds < 2:
+            raise ValueError(f"cross-validation needs folds >= 2, got {folds}")
         train = lgb.Dataset(features, gain_labels(gains), group=list(group_sizes))
         curves = lgb.cv(cls.params(**params), train, num_boost_round=max_trees, nfold=folds, stratified=False,
                         seed=params.get("seed", 0))

@@ -31,12 +31,12 @@ from recsys.train.recommend_ranker_config import RecommendRankerConfig
 JOB = "train_recommend_ranker"
 
 
-def next_item_targets(histories: dict[str, list[str]],
-                      min_history: int) -> tuple[list[str], list[list[str]], list[str]]:
-    """{user: items oldest first} -> (users, histories without the last item, last items), for users with
-    at least min_history items before their last."""
-    users = sorted(u for u, items in histories.items() if len(items) > min_history)
-    return users, [histories[u][:-1] for u in users], [histories[u][-1] for u in users]
+def next_item_targets(histories: dict[str, list[str]], min_history: int,
+                      shift: int = 1) -> tuple[list[str], list[list[str]], list[str]]:
+    """{user: items oldest first} -> (users, histories before the target, targets): the target is the item
+    `shift` steps from the end (1 = the last), for users with at least min_history items before it."""
+    users = sorted(u for u, items in histories.items() if len(items) >= min_history + shift)
+    return users, [histories[u][:-shift] for u in users], [histories[u][-shift] for u in users]
 
 
 def candidate_rows(model: RetrievalModel, histories: list[list[str]], cfg: RecommendRankerConfig,
@@ -56,32 +56,51 @@ def candidate_rows(model: RetrievalModel, histories: list[list[str]], cfg: Recom
     return np.concatenate(rows) if rows else np.zeros((0, len(RECOMMEND_FEATURES)), np.float32), ids
 
 
+def shift_rows(model: RetrievalModel, sequences: dict[str, list[str]], users: set[str],
+               cfg: RecommendRankerConfig, shift: int) -> tuple[list[str], np.ndarray, list[list[str]], list[str]]:
+    """The `users`' targets `shift` steps from the end, with co-occurrence, EASE and both popularities rebuilt
+    from every sequence cut before that step (module docstring) -> (users, features, candidate ids, targets)."""
+    before = [items[:-shift] for items in sequences.values() if len(items) > shift]
+    model.cooccurrence, model.ease = cooccurrence_source(before), ease_source(before)
+    model.recent = RecentPopularity(before)
+    kept, histories, targets = next_item_targets({u: sequences[u] for u in users}, cfg.min_history, shift)
+    features, ids = candidate_rows(model, histories, cfg, Counter(i for h in before for i in h))
+    found = sum(t in c for t, c in zip(targets, ids))
+    log(JOB, f"targets {shift} step(s) from the end: {found} of {len(kept)} among the candidates")
+    return kept, features, ids, targets
+
+
 def run_recommend_ranker_training(cfg: RecommendRankerConfig) -> dict:
     started = time.perf_counter()
     data_dir, index_dir = resolve_artifact("data", cfg.data), resolve_artifact("indexes", cfg.index)
     data_manifest, index_manifest = read_manifest(data_dir), read_manifest(index_dir)
-    users, histories, targets = next_item_targets(load_user_histories(data_dir / SEQUENCES_DIR), cfg.min_history)
+    sequences = load_user_histories(data_dir / SEQUENCES_DIR)
+    users, _, _ = next_item_targets(sequences, cfg.min_history)
     rng = np.random.default_rng(cfg.seed)
     if cfg.max_users is not None and cfg.max_users < len(users):
-        keep = np.sort(rng.choice(len(users), cfg.max_users, replace=False))
-        users, targets = [users[i] for i in keep], [targets[i] for i in keep]
-        histories = [histories[i] for i in keep]
+        users = [users[i] for i in np.sort(rng.choice(len(users), cfg.max_users, replace=False))]
     if not users:
         raise ValueError(f"data={cfg.data!r}: no user has more than min_history={cfg.min_history} items")
+    validation_users = {u for u, v in zip(users, rng.random(len(users)) < cfg.validation_fraction) if v}
     model = RetrievalModel(index_dir, data_dir / CATALOG_FILE, embed_fresh_items=False, data_dir=data_dir)
-    # Without the targets (module docstring):
-    model.cooccurrence, model.ease = cooccurrence_source(histories), ease_source(histories)
-    model.recent = RecentPopularity(histories)
-    counts = Counter(i for h in histories for i in h)
-    log(JOB, f"{len(users)} users' next items; index {index_dir.name} (model {index_manifest.get('model_version')}, "
-             f"{'sequence' if model.user_tower is not None else 'text'} user tower), {cfg.retrieval_k} candidates")
-    features, ids = candidate_rows(model, histories, cfg, counts)
+    log(JOB, f"{len(users)} users' next items, {cfg.targets_per_user} per user; index {index_dir.name} (model "
+             f"{index_manifest.get('model_version')}, {'sequence' if model.user_tower is not None else 'text'} "
+             f"user tower), {cfg.retrieval_k} candidates")
+    queries, parts, ids, targets = [], [], [], []
+    for shift in range(1, cfg.targets_per_user + 1):
+        # Validation users keep only their last item: the report is about the target /v1/recommend meets.
+        who = set(users) if shift == 1 else set(users) - validation_users
+        kept, features, shift_ids, shift_targets = shift_rows(model, sequences, who, cfg, shift)
+        queries += kept if shift == 1 else [f"{u}\t{shift}" for u in kept]
+        parts.append(features)
+        ids += shift_ids
+        targets += shift_targets
     found = sum(t in c for t, c in zip(targets, ids))
-    log(JOB, f"{found} of {len(users)} targets among the candidates ({time.perf_counter() - started:.0f}s)")
-    gains = pd.DataFrame({"query": users, "item_id": targets, "gain": 1.0})
-    valid = rng.random(len(users)) < cfg.validation_fraction
-    fitted, report = fit_and_report(features, ids, users, valid, gains, RECOMMEND_FEATURES, cfg, JOB)
-    report["targets_retrieved"] = round(found / len(users), 4)
+    log(JOB, f"{found} of {len(queries)} targets among the candidates ({time.perf_counter() - started:.0f}s)")
+    gains = pd.DataFrame({"query": queries, "item_id": targets, "gain": 1.0})
+    valid = np.array([q in validation_users for q in queries])
+    fitted, report = fit_and_report(np.concatenate(parts), ids, queries, valid, gains, RECOMMEND_FEATURES, cfg, JOB)
+    report["targets_retrieved"] = round(found / len(queries), 4)
 
     version, out = new_version_dir("rankers")
     fitted.save(out)

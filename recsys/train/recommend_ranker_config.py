@@ -16,6 +16,11 @@ class RecommendRankerConfig(LTRSettings):
                                    description="the Retriever's user_config `sources` the ranker will be served with")
     retrieval_k: int = Field(100, ge=10, le=1000, description="candidates per user, as serve args retrieval_k")
     min_history: int = Field(2, ge=1, description="users need this many items before their last one")
+    # Not further back: leave-last-out trains the towers on every step before the valid item, so the ANN has
+    # memorised those (70% of third-from-last targets were among its candidates, against 33% of the last two).
+    targets_per_user: int = Field(2, ge=1, le=2, description="training targets per user: 1 = the last item, 2 = also "
+                                                             "the one before it (with the sources rebuilt from the "
+                                                             "log cut before it): twice the positives")
     max_users: int | None = Field(None, ge=10, description="a seeded sample of users (null = all)")
     # Small trees: one positive per user leaves few positives (2-3k on Amazon Scientific), and 31-leaf trees
     # overfit them within a dozen rounds; these lost nothing on validation and gained on served users
