@@ -86,13 +86,31 @@ def target_rank(answer: Sequence[str], target: str) -> int:
     return answer.index(target) if target in answer else NOT_RETURNED
 
 
+def answer_ranks(answers: Sequence[Sequence[str]], targets: Sequence[str]) -> np.ndarray:
+    """[U] 0-based rank of each user's target in their answer (NOT_RETURNED when left out)."""
+    if len(answers) != len(targets):
+        raise ValueError(f"{len(answers)} answers for {len(targets)} targets")
+    return np.array([target_rank(list(a), t) for a, t in zip(answers, targets)], dtype=np.int64)
+
+
+def interval_line(served: np.ndarray, cooccurrence: np.ndarray, k: int = K) -> str:
+    """95% bootstrap intervals over the users: served NDCG@k, recall@k and served / co-occurrence NDCG@k
+    (paired: the same users resampled for both), so a bar is read against the sampling noise."""
+    from recsys.eval.metrics import bootstrap_interval, ndcg_per_user
+
+    s_gain, c_gain = ndcg_per_user(served, k), ndcg_per_user(cooccurrence, k)
+    ndcg = bootstrap_interval(s_gain)
+    recall = bootstrap_interval((served < k).astype(np.float64))
+    ratio = bootstrap_interval(s_gain, c_gain, statistic=lambda a, b, axis: a.mean(axis) / b.mean(axis))
+    return (f"95% intervals over users: served NDCG@{k} [{ndcg[0]:.4f}, {ndcg[1]:.4f}], recall@{k} "
+            f"[{recall[0]:.4f}, {recall[1]:.4f}], served / co-occurrence [{ratio[0]:.3f}, {ratio[1]:.3f}]")
+
+
 def score_answers(answers: Sequence[Sequence[str]], targets: Sequence[str], k: int = K) -> dict[str, float]:
     """One ranked answer and one relevant item per user -> recall@k, ndcg@k (recsys.eval.metrics), users."""
     from recsys.eval.metrics import ndcg_at_k, recall_at_k
 
-    if len(answers) != len(targets):
-        raise ValueError(f"{len(answers)} answers for {len(targets)} targets")
-    ranks = np.array([target_rank(list(a), t) for a, t in zip(answers, targets)], dtype=np.int64)
+    ranks = answer_ranks(answers, targets)
     return {f"recall@{k}": recall_at_k(ranks, k), f"ndcg@{k}": ndcg_at_k(ranks, k), "users": int(ranks.size)}
 
 
@@ -196,6 +214,8 @@ def main(argv: list[str] | None = None) -> int:
             ray.shutdown()
     results = {name: score_answers(a, targets) for name, a in answers.items()}
     print(format_markdown_table(results, [f"recall@{K}", f"ndcg@{K}", "users"]))
+    print(interval_line(answer_ranks(answers[SERVED], targets),
+                        answer_ranks(answers["co-occurrence (offline)"], targets)))
     print(ratio_line(results[SERVED][f"ndcg@{K}"], results["co-occurrence (offline)"][f"ndcg@{K}"]))
     say(latency_line(latencies, wall, args.concurrency) + f"; {cold} cold-start answers")
     return 0

@@ -90,11 +90,30 @@ def recall_at_k(ranks: np.ndarray, k: int) -> float:
     return float((ranks < k).mean())
 
 
-def ndcg_at_k(ranks: np.ndarray, k: int) -> float:
-    """Mean NDCG@k with one relevant item: 1/log2(rank+2) when rank < k, else 0 (IDCG = 1)."""
+def ndcg_per_user(ranks: np.ndarray, k: int) -> np.ndarray:
+    """NDCG@k of each user with one relevant item: 1/log2(rank+2) when rank < k, else 0 (IDCG = 1)."""
     ranks = _check(ranks, k)
-    gains = np.where(ranks < k, 1.0 / np.log2(ranks.astype(np.float64) + 2.0), 0.0)
-    return float(gains.mean())
+    return np.where(ranks < k, 1.0 / np.log2(ranks.astype(np.float64) + 2.0), 0.0)
+
+
+def ndcg_at_k(ranks: np.ndarray, k: int) -> float:
+    """Mean NDCG@k with one relevant item."""
+    return float(ndcg_per_user(ranks, k).mean())
+
+
+def bootstrap_interval(*per_user: np.ndarray, statistic=None, level: float = 0.95, n_resamples: int = 2000,
+                       seed: int = 0) -> tuple[float, float]:
+    """Confidence interval of a statistic of per-user values (the mean of one array by default; arrays are
+    resampled as pairs, so `statistic=lambda a, b, axis: a.mean(axis) / b.mean(axis)` gives a ratio of two
+    methods on the same users). scipy's BCa bootstrap: a metric on a few thousand users moves by more than
+    the gaps between close methods, and a bar read without its interval over-claims."""
+    from scipy.stats import bootstrap
+
+    stat = statistic or (lambda a, axis: a.mean(axis=axis))
+    res = bootstrap(tuple(np.asarray(v, np.float64) for v in per_user), stat, paired=len(per_user) > 1,
+                    vectorized=True, confidence_level=level, n_resamples=n_resamples,
+                    random_state=np.random.default_rng(seed))
+    return float(res.confidence_interval.low), float(res.confidence_interval.high)
 
 
 def mrr(ranks: np.ndarray) -> float:

@@ -109,3 +109,13 @@ def test_format_markdown_table() -> None:
         "| popularity | 0.1235 | 0.0500 | 3 |",
         "| encoder | 0.5000 | - | - |",
     ]
+
+
+def test_bootstrap_interval_covers_the_mean_and_narrows_with_more_users() -> None:
+    rng = np.random.default_rng(1)
+    small, large = rng.random(200), rng.random(5000)
+    lo_s, hi_s = metrics.bootstrap_interval(small)
+    lo_l, hi_l = metrics.bootstrap_interval(large)
+    assert lo_s < small.mean() < hi_s and lo_l < large.mean() < hi_l
+    assert (hi_l - lo_l) < (hi_s - lo_s) / 3   # ~ 1/sqrt(n): 5 times narrower
+    assert metrics.ndcg_per_user(np.array([0, 1, 20]), 10) == pytest.approx([1.0, 1 / math.log2(3), 0.0])

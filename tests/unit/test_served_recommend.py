@@ -42,3 +42,19 @@ def test_ratio_and_latency_lines():
     assert "n/a" in bench.ratio_line(0.05, 0.0)
     line = bench.latency_line([0.010, 0.020, 0.030], wall_s=1.0, concurrency=2)
     assert line.startswith("3 requests in 1s at concurrency 2: p50 20 ms")
+
+
+def test_interval_line_brackets_the_served_metrics_and_the_paired_ratio():
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    served = np.where(rng.random(2000) < 0.3, rng.integers(0, 10, 2000), bench.NOT_RETURNED)
+    cooc = np.where(rng.random(2000) < 0.2, rng.integers(0, 10, 2000), bench.NOT_RETURNED)
+    line = bench.interval_line(served, cooc)
+    numbers = [float(x) for x in line.replace("[", " ").replace("]", " ").replace(",", " ").split()
+               if x.replace(".", "").isdigit()]
+    ndcg_lo, ndcg_hi, rec_lo, rec_hi, ratio_lo, ratio_hi = numbers[-6:]
+    assert rec_lo < (served < 10).mean() < rec_hi and rec_hi - rec_lo < 0.06
+    from recsys.eval.metrics import ndcg_at_k
+    assert ndcg_lo < ndcg_at_k(served, 10) < ndcg_hi
+    assert ratio_lo < ndcg_at_k(served, 10) / ndcg_at_k(cooc, 10) < ratio_hi and ratio_lo > 1.0
