@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-MODEL_FILE = "model.txt"
+MODEL_FILE = "model.txt"   # an ensemble's further members: model.1.txt, model.2.txt, ...
 LABEL_STEPS = 10   # label = round(gain * LABEL_STEPS)
 MAX_GAIN = 3.0     # gains above this are clipped (LightGBM wants a bounded label set)
 
@@ -35,31 +35,52 @@ def label_gain() -> list[float]:
 
 
 class LTRModel:
-    """A LambdaMART booster and the feature names its columns must have."""
+    """LambdaMART boosters (one, or a bagged ensemble scored by their mean) and the feature names their
+    columns must have."""
 
-    def __init__(self, booster, feature_names: Sequence[str]):   # booster: lightgbm.Booster
-        self.booster = booster
+    def __init__(self, boosters: Any, feature_names: Sequence[str]):   # a lightgbm.Booster or a list of them
+        self.boosters = tuple(boosters) if isinstance(boosters, (list, tuple)) else (boosters,)
         self.feature_names = tuple(feature_names)
+
+    @property
+    def booster(self) -> Any:
+        return self.boosters[0]
 
     @staticmethod
     def params(learning_rate: float = 0.05, num_leaves: int = 31, min_data_in_leaf: int = 50, seed: int = 0,
-               eval_at: int = 10) -> dict[str, Any]:
-        """LightGBM's LambdaMART parameters (what fit and cv_rounds share)."""
+               eval_at: int = 10, bagged: bool = False) -> dict[str, Any]:
+        """LightGBM's LambdaMART parameters (what fit and cv_rounds share). bagged: each tree sees 80% of the
+        queries (whole lists: bagging_by_query) and 80% of the features, so seeds give different members."""
+        bagging = {"bagging_by_query": True, "bagging_fraction": 0.8, "bagging_freq": 1,
+                   "feature_fraction": 0.8} if bagged else {}
         return {"objective": "lambdarank", "metric": "ndcg", "eval_at": [eval_at], "label_gain": label_gain(),
                 "learning_rate": learning_rate, "num_leaves": num_leaves, "min_data_in_leaf": min_data_in_leaf,
                 "lambdarank_truncation_level": max(eval_at * 2, 20), "seed": seed, "deterministic": True,
-                "num_threads": 0, "verbosity": -1}
+                "num_threads": 0, "verbosity": -1, **bagging}
 
     @classmethod
     def fit(cls, features: np.ndarray, gains: np.ndarray, group_sizes: Sequence[int], feature_names: Sequence[str],
             valid: tuple[np.ndarray, np.ndarray, Sequence[int]] | None = None, num_trees: int = 300,
             learning_rate: float = 0.05, num_leaves: int = 31, min_data_in_leaf: int = 50, seed: int = 0,
-            eval_at: int = 10) -> LTRModel:
+            eval_at: int = 10, ensemble: int = 1) -> LTRModel:
         """Rows [R, F] grouped by query in order (group_sizes sum to R); with `valid`, stops when its
-        NDCG@eval_at has not improved for 30 rounds and keeps the best round."""
+        NDCG@eval_at has not improved for 30 rounds and keeps the best round. ensemble > 1: that many bagged
+        members (seeds seed, seed + 1, ...), scored by their mean: with one relevant item per query the
+        fitted trees vary a lot with the sample, and averaging members cuts that variance."""
+        if ensemble < 1:
+            raise ValueError(f"ensemble must be >= 1, got {ensemble}")
+        boosters = [cls._fit_one(features, gains, group_sizes, feature_names, valid, num_trees,
+                                 cls.params(learning_rate, num_leaves, min_data_in_leaf, seed + m, eval_at,
+                                            bagged=ensemble > 1))
+                    for m in range(ensemble)]
+        return cls(boosters, feature_names)
+
+    @staticmethod
+    def _fit_one(features: np.ndarray, gains: np.ndarray, group_sizes: Sequence[int], feature_names: Sequence[str],
+                 valid: tuple[np.ndarray, np.ndarray, Sequence[int]] | None, num_trees: int,
+                 params: dict[str, Any]) -> Any:
         import lightgbm as lgb
 
-        params = cls.params(learning_rate, num_leaves, min_data_in_leaf, seed, eval_at)
         train = lgb.Dataset(features, gain_labels(gains), group=list(group_sizes), feature_name=list(feature_names))
         sets: list[Any] = []
         callbacks: list[Any] = []
@@ -67,8 +88,7 @@ class LTRModel:
             vx, vg, vsizes = valid
             sets = [lgb.Dataset(vx, gain_labels(vg), group=list(vsizes), reference=train)]
             callbacks = [lgb.early_stopping(30, verbose=False)]
-        booster = lgb.train(params, train, num_boost_round=num_trees, valid_sets=sets, callbacks=callbacks)
-        return cls(booster, feature_names)
+        return lgb.train(params, train, num_boost_round=num_trees, valid_sets=sets, callbacks=callbacks)
 
     @classmethod
     def cv_rounds(cls, features: np.ndarray, gains: np.ndarray, group_sizes: Sequence[int], folds: int,
@@ -95,19 +115,28 @@ class LTRModel:
             raise ValueError(f"want [C, {len(self.feature_names)}] features {self.feature_names}, got {features.shape}")
         if len(features) == 0:
             return np.zeros(0)
-        return np.asarray(self.booster.predict(features, num_iteration=self.booster.best_iteration or None))
+        return np.mean([np.asarray(b.predict(features, num_iteration=b.best_iteration or None))
+                        for b in self.boosters], axis=0)
 
     def save(self, directory: str | Path) -> None:
         Path(directory).mkdir(parents=True, exist_ok=True)
-        self.booster.save_model(str(Path(directory) / MODEL_FILE), num_iteration=self.booster.best_iteration or None)
+        for path, b in zip(member_files(Path(directory), len(self.boosters)), self.boosters):
+            b.save_model(str(path), num_iteration=b.best_iteration or None)
 
     @classmethod
     def load(cls, directory: str | Path, feature_names: Sequence[str]) -> LTRModel:
         """The booster in `directory`; its feature names must be `feature_names` (what the caller computes)."""
         import lightgbm as lgb
 
-        booster = lgb.Booster(model_file=str(Path(directory) / MODEL_FILE))
-        if tuple(booster.feature_name()) != tuple(feature_names):
-            raise ValueError(f"{directory}/{MODEL_FILE} was trained on features {booster.feature_name()}, "
-                             f"this code computes {list(feature_names)}: retrain the ranker")
-        return cls(booster, feature_names)
+        members = sum(1 for _ in Path(directory).glob("model.*.txt")) + 1
+        boosters = [lgb.Booster(model_file=str(path)) for path in member_files(Path(directory), members)]
+        for path, b in zip(member_files(Path(directory), members), boosters):
+            if tuple(b.feature_name()) != tuple(feature_names):
+                raise ValueError(f"{path} was trained on features {b.feature_name()}, "
+                                 f"this code computes {list(feature_names)}: retrain the ranker")
+        return cls(boosters, feature_names)
+
+
+def member_files(directory: Path, members: int) -> list[Path]:
+    """model.txt, then model.1.txt ... for an ensemble's further members."""
+    return [directory / MODEL_FILE] + [directory / f"model.{m}.txt" for m in range(1, members)]

@@ -3,6 +3,8 @@ ranker and the recommendation ranker jobs share. No Ray."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pandas as pd
 from pydantic import Field
@@ -29,6 +31,8 @@ class LTRSettings(JobConfig):
     cv_folds: int = Field(0, ge=0, le=10, description="0: early stopping on the validation queries; k >= 2: the "
                                                       "rounds (<= num_trees) where the k-fold mean NDCG@10 over "
                                                       "the training queries peaks")
+    ensemble: int = Field(1, ge=1, le=16, description="LambdaMART members fitted on bagged queries and features "
+                                                     "with seeds seed, seed + 1, ...; the ranker scores their mean")
 
 
 def with_popularity(cands: list[dict], counts: dict[str, int], max_count: float) -> tuple[np.ndarray, list[str]]:
@@ -57,16 +61,17 @@ Rows = tuple[np.ndarray, np.ndarray, list[int]]   # (features [R, F], gains [R],
 def fit_lambdamart(train: Rows, held: Rows, feature_names: tuple[str, ...], cfg: LTRSettings,
                    job: str) -> tuple[LTRModel, dict | None]:
     """-> (the fitted model, {folds, rounds, ndcg@10} when cfg.cv_folds chose the rounds)."""
-    params = {"learning_rate": cfg.learning_rate, "num_leaves": cfg.num_leaves,
+    params: dict[str, Any] = {"learning_rate": cfg.learning_rate, "num_leaves": cfg.num_leaves,
               "min_data_in_leaf": cfg.min_data_in_leaf, "seed": cfg.seed}
     if cfg.cv_folds < 2:
         return LTRModel.fit(*train, feature_names, valid=held if held[2] else None, num_trees=cfg.num_trees,
-                            **params), None
-    rounds, cv_ndcg = LTRModel.cv_rounds(*train, folds=cfg.cv_folds, max_trees=cfg.num_trees, **params)
+                            ensemble=cfg.ensemble, **params), None
+    rounds, cv_ndcg = LTRModel.cv_rounds(*train, folds=cfg.cv_folds, max_trees=cfg.num_trees,
+                                         bagged=cfg.ensemble > 1, **params)
     log(job, f"{cfg.cv_folds}-fold mean NDCG@10 peaks at {rounds} rounds ({cv_ndcg:.4f}, queries with a "
              f"relevant candidate)")
     cv = {"folds": cfg.cv_folds, "rounds": rounds, "ndcg@10": round(cv_ndcg, 4)}
-    return LTRModel.fit(*train, feature_names, num_trees=rounds, **params), cv
+    return LTRModel.fit(*train, feature_names, num_trees=rounds, ensemble=cfg.ensemble, **params), cv
 
 
 def fit_and_report(features: np.ndarray, ids: list[list[str]], queries: list[str], valid: np.ndarray,

@@ -47,6 +47,21 @@ def test_lambdamart_learns_the_planted_signal_and_round_trips(tmp_path) -> None:
     assert label_gain()[20] == pytest.approx(2.0), "label 20 is worth gain 2, as the evaluation counts it"
 
 
+def test_bagged_ensemble_scores_the_mean_of_distinct_members_and_round_trips(tmp_path) -> None:
+    x, gain, sizes = planted(60, 20, seed=0)
+    vx, vgain, _ = planted(20, 20, seed=1)
+    model = LTRModel.fit(x, gain, sizes, SEARCH_FEATURES, num_trees=30, min_data_in_leaf=5, ensemble=3)
+    members = [m.predict(vx) for m in model.boosters]
+    assert len(members) == 3 and not np.allclose(members[0], members[1]), "bagged seeds must differ"
+    np.testing.assert_allclose(model.score(vx), np.mean(members, axis=0), rtol=1e-9)
+    assert np.corrcoef(model.score(vx), vgain)[0, 1] > 0.8
+    model.save(tmp_path)
+    assert sorted(p.name for p in tmp_path.glob("model*.txt")) == ["model.1.txt", "model.2.txt", "model.txt"]
+    np.testing.assert_allclose(LTRModel.load(tmp_path, SEARCH_FEATURES).score(vx), model.score(vx), rtol=1e-6)
+    with pytest.raises(ValueError, match="ensemble must be >= 1"):
+        LTRModel.fit(x, gain, sizes, SEARCH_FEATURES, ensemble=0)
+
+
 def test_ranker_serves_the_learned_score_for_search_only(tmp_path) -> None:
     x, gain, sizes = planted(40, 20, seed=2)
     model = LTRModel.fit(x, gain, sizes, SEARCH_FEATURES, num_trees=30, min_data_in_leaf=5)
