@@ -177,8 +177,8 @@ def run_two_ranks(args) -> dict:
     for step in range(args.steps):
         rows = global_batch_rows(pairs, step, batch).iloc[rank * micro:(rank + 1) * micro]
         if args.child == "zero2":
-            batch = tokens({c: rows[c].to_numpy() for c in rows.columns})
-            loss = train_step(engine, {c: torch.as_tensor(v) for c, v in batch.items()}, cfg, rank, 2)
+            tokenized = tokens({c: rows[c].to_numpy() for c in rows.columns})
+            loss = train_step(engine, {c: torch.as_tensor(v) for c, v in tokenized.items()}, cfg, rank, 2)
         else:
             loss = float(plain_torch_step(ddp, params, opt, sched, tokenizer, rows, cfg))
         elapsed.append(time.perf_counter() - loop_start)
