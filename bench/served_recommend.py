@@ -108,9 +108,13 @@ def interval_line(served: np.ndarray, cooccurrence: np.ndarray, k: int = K) -> s
 
 def score_answers(answers: Sequence[Sequence[str]], targets: Sequence[str], k: int = K) -> dict[str, float]:
     """One ranked answer and one relevant item per user -> recall@k, ndcg@k (recsys.eval.metrics), users."""
+    return score_ranks(answer_ranks(answers, targets), k)
+
+
+def score_ranks(ranks: np.ndarray, k: int = K) -> dict[str, float]:
+    """[U] target ranks (answer_ranks) -> recall@k, ndcg@k, users."""
     from recsys.eval.metrics import ndcg_at_k, recall_at_k
 
-    ranks = answer_ranks(answers, targets)
     return {f"recall@{k}": recall_at_k(ranks, k), f"ndcg@{k}": ndcg_at_k(ranks, k), "users": int(ranks.size)}
 
 
@@ -212,10 +216,10 @@ def main(argv: list[str] | None = None) -> int:
 
             serve.shutdown()
             ray.shutdown()
-    results = {name: score_answers(a, targets) for name, a in answers.items()}
+    ranks = {name: answer_ranks(a, targets) for name, a in answers.items()}
+    results = {name: score_ranks(r) for name, r in ranks.items()}
     print(format_markdown_table(results, [f"recall@{K}", f"ndcg@{K}", "users"]))
-    print(interval_line(answer_ranks(answers[SERVED], targets),
-                        answer_ranks(answers["co-occurrence (offline)"], targets)))
+    print(interval_line(ranks[SERVED], ranks["co-occurrence (offline)"]))
     print(ratio_line(results[SERVED][f"ndcg@{K}"], results["co-occurrence (offline)"][f"ndcg@{K}"]))
     say(latency_line(latencies, wall, args.concurrency) + f"; {cold} cold-start answers")
     return 0

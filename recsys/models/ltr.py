@@ -38,13 +38,9 @@ class LTRModel:
     """LambdaMART boosters (one, or a bagged ensemble scored by their mean) and the feature names their
     columns must have."""
 
-    def __init__(self, boosters: Any, feature_names: Sequence[str]):   # a lightgbm.Booster or a list of them
-        self.boosters = tuple(boosters) if isinstance(boosters, (list, tuple)) else (boosters,)
+    def __init__(self, boosters: Sequence[Any], feature_names: Sequence[str]):   # lightgbm.Booster members
+        self.boosters = tuple(boosters)
         self.feature_names = tuple(feature_names)
-
-    @property
-    def booster(self) -> Any:
-        return self.boosters[0]
 
     @staticmethod
     def params(learning_rate: float = 0.05, num_leaves: int = 31, min_data_in_leaf: int = 50, seed: int = 0,
@@ -125,15 +121,16 @@ class LTRModel:
 
     @classmethod
     def load(cls, directory: str | Path, feature_names: Sequence[str]) -> LTRModel:
-        """The booster in `directory`; its feature names must be `feature_names` (what the caller computes)."""
+        """The boosters in `directory`; their feature names must be `feature_names` (what the caller computes)."""
         import lightgbm as lgb
 
-        members = sum(1 for _ in Path(directory).glob("model.*.txt")) + 1
-        boosters = [lgb.Booster(model_file=str(path)) for path in member_files(Path(directory), members)]
-        for path, b in zip(member_files(Path(directory), members), boosters):
-            if tuple(b.feature_name()) != tuple(feature_names):
-                raise ValueError(f"{path} was trained on features {b.feature_name()}, "
+        boosters = []
+        for path in member_files(Path(directory), sum(1 for _ in Path(directory).glob("model.*.txt")) + 1):
+            booster = lgb.Booster(model_file=str(path))
+            if tuple(booster.feature_name()) != tuple(feature_names):
+                raise ValueError(f"{path} was trained on features {booster.feature_name()}, "
                                  f"this code computes {list(feature_names)}: retrain the ranker")
+            boosters.append(booster)
         return cls(boosters, feature_names)
 
 

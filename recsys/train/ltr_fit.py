@@ -62,7 +62,7 @@ def fit_lambdamart(train: Rows, held: Rows, feature_names: tuple[str, ...], cfg:
                    job: str) -> tuple[LTRModel, dict | None]:
     """-> (the fitted model, {folds, rounds, ndcg@10} when cfg.cv_folds chose the rounds)."""
     params: dict[str, Any] = {"learning_rate": cfg.learning_rate, "num_leaves": cfg.num_leaves,
-              "min_data_in_leaf": cfg.min_data_in_leaf, "seed": cfg.seed}
+                              "min_data_in_leaf": cfg.min_data_in_leaf, "seed": cfg.seed}
     if cfg.cv_folds < 2:
         return LTRModel.fit(*train, feature_names, valid=held if held[2] else None, num_trees=cfg.num_trees,
                             ensemble=cfg.ensemble, **params), None
@@ -107,7 +107,8 @@ def fit_and_report(features: np.ndarray, ids: list[list[str]], queries: list[str
         learned.append([ids[n][j] for j in np.argsort(-scores, kind="stable")])
     ndcg = {"retrieved": round(ndcg_of_orders(v_queries, retrieved, gains), 4),
             "ranker": round(ndcg_of_orders(v_queries, learned, gains), 4)}
-    trees = int(fitted.booster.best_iteration or fitted.booster.current_iteration())
+    first = fitted.boosters[0]   # every member of an ensemble has the same rounds
+    trees = int(first.best_iteration or first.current_iteration())
     report = {"queries": {"train": int((~valid).sum()), "validation": int(valid.sum())}, "trees": trees,
               "validation_ndcg@10": ndcg, "cv": cv}
     log(job, f"validation NDCG@10 over {len(v_queries)} queries: retrieved order {ndcg['retrieved']}, "
